@@ -1,0 +1,1 @@
+//! The nvkv benchmark harness. Filled by issue #4.

@@ -1,0 +1,1 @@
+//! nvkv: the key-value engine. Being built under issue #3.

@@ -1,0 +1,1 @@
+//! Operator tools for nvkv (device set-up, identify, KV shell). Filled by issue #4.
