@@ -1,0 +1,1 @@
+//! Userspace NVMe driver (being built).
