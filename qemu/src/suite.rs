@@ -1,0 +1,215 @@
+//! One boot per test binary: a test target with `harness = false` calls [`main`] with its list of guest tests
+//! and the VM to run them in. On the host, [`main`] boots that VM carrying the test binary itself, runs it there
+//! (`NVKV_GUEST=1`), reads one framed line per test back from the console and reports each as libtest does.
+//! In the guest, [`main`] runs the tests and prints the framed lines.
+//!
+//! When the VM cannot run (no QEMU, no kernel), the suite fails. Outside CI, `NVKV_SKIP_VM=1` turns that into
+//! a loud skip for developers without the packages; with `CI=true` it never skips.
+
+use crate::vm::VmBuilder;
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+const RESULT: &str = "@@NVKV-TEST ";
+
+/// A test that runs in the guest.
+pub type TestFn = fn() -> Result<(), Box<dyn std::error::Error>>;
+
+/// One guest test: a name and a function.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestTest {
+    pub name: &'static str,
+    pub run: TestFn,
+}
+
+/// Host or guest entry point of a VM test binary. Never returns.
+pub fn main(tests: &[GuestTest], vm: impl FnOnce() -> VmBuilder) -> ! {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for t in tests {
+            println!("{}: test", t.name);
+        }
+        std::process::exit(0);
+    }
+    // Positional arguments are name filters, as with libtest; flags (--nocapture, --test-threads ...) are ignored.
+    let exact = args.iter().any(|a| a == "--exact");
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<GuestTest> = tests
+        .iter()
+        .filter(|t| {
+            filters.is_empty()
+                || filters.iter().any(|f| {
+                    if exact {
+                        t.name == f.as_str()
+                    } else {
+                        t.name.contains(f.as_str())
+                    }
+                })
+        })
+        .copied()
+        .collect();
+    if crate::guest::in_guest() {
+        run_in_guest(&selected)
+    } else {
+        run_on_host(&selected, vm)
+    }
+}
+
+fn run_in_guest(tests: &[GuestTest]) -> ! {
+    // Panic messages go into the result line; keep the default hook from interleaving them on the console.
+    std::panic::set_hook(Box::new(|_| {}));
+    for t in tests {
+        let start = Instant::now();
+        let r = std::panic::catch_unwind(AssertUnwindSafe(t.run));
+        let ms = start.elapsed().as_millis();
+        let line = match r {
+            Ok(Ok(())) => format!("{RESULT}{} ok {ms}", t.name),
+            Ok(Err(e)) => format!("{RESULT}{} FAILED {ms} {}", t.name, escape(&format!("{e}"))),
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                format!("{RESULT}{} FAILED {ms} panicked: {}", t.name, escape(&msg))
+            }
+        };
+        println!("{line}");
+    }
+    std::process::exit(0)
+}
+
+fn run_on_host(tests: &[GuestTest], vm: impl FnOnce() -> VmBuilder) -> ! {
+    if tests.is_empty() {
+        println!("\nrunning 0 tests (none matched the filter; no VM booted)\n");
+        std::process::exit(0);
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => fail_all(tests, &format!("cannot find the test executable: {e}")),
+    };
+    let names: Vec<&str> = tests.iter().map(|t| t.name).collect();
+    let cmd = format!("/bin/nvkv-guest-tests --exact {}\n", names.join(" "));
+    println!(
+        "\nrunning {} tests in the VM (one boot; TCG unless NVKV_ACCEL=kvm)",
+        tests.len()
+    );
+    let start = Instant::now();
+    let out = vm().binary(&exe, "nvkv-guest-tests").run(&cmd);
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            let missing = matches!(e, crate::Error::Missing { .. });
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            if missing && !ci && std::env::var("NVKV_SKIP_VM").is_ok_and(|v| v == "1") {
+                println!("SKIPPED all {} VM tests (NVKV_SKIP_VM=1): {e}", tests.len());
+                std::process::exit(0);
+            }
+            fail_all(tests, &format!("the VM could not run: {e}"));
+        }
+    };
+    let mut failed = Vec::new();
+    for t in tests {
+        let prefix = format!("{RESULT}{} ", t.name);
+        let line = out.console.lines().find_map(|l| {
+            l.trim_end()
+                .strip_prefix(prefix.as_str())
+                .map(str::to_string)
+        });
+        match line {
+            Some(rest) if rest.starts_with("ok") => {
+                let ms = rest.split_whitespace().nth(1).unwrap_or("?");
+                println!("test {} ... ok ({ms} ms in guest)", t.name);
+            }
+            Some(rest) => {
+                let mut parts = rest.splitn(3, ' ');
+                let (_, ms, msg) = (
+                    parts.next(),
+                    parts.next().unwrap_or("?"),
+                    parts.next().unwrap_or(""),
+                );
+                println!("test {} ... FAILED ({ms} ms in guest)", t.name);
+                failed.push((t.name, unescape(msg)));
+            }
+            None => {
+                println!("test {} ... FAILED (no result from the guest)", t.name);
+                failed.push((
+                    t.name,
+                    "the guest printed no result for this test (crash or hang?)".to_string(),
+                ));
+            }
+        }
+    }
+    println!(
+        "\nVM: boot {:.1} s, total {:.1} s, guest exit status {}{}",
+        out.boot_time.as_secs_f64(),
+        start.elapsed().as_secs_f64(),
+        out.exit_code,
+        if out.retried {
+            " (boot retried once after a hang)"
+        } else {
+            ""
+        }
+    );
+    if !failed.is_empty() {
+        println!("\nfailures:");
+        for (name, msg) in &failed {
+            println!("---- {name} ----\n{msg}\n");
+        }
+        let tail: Vec<&str> = out.console.lines().collect();
+        println!(
+            "console tail:\n{}",
+            tail[tail.len().saturating_sub(30)..].join("\n")
+        );
+        println!(
+            "\ntest result: FAILED. {} passed; {} failed",
+            tests.len() - failed.len(),
+            failed.len()
+        );
+        std::process::exit(101);
+    }
+    println!("\ntest result: ok. {} passed; 0 failed\n", tests.len());
+    std::process::exit(0)
+}
+
+fn fail_all(tests: &[GuestTest], why: &str) -> ! {
+    for t in tests {
+        println!("test {} ... FAILED", t.name);
+    }
+    println!(
+        "\n{why}\n\ntest result: FAILED. 0 passed; {} failed",
+        tests.len()
+    );
+    std::process::exit(101)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\\' {
+            match it.next() {
+                Some('n') => out.push('\n'),
+                Some(o) => out.push(o),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escape_round_trips() {
+        let s = "a\\b\nc\\nd";
+        assert_eq!(super::unescape(&super::escape(s)), s);
+        assert!(!super::escape(s).contains('\n'));
+    }
+}
