@@ -1,0 +1,144 @@
+//! The block-device layer the engine writes to: one instance per shard, asynchronous submit + poll.
+//!
+//! The shape follows SPDK's bdev and, one to one, the nvme-driver's queue pair: buffers are owned values
+//! passed into a submit call and handed back in the completion, so no borrow crosses the device; a full
+//! queue refuses a request with [`SubmitError::Busy`] and gives the buffer back.
+//!
+//! LBAs are absolute on the device; a shard adds the base of its slice itself.
+
+use std::ops::DerefMut;
+
+pub mod aligned;
+pub mod file;
+pub mod memory;
+pub mod recording;
+
+pub use aligned::AlignedBuf;
+pub use file::{FileBdev, FileDisk};
+pub use memory::{MemBdev, MemDisk};
+pub use recording::{Recorder, RecordingBdev, RecordingFactory, WriteEvent};
+
+/// Why a device refused to take a request. The request was not queued.
+#[derive(Debug)]
+pub enum SubmitError<B> {
+    /// The submission queue is full: poll and try again. The buffer (if any) is handed back.
+    Busy(Option<B>),
+    /// The request can never succeed (out of range, misaligned buffer, ...). The buffer is handed back.
+    Invalid(Option<B>, &'static str),
+}
+
+impl<B> SubmitError<B> {
+    /// Takes the buffer back out of the error.
+    pub fn into_buf(self) -> Option<B> {
+        match self {
+            SubmitError::Busy(b) | SubmitError::Invalid(b, _) => b,
+        }
+    }
+}
+
+/// Why a submitted request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IoError {
+    /// The OS or the device reported an error (errno or NVMe status, as a number).
+    #[error("device error {0}")]
+    Device(i32),
+    /// Fewer bytes were transferred than asked.
+    #[error("short transfer: {0} bytes")]
+    Short(usize),
+}
+
+/// One finished request.
+#[derive(Debug)]
+pub struct Completion<B> {
+    /// The tag given at submission.
+    pub tag: u64,
+    /// The outcome.
+    pub result: Result<(), IoError>,
+    /// The buffer given at submission (None for flush, write-zeroes and deallocate).
+    pub buf: Option<B>,
+}
+
+/// An asynchronous block device owned by one shard thread (hence `Send`, not `Sync`).
+///
+/// `nblocks` blocks are transferred between the device and `buf[buf_offset..buf_offset + nblocks * block_size]`.
+/// Buffers must come from [`BlockDevice::alloc_buf`] (they are aligned as the device needs).
+pub trait BlockDevice: Send {
+    /// The owned I/O buffer type (DMA memory for NVMe, page-aligned heap memory otherwise).
+    type Buf: DerefMut<Target = [u8]> + Send;
+
+    /// Logical block size in bytes.
+    fn block_size(&self) -> u32;
+    /// Number of logical blocks.
+    fn num_blocks(&self) -> u64;
+    /// True when completed writes may still sit in a volatile cache until a Flush completes.
+    fn has_volatile_cache(&self) -> bool;
+    /// Allocates a zeroed buffer of at least `len` bytes (rounded up to whole blocks).
+    fn alloc_buf(&mut self, len: usize) -> Result<Self::Buf, IoError>;
+
+    /// Queues a read of `nblocks` blocks at `lba` into `buf[buf_offset..]`.
+    fn submit_read(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        buf: Self::Buf,
+        buf_offset: usize,
+        tag: u64,
+    ) -> Result<(), SubmitError<Self::Buf>>;
+    /// Queues a write of `nblocks` blocks at `lba` from `buf[buf_offset..]`.
+    fn submit_write(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        buf: Self::Buf,
+        buf_offset: usize,
+        tag: u64,
+    ) -> Result<(), SubmitError<Self::Buf>>;
+    /// Queues a Flush: when it completes, every write completed before it was submitted is durable.
+    fn submit_flush(&mut self, tag: u64) -> Result<(), SubmitError<Self::Buf>>;
+    /// Queues Write Zeroes of `nblocks` at `lba`.
+    fn submit_write_zeroes(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        tag: u64,
+    ) -> Result<(), SubmitError<Self::Buf>>;
+    /// Queues a Deallocate (trim) hint of `nblocks` at `lba`; the blocks read back unspecified afterwards.
+    fn submit_deallocate(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        tag: u64,
+    ) -> Result<(), SubmitError<Self::Buf>>;
+
+    /// Reaps up to `max` completions, calling `f` for each; returns how many were reaped.
+    fn poll(&mut self, max: usize, f: impl FnMut(Completion<Self::Buf>)) -> usize;
+}
+
+/// Creates the device instance of each shard (e.g. one NVMe queue pair per shard on one namespace).
+pub trait DeviceFactory: Send + Sync {
+    /// The per-shard device type.
+    type Dev: BlockDevice + 'static;
+    /// Opens the instance that shard `shard` will own; called on the shard's own thread.
+    fn open(&self, shard: usize) -> Result<Self::Dev, IoError>;
+}
+
+/// Checks a request against the device geometry and the buffer; shared by the backends.
+pub(crate) fn check_range(
+    num_blocks: u64,
+    block_size: u32,
+    lba: u64,
+    nblocks: u32,
+    buf_len: Option<(usize, usize)>,
+) -> Result<(), &'static str> {
+    let end = lba.checked_add(u64::from(nblocks)).ok_or("lba overflow")?;
+    if end > num_blocks {
+        return Err("beyond the end of the device");
+    }
+    if let Some((len, off)) = buf_len {
+        let bytes = nblocks as usize * block_size as usize;
+        if off.checked_add(bytes).is_none_or(|e| e > len) {
+            return Err("buffer too small");
+        }
+    }
+    Ok(())
+}
