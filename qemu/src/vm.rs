@@ -429,7 +429,7 @@ impl VmBuilder {
                     (NsBackend::File { path, size }, None) => {
                         ensure_file(path, *size)?;
                         format!(
-                            "file={},format=raw,if=none,id={id},cache=writeback",
+                            "file={},format=raw,if=none,id={id},cache=writeback,discard=unmap",
                             path.display()
                         )
                     }
@@ -438,7 +438,7 @@ impl VmBuilder {
                         let rf = scratch.join(format!("blkdebug-{ci}-{ni}.conf"));
                         std::fs::write(&rf, rules).map_err(io_err(&rf))?;
                         format!(
-                            "driver=raw,file.driver=blkdebug,file.config={},file.image.driver=file,file.image.filename={},if=none,id={id}",
+                            "driver=raw,file.driver=blkdebug,file.config={},file.image.driver=file,file.image.filename={},if=none,id={id},discard=unmap",
                             rf.display(),
                             path.display()
                         )

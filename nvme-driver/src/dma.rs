@@ -1,0 +1,316 @@
+//! DMA memory: pinned buffers mapped into the device's IOMMU domain at IOVAs taken from the ranges the IOMMU
+//! reports. Allocation happens at set-up (queues, buffer pools), never on the I/O path.
+//!
+//! 2 MiB hugepages are used for buffers of 2 MiB or more when the system has them (fewer IOTLB entries, fewer
+//! pinned page structures); 4 KiB pages otherwise.
+
+use crate::error::{Error, Result};
+use crate::vfio::{Container, IovaRange};
+use std::sync::{Arc, Mutex};
+
+pub const PAGE_SIZE: usize = 4096;
+const HUGE_PAGE: usize = 2 << 20;
+
+/// The address space DMA buffers are mapped into.
+#[derive(Debug)]
+pub struct Iommu {
+    kind: Kind,
+    iova: Mutex<IovaAllocator>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Vfio(Container),
+    /// No IOMMU: the "IOVA" is the virtual address. Only for devices emulated in this process (the loopback
+    /// controller of the benchmarks and tests), never for hardware.
+    Identity,
+}
+
+impl Iommu {
+    pub(crate) fn vfio(container: Container) -> Result<Arc<Self>> {
+        let ranges = container.iova_ranges().map_err(|source| Error::Dma {
+            what: "VFIO_IOMMU_GET_INFO",
+            source,
+        })?;
+        Ok(Arc::new(Self {
+            kind: Kind::Vfio(container),
+            iova: Mutex::new(IovaAllocator::new(&ranges)),
+        }))
+    }
+
+    /// An identity address space for controllers emulated in-process (loopback benchmarks and tests).
+    pub fn identity() -> Arc<Self> {
+        Arc::new(Self {
+            kind: Kind::Identity,
+            iova: Mutex::new(IovaAllocator::new(&[])),
+        })
+    }
+
+    /// Allocates a zeroed, pinned, device-visible buffer of at least `len` bytes (page-aligned).
+    pub fn alloc(self: &Arc<Self>, len: usize) -> Result<DmaBuf> {
+        if len == 0 {
+            return Err(Error::InvalidArgument("zero-length DMA buffer".into()));
+        }
+        let (ptr, map_len, huge) = map_memory(len)?;
+        let iova = match &self.kind {
+            Kind::Identity => ptr as u64,
+            Kind::Vfio(c) => {
+                let align = if huge { HUGE_PAGE } else { PAGE_SIZE };
+                let iova = self
+                    .iova
+                    .lock()
+                    .map_err(|_| Error::InvalidArgument("IOVA allocator poisoned".into()))?
+                    .alloc(map_len as u64, align as u64);
+                let Some(iova) = iova else {
+                    unmap_memory(ptr, map_len);
+                    return Err(Error::IovaExhausted { len: map_len });
+                };
+                if let Err(source) = c.map_dma(ptr, iova, map_len) {
+                    unmap_memory(ptr, map_len);
+                    if let Ok(mut a) = self.iova.lock() {
+                        a.free(iova, map_len as u64);
+                    }
+                    return Err(Error::Dma {
+                        what: "VFIO_IOMMU_MAP_DMA",
+                        source,
+                    });
+                }
+                iova
+            }
+        };
+        Ok(DmaBuf {
+            ptr,
+            len,
+            map_len,
+            iova,
+            iommu: self.clone(),
+        })
+    }
+}
+
+/// A pinned buffer the device can read and write. Dropping it unmaps it from the IOMMU before freeing it, so a
+/// device can never reach memory that was given back.
+pub struct DmaBuf {
+    ptr: *mut u8,
+    len: usize,
+    map_len: usize,
+    iova: u64,
+    iommu: Arc<Iommu>,
+}
+
+// SAFETY: the buffer is plain memory owned by this value; moving it to another thread moves ownership.
+unsafe impl Send for DmaBuf {}
+// SAFETY: shared references only give `&[u8]`.
+unsafe impl Sync for DmaBuf {}
+
+impl DmaBuf {
+    /// The bus address of byte 0.
+    #[inline]
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl std::ops::Deref for DmaBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr points to map_len >= len bytes, mapped and owned by this value for its lifetime.
+        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for DmaBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in Deref, and `&mut self` guarantees exclusive access from the CPU side.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl std::fmt::Debug for DmaBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DmaBuf {{ iova: {:#x}, len: {} }}", self.iova, self.len)
+    }
+}
+
+impl Drop for DmaBuf {
+    fn drop(&mut self) {
+        if let Kind::Vfio(c) = &self.iommu.kind {
+            // If unmapping failed the device could still reach the memory: leak it rather than free it.
+            if c.unmap_dma(self.iova, self.map_len).is_err() {
+                return;
+            }
+            if let Ok(mut a) = self.iommu.iova.lock() {
+                a.free(self.iova, self.map_len as u64);
+            }
+        }
+        unmap_memory(self.ptr, self.map_len);
+    }
+}
+
+fn hugepages_available() -> bool {
+    std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+fn map_memory(len: usize) -> Result<(*mut u8, usize, bool)> {
+    if len >= HUGE_PAGE && hugepages_available() {
+        let map_len = len.div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        // SAFETY: anonymous private mapping, no fd; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED {
+            return Ok((p.cast(), map_len, true));
+        }
+        // Not enough free hugepages: fall back to small pages.
+    }
+    let map_len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    // SAFETY: anonymous private mapping, no fd; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Error::Dma {
+            what: "mmap",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok((p.cast(), map_len, false))
+}
+
+fn unmap_memory(ptr: *mut u8, len: usize) {
+    // SAFETY: (ptr, len) is exactly a mapping made by map_memory and not used after this call.
+    unsafe {
+        libc::munmap(ptr.cast(), len);
+    }
+}
+
+/// First-fit allocator over the IOMMU's allowed IOVA ranges, with coalescing free. Runs at set-up only.
+#[derive(Debug)]
+struct IovaAllocator {
+    /// Free extents (start, len), sorted by start, never adjacent.
+    free: Vec<(u64, u64)>,
+}
+
+impl IovaAllocator {
+    /// IOVA 0..64 KiB is left out so that a zero or small bogus address never hits a mapping.
+    const FLOOR: u64 = 0x10000;
+
+    fn new(ranges: &[IovaRange]) -> Self {
+        let mut free: Vec<(u64, u64)> = ranges
+            .iter()
+            .filter_map(|r| {
+                let start = r.start.max(Self::FLOOR).next_multiple_of(PAGE_SIZE as u64);
+                let end = r.end.saturating_add(1) & !(PAGE_SIZE as u64 - 1);
+                (end > start).then_some((start, end - start))
+            })
+            .collect();
+        free.sort();
+        Self { free }
+    }
+
+    fn alloc(&mut self, len: u64, align: u64) -> Option<u64> {
+        for i in 0..self.free.len() {
+            let (start, flen) = self.free[i];
+            let a = start.next_multiple_of(align);
+            let pad = a - start;
+            if flen < pad + len {
+                continue;
+            }
+            let tail = flen - pad - len;
+            let mut repl = Vec::with_capacity(2);
+            if pad > 0 {
+                repl.push((start, pad));
+            }
+            if tail > 0 {
+                repl.push((a + len, tail));
+            }
+            self.free.splice(i..=i, repl);
+            return Some(a);
+        }
+        None
+    }
+
+    fn free(&mut self, start: u64, len: u64) {
+        let i = self.free.partition_point(|&(s, _)| s < start);
+        self.free.insert(i, (start, len));
+        if i + 1 < self.free.len() && self.free[i].0 + self.free[i].1 == self.free[i + 1].0 {
+            self.free[i].1 += self.free[i + 1].1;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].0 + self.free[i - 1].1 == self.free[i].0 {
+            self.free[i - 1].1 += self.free[i].1;
+            self.free.remove(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iova_allocator_stays_in_ranges_aligns_and_coalesces() {
+        let mut a = IovaAllocator::new(&[
+            IovaRange {
+                start: 0,
+                end: 0xfedf_ffff,
+            },
+            IovaRange {
+                start: 0xfef0_0000,
+                end: (1 << 39) - 1,
+            },
+        ]);
+        let x = a.alloc(4096, 4096).expect("alloc");
+        assert_eq!(x, IovaAllocator::FLOOR);
+        let y = a.alloc(HUGE_PAGE as u64, HUGE_PAGE as u64).expect("alloc");
+        assert_eq!(y % HUGE_PAGE as u64, 0);
+        assert!(y + HUGE_PAGE as u64 <= 0xfee0_0000);
+        a.free(x, 4096);
+        a.free(y, HUGE_PAGE as u64);
+        assert_eq!(a.free.len(), 2, "freed extents merge back: {:?}", a.free);
+        // Too big for anything.
+        assert_eq!(a.alloc(1 << 40, 4096), None);
+    }
+
+    #[test]
+    fn identity_buffers_are_zeroed_and_writable() {
+        let io = Iommu::identity();
+        let mut b = io.alloc(10_000).expect("alloc");
+        assert_eq!(b.len(), 10_000);
+        assert!(b.iter().all(|&x| x == 0));
+        b[9_999] = 7;
+        assert_eq!(b.iova(), b.as_ptr() as u64);
+        assert_eq!(b.iova() % PAGE_SIZE as u64, 0);
+    }
+}

@@ -1,0 +1,117 @@
+//! The driver's typed errors. Each names the device and, where there is one, the fix.
+
+use crate::status::NvmeStatus;
+
+/// Errors of opening, bringing up and administering a controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("PCI device {addr} does not exist (no {sysfs}); list NVMe controllers with `nvkv-setup list`")]
+    NoSuchDevice { addr: String, sysfs: String },
+    #[error("PCI device {addr} is bound to {}, not vfio-pci; bind it with `nvkv-setup bind {addr}` (it must not be in use)", driver.as_deref().map(|d| format!("the `{d}` driver")).unwrap_or_else(|| "no driver".into()))]
+    NotBoundToVfio {
+        addr: String,
+        driver: Option<String>,
+    },
+    #[error("PCI device {addr} has no IOMMU group: boot with the IOMMU on (intel_iommu=on / amd_iommu=on) or, in QEMU, add an intel-iommu device")]
+    NoIommuGroup { addr: String },
+    #[error("IOMMU group {group} of {addr} is not viable: every device in the group must be bound to vfio-pci or no driver")]
+    GroupNotViable { addr: String, group: String },
+    #[error("{addr}: cannot open {path}: {source}{}", if source.raw_os_error() == Some(libc::EACCES) { " (run as root or give this user the group's /dev/vfio node)" } else if source.raw_os_error() == Some(libc::EBUSY) { " (another process has the device open)" } else { "" })]
+    Open {
+        addr: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{addr}: VFIO {op} failed: {source}")]
+    Vfio {
+        addr: String,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("DMA memory: {what}: {source}{}", if source.raw_os_error() == Some(libc::ENOMEM) || source.raw_os_error() == Some(libc::EPERM) { " (raise RLIMIT_MEMLOCK: `ulimit -l unlimited`)" } else { "" })]
+    Dma {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("no IOVA space left for {len} bytes inside the IOMMU's allowed ranges")]
+    IovaExhausted { len: usize },
+    #[error("{addr}: controller did not {what} within {ms} ms (CAP.TO)")]
+    Timeout {
+        addr: String,
+        what: &'static str,
+        ms: u64,
+    },
+    #[error("{addr}: controller reports a fatal status (CSTS.CFS)")]
+    ControllerFatal { addr: String },
+    #[error("{addr}: {command} failed: {status}")]
+    Command {
+        addr: String,
+        command: &'static str,
+        status: NvmeStatus,
+    },
+    #[error("{addr}: namespace {nsid} is not active")]
+    NoSuchNamespace { addr: String, nsid: u32 },
+    #[error("{addr}: no I/O queue pair left (the controller granted {granted})")]
+    NoQueues { addr: String, granted: u16 },
+    #[error("{addr}: unsupported: {what}")]
+    Unsupported { addr: String, what: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why an I/O request failed after it was accepted by [`crate::QueuePair`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IoError {
+    /// The device completed the command with an error status.
+    #[error("{0}")]
+    Status(NvmeStatus),
+    /// The command did not complete in time; it was aborted (and the controller reset if that did not help).
+    #[error("command timed out")]
+    Timeout,
+    /// The controller was reset while the command was in flight; its effect on the media is unknown.
+    #[error("controller reset while the command was in flight")]
+    ControllerReset,
+}
+
+impl IoError {
+    pub fn status(&self) -> Option<NvmeStatus> {
+        match self {
+            IoError::Status(s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request was not accepted; the request's buffer is handed back in [`SubmitError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitErrorKind {
+    /// The queue pair has no room for the request now: poll for completions and submit again.
+    #[error("queue full: poll for completions and submit again")]
+    Busy,
+    #[error("zero-length request")]
+    ZeroLength,
+    #[error("length {len} is not a multiple of the logical block size {lba_size}")]
+    NotBlockMultiple { len: usize, lba_size: u32 },
+    #[error("buffer offset {offset} is not dword (4-byte) aligned, as PRPs require")]
+    Misaligned { offset: usize },
+    #[error("range {start}..{end} is outside the {len}-byte buffer")]
+    OutsideBuffer {
+        start: usize,
+        end: usize,
+        len: usize,
+    },
+    #[error("request needs {needed} commands but the queue holds at most {max}")]
+    TooLarge { needed: usize, max: usize },
+    #[error("namespace does not support {0}")]
+    Unsupported(&'static str),
+}
+
+/// A request that was not accepted, with its buffer given back.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}")]
+pub struct SubmitError {
+    pub kind: SubmitErrorKind,
+    pub buf: Option<crate::dma::DmaBuf>,
+}
