@@ -1,1 +1,17 @@
-//! The nvkv benchmark harness. Filled by issue #4.
+//! The nvkv benchmark harness.
+//!
+//! - [`plan`]: what to measure (workloads, contenders, durations) and the result records.
+//! - [`driver_perf`]: nvkv's own driver under a workload (like SPDK's perf).
+//! - [`fio`]: the kernel NVMe path under the same workload, measured by fio.
+//! - [`runner`]: runs a plan where the device is (in the guest or on bare metal), alternating contenders and
+//!   rebinding the device between vfio-pci and the kernel driver in the same boot.
+//! - [`report`]: medians, ratios, the table, `report.json` and the SVG plots.
+//!
+//! Nothing here asserts a timing: the harness measures and reports.
+
+pub mod driver_perf;
+pub mod fio;
+pub mod plan;
+pub mod report;
+pub mod runner;
+pub mod svg;

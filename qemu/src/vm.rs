@@ -141,7 +141,7 @@ impl NvmeController {
 }
 
 /// A VM to boot: see [`Vm::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VmBuilder {
     accel: Accel,
     cpus: u32,
@@ -157,7 +157,11 @@ pub struct VmBuilder {
     hugepages: u32,
     append: String,
     echo: bool,
+    on_line: Option<LineCallback>,
 }
+
+/// Called with every console line as it arrives (for progress reports).
+pub type LineCallback = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The result of running one command in the guest.
 #[derive(Debug, Clone)]
@@ -201,11 +205,30 @@ impl Vm {
             hugepages: 0,
             append: String::new(),
             echo: std::env::var("NVKV_VM_ECHO").is_ok_and(|v| v == "1"),
+            on_line: None,
         }
     }
 }
 
+impl std::fmt::Debug for VmBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmBuilder")
+            .field("accel", &self.accel)
+            .field("cpus", &self.cpus)
+            .field("controllers", &self.controllers)
+            .finish_non_exhaustive()
+    }
+}
+
 impl VmBuilder {
+    /// The accelerator this VM will use.
+    pub fn accel_kind(&self) -> Accel {
+        self.accel
+    }
+    pub fn cpu_count(&self) -> u32 {
+        self.cpus
+    }
+
     pub fn accel(mut self, a: Accel) -> Self {
         self.accel = a;
         self
@@ -261,6 +284,12 @@ impl VmBuilder {
         self.append = a.into();
         self
     }
+    /// Calls `f` with each console line as it arrives.
+    pub fn on_line(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_line = Some(Arc::new(f));
+        self
+    }
+
     /// Copy console lines to stderr as they arrive.
     pub fn echo(mut self, on: bool) -> Self {
         self.echo = on;
@@ -508,7 +537,12 @@ impl VmBuilder {
             .stderr
             .take()
             .ok_or_else(|| Error::Config("no stderr pipe".into()))?;
-        let (c2, b2, echo) = (console.clone(), began.clone(), self.echo);
+        let (c2, b2, echo, on_line) = (
+            console.clone(),
+            began.clone(),
+            self.echo,
+            self.on_line.clone(),
+        );
         let out_thread = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             let mut line = Vec::new();
@@ -530,6 +564,9 @@ impl VmBuilder {
                         }
                         if echo {
                             eprint!("[guest] {l}");
+                        }
+                        if let Some(f) = &on_line {
+                            f(l.trim_end());
                         }
                         if let Ok(mut c) = c2.lock() {
                             c.push_str(&l);

@@ -1,0 +1,401 @@
+//! `nvkv-bench`: the benchmark harness. `run` is the project's main job.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use nvkv_bench::plan::{
+    Contender, Measurement, Plan, Rw, Workload, INFO_PREFIX, PROGRESS_PREFIX, RESULT_PREFIX,
+};
+use nvkv_bench::report::{self, Conditions, Report};
+use nvkv_bench::runner::{self, Sink};
+use nvkv_qemu::{Accel, NvmeController, NvmeNamespace, Vm};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "nvkv benchmark harness: nvkv's userspace NVMe driver against the kernel's NVMe path (fio), in the same boot"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Boots of the test VM; medians are taken over all rounds of all boots.
+    #[arg(long, default_value_t = 3)]
+    boots: usize,
+    /// Rounds per boot; contenders alternate (A B, B A, ...).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    duration: f64,
+    /// Seconds of warm-up before each measurement.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Queue depths for 4 KiB random reads (random writes use the first two).
+    #[arg(long, value_delimiter = ',', default_value = "1,32,128")]
+    qd: Vec<usize>,
+    /// A short run (seconds): QD 1 and 32, nvkv against polled io_uring, one round, one boot.
+    #[arg(long)]
+    quick: bool,
+    /// Turn shadow doorbells off (they are used when the controller offers them).
+    #[arg(long)]
+    no_shadow: bool,
+    /// Leave the kernel's IOMMU domain as DMA (the naive baseline) instead of identity (the fair one).
+    #[arg(long)]
+    naive_kernel: bool,
+    /// Bare metal: benchmark this PCI device (bound to vfio-pci) on this host, without a VM.
+    #[arg(long)]
+    device: Option<String>,
+    /// tcg (default, works everywhere) or kvm (hosts where KVM works).
+    #[arg(long, default_value = "tcg")]
+    accel: Accel,
+    /// Where to write results (a timestamped folder is made inside).
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// fio binary for the kernel baseline.
+    #[arg(long, default_value = "/usr/bin/fio")]
+    fio: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The main job: set up the host, boot the VM with an emulated NVMe, run the suite, write the report.
+    Run(RunArgs),
+    /// Runs a plan where the device is (used inside the VM; also usable by hand on bare metal).
+    #[command(hide = true)]
+    Guest {
+        #[arg(long)]
+        plan: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        boot: usize,
+        #[arg(long, default_value = "/bin/fio")]
+        fio: PathBuf,
+    },
+}
+
+fn plan_for(a: &RunArgs, device: &str) -> Plan {
+    let rr = |qd| Workload {
+        rw: Rw::RandRead,
+        bs: 4096,
+        qd,
+        threads: 1,
+    };
+    let rw = |qd| Workload {
+        rw: Rw::RandWrite,
+        bs: 4096,
+        qd,
+        threads: 1,
+    };
+    if a.quick {
+        return Plan {
+            device: device.into(),
+            workloads: vec![rr(1), rr(32)],
+            contenders: vec![Contender::Nvkv, Contender::KernelIoUringPolled],
+            duration_s: 0.5,
+            warmup_s: 0.2,
+            rounds: 1,
+            shadow_doorbells: !a.no_shadow,
+            kernel_identity_domain: !a.naive_kernel,
+        };
+    }
+    let mut workloads: Vec<Workload> = a.qd.iter().map(|&q| rr(q)).collect();
+    workloads.extend(a.qd.iter().take(2).map(|&q| rw(q)));
+    workloads.push(Workload {
+        rw: Rw::RandRead,
+        bs: 4096,
+        qd: 32,
+        threads: 2,
+    });
+    Plan {
+        device: device.into(),
+        workloads,
+        contenders: vec![
+            Contender::Nvkv,
+            Contender::KernelIoUring,
+            Contender::KernelIoUringPolled,
+            Contender::KernelIoUringCmdPolled,
+        ],
+        duration_s: a.duration,
+        warmup_s: a.warmup,
+        rounds: a.rounds,
+        shadow_doorbells: !a.no_shadow,
+        kernel_identity_domain: !a.naive_kernel,
+    }
+}
+
+/// Sink that prints framed lines (inside the guest, read back by the host).
+struct FramedSink;
+impl Sink for FramedSink {
+    fn measurement(&mut self, m: Measurement) {
+        if let Ok(j) = serde_json::to_string(&m) {
+            println!("{RESULT_PREFIX}{j}");
+        }
+    }
+    fn progress(&mut self, step: usize, total: usize, what: &str) {
+        println!("{PROGRESS_PREFIX}{step} {total} {what}");
+    }
+    fn info(&mut self, key: &str, value: &str) {
+        println!("{INFO_PREFIX}{key}={value}");
+    }
+}
+
+/// Sink that collects (bare metal).
+#[derive(Default)]
+struct Collect {
+    ms: Vec<Measurement>,
+    info: BTreeMap<String, String>,
+}
+impl Sink for Collect {
+    fn measurement(&mut self, m: Measurement) {
+        self.ms.push(m);
+    }
+    fn progress(&mut self, step: usize, total: usize, what: &str) {
+        progress_bar(step, total, what);
+    }
+    fn info(&mut self, key: &str, value: &str) {
+        self.info.insert(key.into(), value.into());
+    }
+}
+
+fn progress_bar(step: usize, total: usize, what: &str) {
+    let width = 30;
+    let filled = if total == 0 { 0 } else { step * width / total };
+    let mut e = std::io::stderr();
+    let _ = write!(
+        e,
+        "\r\x1b[2K[{}{}] {step}/{total} {what}",
+        "#".repeat(filled),
+        "-".repeat(width - filled)
+    );
+    let _ = e.flush();
+}
+
+fn first_line_of(cmd: &str, arg: &str) -> Option<String> {
+    let out = std::process::Command::new(cmd).arg(arg).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+fn host_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("host: {n} × {cpu}")
+}
+
+/// UTC time as YYYYMMDD-HHMMSS, without a date crate.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn run_vm(
+    a: &RunArgs,
+    plan: &Plan,
+) -> Result<(Vec<Measurement>, BTreeMap<String, String>, Conditions)> {
+    nvkv_qemu::host::setup().map_err(|e| anyhow!("{e}"))?;
+    let exe = std::env::current_exe().context("finding the nvkv-bench executable")?;
+    if !a.fio.exists() {
+        bail!(
+            "{} not found: run `cargo run -p nvkv-qemu -- setup` (installs Debian's fio)",
+            a.fio.display()
+        );
+    }
+    let boots = if a.quick { 1 } else { a.boots.max(1) };
+    let plan_json = serde_json::to_vec(plan)?;
+    let kernel = nvkv_qemu::host::find_kernel().map_err(|e| anyhow!("{e}"))?;
+    let collected: Arc<Mutex<(Vec<Measurement>, BTreeMap<String, String>)>> = Arc::default();
+    let mut vcpus = 2;
+    for boot in 0..boots {
+        let sink = collected.clone();
+        let vm = Vm::builder()
+            .accel(a.accel)
+            .controller(
+                NvmeController::new("NVKV-BENCH").namespace(NvmeNamespace::null(1 << 30, 4096)),
+            )
+            .binary(&exe, "nvkv-bench")
+            .binary(&a.fio, "fio")
+            .file("/etc/nvkv/plan.json", plan_json.clone())
+            .timeout(std::time::Duration::from_secs(3600))
+            .on_line(move |l| {
+                if let Some(p) = l.strip_prefix(PROGRESS_PREFIX) {
+                    let mut it = p.splitn(3, ' ');
+                    let step = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    let total = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    progress_bar(step, total, it.next().unwrap_or(""));
+                } else if let Some(j) = l.strip_prefix(RESULT_PREFIX) {
+                    if let (Ok(m), Ok(mut g)) =
+                        (serde_json::from_str::<Measurement>(j), sink.lock())
+                    {
+                        g.0.push(m);
+                    }
+                } else if let Some(kv) = l.strip_prefix(INFO_PREFIX) {
+                    if let (Some((k, v)), Ok(mut g)) = (kv.split_once('='), sink.lock()) {
+                        g.1.insert(k.to_string(), v.to_string());
+                    }
+                }
+            });
+        vcpus = vm.cpu_count() as usize;
+        eprintln!("nvkv-bench: boot {}/{boots}", boot + 1);
+        let out = vm
+            .run(&format!(
+                "/bin/nvkv-bench guest --plan /etc/nvkv/plan.json --boot {boot} --fio /bin/fio\n"
+            ))
+            .map_err(|e| anyhow!("{e}"))?;
+        eprintln!();
+        if out.exit_code != 0 {
+            let tail: Vec<&str> = out.output.lines().collect();
+            bail!(
+                "the in-guest benchmark failed (exit {}):\n{}",
+                out.exit_code,
+                tail[tail.len().saturating_sub(30)..].join("\n")
+            );
+        }
+    }
+    let (ms, info) = std::mem::take(
+        &mut *collected
+            .lock()
+            .map_err(|_| anyhow!("result collector poisoned"))?,
+    );
+    let environment = match a.accel {
+        Accel::Tcg => "QEMU TCG (software emulation; compare ratios, not absolute figures)",
+        Accel::Kvm => "QEMU KVM",
+    };
+    let c = Conditions {
+        environment: environment.into(),
+        vcpus,
+        host: host_description(),
+        qemu: first_line_of("qemu-system-x86_64", "--version"),
+        guest_kernel: Some(kernel.version),
+        device: "QEMU NVMe (1b36:0010), 1 namespace on null-co 1 GiB with read-zeroes, 4096 B LBA, behind intel-iommu".into(),
+        duration_s: plan.duration_s,
+        warmup_s: plan.warmup_s,
+        rounds_per_boot: plan.rounds,
+        boots,
+        pinning: "each queue pair / fio job on its own vCPU (0, 1); guest clocksource=tsc".into(),
+        started: timestamp(),
+        nvkv_version: env!("CARGO_PKG_VERSION").into(),
+        notes: notes(plan),
+    };
+    Ok((ms, info, c))
+}
+
+fn notes(plan: &Plan) -> Vec<String> {
+    let mut n =
+        vec![format!(
+        "kernel path: nvme.ko with poll_queues=1; IOMMU group type {} for the kernel driver ({})",
+        if plan.kernel_identity_domain { "identity" } else { "DMA" },
+        if plan.kernel_identity_domain { "the fair baseline" } else { "the naive baseline" }
+    )];
+    n.push(format!(
+        "nvkv: shadow doorbells {}",
+        if plan.shadow_doorbells {
+            "on when offered"
+        } else {
+            "off"
+        }
+    ));
+    n.push("nvkv × = nvkv median IOPS / this contender's median IOPS".into());
+    n
+}
+
+fn run_bare_metal(
+    a: &RunArgs,
+    device: &str,
+    plan: &Plan,
+) -> Result<(Vec<Measurement>, BTreeMap<String, String>, Conditions)> {
+    let mut sink = Collect::default();
+    runner::run(plan, 0, &a.fio, &mut sink)?;
+    eprintln!();
+    let c = Conditions {
+        environment: "bare metal".into(),
+        vcpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        host: host_description(),
+        qemu: None,
+        guest_kernel: first_line_of("uname", "-r"),
+        device: format!("{device} (namespace 1)"),
+        duration_s: plan.duration_s,
+        warmup_s: plan.warmup_s,
+        rounds_per_boot: plan.rounds,
+        boots: 1,
+        pinning: "each queue pair / fio job on its own CPU (0, 1)".into(),
+        started: timestamp(),
+        nvkv_version: env!("CARGO_PKG_VERSION").into(),
+        notes: notes(plan),
+    };
+    Ok((sink.ms, sink.info, c))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Guest { plan, boot, fio } => {
+            let plan: Plan = serde_json::from_slice(&std::fs::read(&plan)?)?;
+            runner::run(&plan, boot, &fio, &mut FramedSink)?;
+        }
+        Cmd::Run(a) => {
+            let device = a
+                .device
+                .clone()
+                .unwrap_or_else(|| NvmeController::guest_address(0));
+            let plan = plan_for(&a, &device);
+            let (ms, info, conditions) = if a.device.is_some() {
+                run_bare_metal(&a, &device, &plan)?
+            } else {
+                run_vm(&a, &plan)?
+            };
+            if ms.is_empty() {
+                bail!("no measurements came back");
+            }
+            let r = Report {
+                schema: report::SCHEMA.into(),
+                summary: report::summarize(&ms),
+                conditions,
+                info,
+                measurements: ms,
+            };
+            let dir = a.out.join(&r.conditions.started);
+            report::write(&r, &dir)?;
+            println!("{}", report::table(&r));
+            println!("results: {}", Path::new(&dir).join("report.json").display());
+            println!("plots:   {}/*.svg", dir.display());
+        }
+    }
+    Ok(())
+}

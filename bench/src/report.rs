@@ -1,0 +1,351 @@
+//! Medians and spread over rounds and boots, ratios against the kernel path, the table, `report.json`, plots.
+
+use crate::plan::{Contender, Measurement, Rw, Workload};
+use crate::svg::{self, Series};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Where and how the figures were measured; printed with the table and stored in the JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Conditions {
+    /// "QEMU TCG", "QEMU KVM" or "bare metal".
+    pub environment: String,
+    pub vcpus: usize,
+    pub host: String,
+    pub qemu: Option<String>,
+    pub guest_kernel: Option<String>,
+    /// The device under test.
+    pub device: String,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub rounds_per_boot: usize,
+    pub boots: usize,
+    pub pinning: String,
+    pub started: String,
+    pub nvkv_version: String,
+    pub notes: Vec<String>,
+}
+
+/// Median and spread of one contender on one workload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub workload: Workload,
+    pub contender: Contender,
+    pub samples: usize,
+    pub median_iops: f64,
+    pub min_iops: f64,
+    pub max_iops: f64,
+    pub median_p50_us: f64,
+    pub median_p99_us: f64,
+    pub median_p999_us: f64,
+    pub median_mmio_writes_per_io: Option<f64>,
+    /// nvkv's median IOPS divided by this contender's (only for kernel contenders).
+    pub nvkv_ratio: Option<f64>,
+}
+
+/// The whole report (`report.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: String,
+    pub conditions: Conditions,
+    pub info: BTreeMap<String, String>,
+    pub summary: Vec<Summary>,
+    pub measurements: Vec<Measurement>,
+}
+
+pub const SCHEMA: &str = "nvkv-bench/report/v1";
+
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn summarize(ms: &[Measurement]) -> Vec<Summary> {
+    let mut groups: BTreeMap<(Workload, Contender), Vec<&Measurement>> = BTreeMap::new();
+    for m in ms {
+        groups
+            .entry((m.workload.clone(), m.contender))
+            .or_default()
+            .push(m);
+    }
+    let mut out: Vec<Summary> = groups
+        .into_iter()
+        .map(|((workload, contender), v)| {
+            let col =
+                |f: &dyn Fn(&Measurement) -> f64| -> Vec<f64> { v.iter().map(|m| f(m)).collect() };
+            let iops = col(&|m| m.iops);
+            let mmio: Vec<f64> = v.iter().filter_map(|m| m.mmio_writes_per_io).collect();
+            Summary {
+                workload,
+                contender,
+                samples: v.len(),
+                median_iops: median(&mut iops.clone()),
+                min_iops: iops.iter().copied().fold(f64::MAX, f64::min),
+                max_iops: iops.iter().copied().fold(0.0, f64::max),
+                median_p50_us: median(&mut col(&|m| m.latency.p50_us)),
+                median_p99_us: median(&mut col(&|m| m.latency.p99_us)),
+                median_p999_us: median(&mut col(&|m| m.latency.p999_us)),
+                median_mmio_writes_per_io: (!mmio.is_empty()).then(|| median(&mut mmio.clone())),
+                nvkv_ratio: None,
+            }
+        })
+        .collect();
+    let nvkv: BTreeMap<Workload, f64> = out
+        .iter()
+        .filter(|s| s.contender == Contender::Nvkv)
+        .map(|s| (s.workload.clone(), s.median_iops))
+        .collect();
+    for s in out.iter_mut().filter(|s| s.contender.is_kernel()) {
+        if let Some(n) = nvkv.get(&s.workload) {
+            if s.median_iops > 0.0 {
+                s.nvkv_ratio = Some(n / s.median_iops);
+            }
+        }
+    }
+    out
+}
+
+/// The human-readable table.
+pub fn table(r: &Report) -> String {
+    let c = &r.conditions;
+    let mut t = String::new();
+    t += &format!(
+        "nvkv-bench: {} · {} vCPUs · {}\ndevice: {}\n{} s per run after {} s warm-up · {} rounds/boot × {} boots (A B alternation) · medians [min–max]\n{}\n\n",
+        c.environment, c.vcpus, c.host, c.device, c.duration_s, c.warmup_s, c.rounds_per_boot, c.boots, c.pinning
+    );
+    t += &format!(
+        "{:<28} {:<30} {:>22} {:>9} {:>9} {:>9} {:>9} {:>8}\n",
+        "workload",
+        "contender",
+        "IOPS median [min-max]",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "MMIO/IO",
+        "nvkv ×"
+    );
+    let mut last = None;
+    for s in &r.summary {
+        if last.as_ref() != Some(&s.workload) && last.is_some() {
+            t.push('\n');
+        }
+        last = Some(s.workload.clone());
+        let spread = format!(
+            "{} [{}–{}]",
+            svg::human(s.median_iops),
+            svg::human(s.min_iops),
+            svg::human(s.max_iops)
+        );
+        t += &format!(
+            "{:<28} {:<30} {:>22} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>8}\n",
+            s.workload.label(),
+            s.contender.label(),
+            spread,
+            s.median_p50_us,
+            s.median_p99_us,
+            s.median_p999_us,
+            s.median_mmio_writes_per_io
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            s.nvkv_ratio
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    for n in &c.notes {
+        t += &format!("note: {n}\n");
+    }
+    t
+}
+
+/// Writes report.json, table.txt and the plots into `dir`.
+pub fn write(r: &Report, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
+    std::fs::write(dir.join("table.txt"), table(r))?;
+    let env = format!("{}, {} vCPUs", r.conditions.environment, r.conditions.vcpus);
+    for rw in [Rw::RandRead, Rw::RandWrite] {
+        let series: Vec<Series> = contenders(r)
+            .into_iter()
+            .map(|c| Series {
+                label: c.label().into(),
+                points: r
+                    .summary
+                    .iter()
+                    .filter(|s| {
+                        s.contender == c
+                            && s.workload.rw == rw
+                            && s.workload.threads == 1
+                            && s.workload.bs == 4096
+                    })
+                    .map(|s| (s.workload.qd as f64, s.median_iops))
+                    .collect(),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        if !series.is_empty() {
+            let title = format!(
+                "4 KiB {} IOPS vs queue depth ({env}, median)",
+                rw.fio_name()
+            );
+            let svg = svg::line_chart(&title, "queue depth", "IOPS", &series, true, true);
+            std::fs::write(dir.join(format!("iops_vs_qd_{}.svg", rw.fio_name())), svg)?;
+        }
+    }
+    // Latency CDF at QD1 random read: the run with the median IOPS of each contender.
+    let series: Vec<Series> = contenders(r)
+        .into_iter()
+        .filter_map(|c| {
+            let mut v: Vec<&Measurement> = r
+                .measurements
+                .iter()
+                .filter(|m| {
+                    m.contender == c
+                        && m.workload.rw == Rw::RandRead
+                        && m.workload.qd == 1
+                        && m.workload.threads == 1
+                })
+                .collect();
+            v.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+            let m = v.get(v.len() / 2)?;
+            Some(Series {
+                label: c.label().into(),
+                points: m.latency.cdf.iter().map(|&(p, us)| (us, p)).collect(),
+            })
+        })
+        .collect();
+    if !series.is_empty() {
+        let svg = svg::line_chart(
+            &format!("4 KiB random read latency CDF, QD1 ({env})"),
+            "latency (µs)",
+            "percentile",
+            &series,
+            true,
+            false,
+        );
+        std::fs::write(dir.join("latency_cdf_qd1.svg"), svg)?;
+    }
+    Ok(())
+}
+
+fn contenders(r: &Report) -> Vec<Contender> {
+    let mut c: Vec<Contender> = r.summary.iter().map(|s| s.contender).collect();
+    c.sort();
+    c.dedup();
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Latency;
+
+    fn m(c: Contender, qd: usize, iops: f64, round: usize) -> Measurement {
+        Measurement {
+            contender: c,
+            workload: Workload {
+                rw: Rw::RandRead,
+                bs: 4096,
+                qd,
+                threads: 1,
+            },
+            boot: 0,
+            round,
+            ios: iops as u64,
+            seconds: 1.0,
+            iops,
+            mb_per_s: iops * 4096.0 / 1e6,
+            latency: Latency {
+                p50_us: 10.0,
+                cdf: vec![(50.0, 10.0), (99.0, 20.0)],
+                ..Default::default()
+            },
+            mmio_writes_per_io: (c == Contender::Nvkv).then_some(1.0),
+            shadow_updates_per_io: None,
+            poll_queue: None,
+            iommu_domain: None,
+        }
+    }
+
+    #[test]
+    fn medians_spread_and_ratio() {
+        let ms = vec![
+            m(Contender::Nvkv, 1, 100.0, 0),
+            m(Contender::Nvkv, 1, 300.0, 1),
+            m(Contender::Nvkv, 1, 200.0, 2),
+            m(Contender::KernelIoUringPolled, 1, 50.0, 0),
+            m(Contender::KernelIoUringPolled, 1, 40.0, 1),
+        ];
+        let s = summarize(&ms);
+        let n = s
+            .iter()
+            .find(|s| s.contender == Contender::Nvkv)
+            .expect("nvkv row");
+        assert_eq!(
+            (n.median_iops, n.min_iops, n.max_iops, n.samples),
+            (200.0, 100.0, 300.0, 3)
+        );
+        let k = s
+            .iter()
+            .find(|s| s.contender == Contender::KernelIoUringPolled)
+            .expect("kernel row");
+        assert_eq!(k.median_iops, 45.0);
+        assert!((k.nvkv_ratio.expect("ratio") - 200.0 / 45.0).abs() < 1e-9);
+        assert_eq!(n.nvkv_ratio, None);
+    }
+
+    #[test]
+    fn report_json_round_trips_with_schema() {
+        let ms = vec![
+            m(Contender::Nvkv, 1, 100.0, 0),
+            m(Contender::KernelIoUring, 1, 50.0, 0),
+        ];
+        let r = Report {
+            schema: SCHEMA.into(),
+            conditions: Conditions {
+                environment: "QEMU TCG".into(),
+                vcpus: 2,
+                host: "test".into(),
+                qemu: None,
+                guest_kernel: None,
+                device: "d".into(),
+                duration_s: 1.0,
+                warmup_s: 0.1,
+                rounds_per_boot: 1,
+                boots: 1,
+                pinning: "p".into(),
+                started: "now".into(),
+                nvkv_version: "0".into(),
+                notes: vec![],
+            },
+            info: BTreeMap::new(),
+            summary: summarize(&ms),
+            measurements: ms,
+        };
+        let text = serde_json::to_string(&r).expect("serialize");
+        let back: Report = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back.schema, SCHEMA);
+        assert_eq!(back.summary.len(), 2);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        for key in ["conditions", "summary", "measurements"] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert!(v["measurements"][0]["latency"]["p99_us"].is_number());
+        assert!(table(&back).contains("nvkv (VFIO, polled)"));
+        let dir = std::env::temp_dir().join(format!("nvkv-report-test-{}", std::process::id()));
+        write(&back, &dir).expect("write report");
+        assert!(dir.join("report.json").exists() && dir.join("iops_vs_qd_randread.svg").exists());
+        assert!(dir.join("latency_cdf_qd1.svg").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
