@@ -385,6 +385,23 @@ impl Controller {
             .map(|_| ())
     }
 
+    /// Sends Identify Namespace (CNS 00h) for `nsid` and returns the whole data structure (for tools such as
+    /// `nvkv-identify` that print fields the decoded [`Namespace`] leaves out).
+    pub fn identify_namespace(&self, nsid: u32) -> Result<Box<IdentifyNamespace>> {
+        let s = &self.shared;
+        let mut aq = lock(&s.admin);
+        aq.exec(
+            &s.addr,
+            &s.bar,
+            "Identify Namespace",
+            identify(cns::NAMESPACE, nsid),
+            s.opts.admin_timeout,
+        )?;
+        let ns: IdentifyNamespace = spec::from_bytes(&aq.data)
+            .ok_or_else(|| Error::InvalidArgument("identify buffer too small".into()))?;
+        Ok(Box::new(ns))
+    }
+
     /// Get Features / Set Features (Volatile Write Cache).
     pub fn set_volatile_write_cache(&self, on: bool) -> Result<()> {
         let s = &self.shared;
