@@ -43,9 +43,10 @@ struct RunArgs {
     /// A short run (seconds): QD 1 and 32, nvkv against polled io_uring, one round, one boot.
     #[arg(long)]
     quick: bool,
-    /// Turn shadow doorbells off (they are used when the controller offers them).
+    /// Use shadow doorbells when the controller offers them (off by default: see ControllerOptions; on QEMU
+    /// 7.2 they cost IOPS and can stall at QD 1).
     #[arg(long)]
-    no_shadow: bool,
+    shadow: bool,
     /// Leave the kernel's IOMMU domain as DMA (the naive baseline) instead of identity (the fair one).
     #[arg(long)]
     naive_kernel: bool,
@@ -100,7 +101,7 @@ fn plan_for(a: &RunArgs, device: &str) -> Plan {
             duration_s: 0.5,
             warmup_s: 0.2,
             rounds: 1,
-            shadow_doorbells: !a.no_shadow,
+            shadow_doorbells: a.shadow,
             kernel_identity_domain: !a.naive_kernel,
         };
     }
@@ -124,7 +125,7 @@ fn plan_for(a: &RunArgs, device: &str) -> Plan {
         duration_s: a.duration,
         warmup_s: a.warmup,
         rounds: a.rounds,
-        shadow_doorbells: !a.no_shadow,
+        shadow_doorbells: a.shadow,
         kernel_identity_domain: !a.naive_kernel,
     }
 }
@@ -165,7 +166,7 @@ impl Sink for Collect {
 
 fn progress_bar(step: usize, total: usize, what: &str) {
     let width = 30;
-    let filled = if total == 0 { 0 } else { step * width / total };
+    let filled = (step * width).checked_div(total).unwrap_or(0).min(width);
     let mut e = std::io::stderr();
     let _ = write!(
         e,
@@ -224,6 +225,9 @@ fn timestamp() -> String {
     )
 }
 
+/// Measurements and info lines read back from the guest.
+type Collected = (Vec<Measurement>, BTreeMap<String, String>);
+
 fn run_vm(
     a: &RunArgs,
     plan: &Plan,
@@ -239,7 +243,7 @@ fn run_vm(
     let boots = if a.quick { 1 } else { a.boots.max(1) };
     let plan_json = serde_json::to_vec(plan)?;
     let kernel = nvkv_qemu::host::find_kernel().map_err(|e| anyhow!("{e}"))?;
-    let collected: Arc<Mutex<(Vec<Measurement>, BTreeMap<String, String>)>> = Arc::default();
+    let collected: Arc<Mutex<Collected>> = Arc::default();
     let mut vcpus = 2;
     for boot in 0..boots {
         let sink = collected.clone();

@@ -22,6 +22,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
     /// Use shadow doorbells (Doorbell Buffer Config) when the controller offers them (OACS bit 8).
+    ///
+    /// Off by default. Measured on QEMU 7.2's NVMe under TCG (2026-11-25): with batched submissions the driver
+    /// already writes 0.04 MMIO doorbells per I/O at QD 32 without them (0.06 with them, and 25-50 % fewer IOPS),
+    /// and at QD 1 with shadow doorbells on a run stalled with no completion for 30 s in two of two boots (the
+    /// controller missed a tail update). They stay available for controllers that implement them well.
     pub shadow_doorbells: bool,
     /// I/O queue pairs to ask for with Set Features (Number of Queues).
     pub io_queues: u16,
@@ -32,7 +37,7 @@ pub struct ControllerOptions {
 impl Default for ControllerOptions {
     fn default() -> Self {
         Self {
-            shadow_doorbells: true,
+            shadow_doorbells: false,
             io_queues: 64,
             admin_timeout: Duration::from_secs(30),
         }
