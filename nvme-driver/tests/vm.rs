@@ -685,7 +685,11 @@ fn shadow_doorbells_on_and_off() -> R {
     let ns;
     let n = 3000;
     let s_on = {
-        let c = Controller::open(C_512)?;
+        let opts = nvme_driver::ControllerOptions {
+            shadow_doorbells: true,
+            ..Default::default()
+        };
+        let c = Controller::open_with(C_512, opts)?;
         check!(
             c.info().oacs & nvme_driver::spec::OACS_DBBUF != 0,
             "QEMU 7.2 should advertise Doorbell Buffer Config"
