@@ -1,0 +1,63 @@
+//! `nvkv-identify`: Identify Controller and Identify Namespace through nvkv's own driver.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use nvkv_tools::identify::{IdCtrl, IdNs, Report};
+use nvme_driver::Controller;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nvkv-identify",
+    version,
+    about = "Print a controller's Identify Controller and Identify Namespace data, read through nvkv's driver",
+    long_about = "Opens the controller through nvkv's userspace driver (it must be bound to vfio-pci: \
+        `nvkv-setup bind ADDR`) and prints its Identify Controller data and the Identify Namespace data of \
+        every active namespace. With --json the field names and values are those of nvme-cli's \
+        `nvme id-ctrl -o json` and `nvme id-ns -o json`."
+)]
+struct Cli {
+    /// PCI address of the controller, e.g. 0000:01:00.0 (see `nvkv-setup list`).
+    addr: String,
+    /// Print JSON: {"address", "controller": {id-ctrl fields}, "namespaces": [{"nsid", id-ns fields}]}.
+    #[arg(long)]
+    json: bool,
+    /// Only this namespace (default: every active namespace).
+    #[arg(long, short = 'n')]
+    nsid: Option<u32>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let ctrl = Controller::open(&cli.addr)?;
+    let controller = IdCtrl::from_raw(&ctrl.info().raw);
+    let nsids: Vec<u32> = match cli.nsid {
+        Some(n) => vec![ctrl.namespace(n)?.nsid],
+        None => ctrl.namespaces().iter().map(|n| n.nsid).collect(),
+    };
+    let mut namespaces = Vec::new();
+    for nsid in nsids {
+        let raw = ctrl
+            .identify_namespace(nsid)
+            .with_context(|| format!("{}: Identify Namespace {nsid}", cli.addr))?;
+        namespaces.push(IdNs::from_raw(nsid, &raw));
+    }
+    let report = Report {
+        address: cli.addr.clone(),
+        controller,
+        namespaces,
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "NVMe Identify Controller ({}, through nvkv's driver):",
+            report.address
+        );
+        print!("{}", report.controller.text());
+        for ns in &report.namespaces {
+            println!("\nNVMe Identify Namespace {}:", ns.nsid);
+            print!("{}", ns.text());
+        }
+    }
+    Ok(())
+}
