@@ -1,0 +1,217 @@
+//! The append-only write buffer: records packed after a segment header in a device buffer, so a full
+//! buffer *is* the segment image and goes to the device without a copy. A shard has two: one fills while
+//! the other is being written (see `persist`). A newer write of a key that is still in the buffer
+//! overwrites the old record in place when the sizes match, and otherwise leaves it dead, to be squeezed
+//! out by [`WriteBuffer::compact`] before the buffer is written.
+
+use std::collections::HashMap;
+
+use crate::format::{self, SegmentHeader, REC_HDR_LEN, SEG_HDR_LEN};
+
+/// A write buffer over the device buffer type `B`.
+#[derive(Debug)]
+pub struct WriteBuffer<B> {
+    buf: B,
+    len: usize,
+    /// Key → offset of its newest record in this buffer.
+    latest: HashMap<Box<[u8]>, u32>,
+    dead_bytes: usize,
+    records: u32,
+}
+
+impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
+    /// Wraps an empty device buffer (its length is the capacity).
+    pub fn new(buf: B) -> Self {
+        WriteBuffer {
+            buf,
+            len: SEG_HDR_LEN,
+            latest: HashMap::new(),
+            dead_bytes: 0,
+            records: 0,
+        }
+    }
+
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+    /// Bytes used (header included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// No records?
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+    /// Bytes of records superseded inside this buffer.
+    pub fn dead_bytes(&self) -> usize {
+        self.dead_bytes
+    }
+    /// Whether a record of `rec_len` bytes fits (after compaction when that helps).
+    pub fn fits(&self, rec_len: usize) -> bool {
+        self.len + rec_len <= self.capacity()
+    }
+    /// Whether it would fit once dead records are squeezed out.
+    pub fn fits_after_compaction(&self, rec_len: usize) -> bool {
+        self.len - self.dead_bytes + rec_len <= self.capacity()
+    }
+
+    /// Appends a record (or overwrites the key's buffered record in place when it has the same size);
+    /// returns its offset and, when an older buffered record of the key died, that record's length.
+    /// The caller checked [`WriteBuffer::fits`].
+    pub fn append(
+        &mut self,
+        tombstone: bool,
+        ts: u64,
+        version: u64,
+        key: &[u8],
+        value: &[u8],
+    ) -> u32 {
+        let rl = format::record_len(key.len(), value.len());
+        if let Some(&old) = self.latest.get(key) {
+            let o = old as usize;
+            if let Ok((okl, ovl)) = format::record_lens(&self.buf[o..]) {
+                if format::record_len(okl, ovl) == rl {
+                    format::encode_record(
+                        &mut self.buf[o..o + rl],
+                        tombstone,
+                        ts,
+                        version,
+                        key,
+                        value,
+                    );
+                    return old;
+                }
+                self.dead_bytes += format::record_len(okl, ovl);
+            }
+        }
+        let off = self.len;
+        format::encode_record(
+            &mut self.buf[off..off + rl],
+            tombstone,
+            ts,
+            version,
+            key,
+            value,
+        );
+        self.len += rl;
+        self.records += 1;
+        self.latest.insert(key.into(), off as u32);
+        off as u32
+    }
+
+    /// The record at `off`, checked.
+    pub fn record(&self, off: usize) -> Result<format::Record<'_>, format::FormatError> {
+        let b = self
+            .buf
+            .get(off..self.len)
+            .ok_or(format::FormatError::Truncated("buffered record"))?;
+        format::decode_record(b).map(|(r, _)| r)
+    }
+
+    /// Squeezes out dead records; calls `moved(key, old_off, new_off)` for every live record that moved.
+    pub fn compact(&mut self, mut moved: impl FnMut(&[u8], u32, u32)) {
+        if self.dead_bytes == 0 {
+            return;
+        }
+        let mut rd = SEG_HDR_LEN;
+        let mut wr = SEG_HDR_LEN;
+        let mut records = 0;
+        while rd < self.len {
+            let Ok((kl, vl)) = format::record_lens(&self.buf[rd..]) else {
+                break;
+            };
+            let rl = format::record_len(kl, vl);
+            let key = &self.buf[rd + REC_HDR_LEN..rd + REC_HDR_LEN + kl];
+            let live = self.latest.get(key) == Some(&(rd as u32));
+            if live {
+                if rd != wr {
+                    let k: Box<[u8]> = key.into();
+                    self.buf.copy_within(rd..rd + rl, wr);
+                    self.latest.insert(k.clone(), wr as u32);
+                    moved(&k, rd as u32, wr as u32);
+                }
+                wr += rl;
+                records += 1;
+            }
+            rd += rl;
+        }
+        self.len = wr;
+        self.records = records;
+        self.dead_bytes = 0;
+    }
+
+    /// Iterates (offset, record) over the buffer's records (dead ones included unless compacted).
+    pub fn records(&self) -> impl Iterator<Item = (usize, format::Record<'_>)> + '_ {
+        format::records(&self.buf[SEG_HDR_LEN..self.len])
+            .map_while(Result::ok)
+            .map(|(o, r)| (o + SEG_HDR_LEN, r))
+    }
+
+    /// Writes the segment header and zeroes the tail of the last block; returns the blocks to write.
+    pub fn seal(&mut self, hdr: &mut SegmentHeader, block_size: usize) -> u32 {
+        let nblocks = self.len.div_ceil(block_size);
+        let end = (nblocks * block_size).min(self.buf.len());
+        self.buf[self.len..end].fill(0);
+        hdr.nblocks = nblocks as u32;
+        hdr.payload_len = (self.len - SEG_HDR_LEN) as u32;
+        hdr.payload_crc = crc32c::crc32c(&self.buf[SEG_HDR_LEN..self.len]);
+        hdr.nrecords = self.records;
+        hdr.encode(&mut self.buf[..SEG_HDR_LEN]);
+        nblocks as u32
+    }
+
+    /// Gives the device buffer up (to be written) and resets this one around `next`.
+    pub fn swap(&mut self, next: B) -> B {
+        self.len = SEG_HDR_LEN;
+        self.latest.clear();
+        self.dead_bytes = 0;
+        self.records = 0;
+        std::mem::replace(&mut self.buf, next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overwrite_in_place_and_compact() {
+        let mut b = WriteBuffer::new(vec![0u8; 4096]);
+        let a = b.append(false, 1, 1, b"k1", b"aaaa");
+        let c = b.append(false, 2, 2, b"k2", b"bb");
+        // Same size: in place.
+        assert_eq!(b.append(false, 3, 3, b"k1", b"cccc"), a);
+        assert_eq!(b.dead_bytes(), 0);
+        // Different size: appended, the old one dies.
+        let d = b.append(false, 4, 4, b"k2", b"ddddd");
+        assert!(d > c);
+        assert!(b.dead_bytes() > 0);
+        let mut moves = vec![];
+        b.compact(|k, o, n| moves.push((k.to_vec(), o, n)));
+        assert_eq!(moves, vec![(b"k2".to_vec(), d, c)]);
+        let recs: Vec<_> = b.records().map(|(o, r)| (o, r.value.to_vec())).collect();
+        assert_eq!(
+            recs,
+            vec![
+                (a as usize, b"cccc".to_vec()),
+                (c as usize, b"ddddd".to_vec())
+            ]
+        );
+        let mut h = SegmentHeader {
+            seq: 1,
+            shard_id: 0,
+            nblocks: 0,
+            payload_len: 0,
+            payload_crc: 0,
+            next_lba: 9,
+            next_blocks: 1,
+            nrecords: 0,
+        };
+        assert_eq!(b.seal(&mut h, 512), 1);
+        let img = b.swap(vec![0u8; 4096]);
+        let h2 = SegmentHeader::decode(&img, 512).expect("header");
+        assert_eq!(h2, h);
+        assert!(h2.check_payload(&img).is_ok());
+    }
+}

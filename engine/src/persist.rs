@@ -1,0 +1,412 @@
+//! Persistence cycles: seal the active buffer into a segment, write it at the log head, Flush when the
+//! device has a volatile cache, then publish the generation (durable waiters are answered). The other
+//! buffer takes writes meanwhile. Every `checkpoint_every` segments (and at open and close) the index is
+//! written as a checkpoint and the superblock switched to it — done synchronously, as it is rare.
+
+use crate::bdev::{BlockDevice, Completion, IoError, SubmitError};
+use crate::error::Error;
+use crate::format::{self, SegmentHeader, SegmentRef, Superblock};
+use crate::index::LOC_BUFFERED;
+use crate::shard::{SegInfo, Shard, TAG_CYCLE_FLUSH, TAG_CYCLE_WRITE};
+
+/// Where the cycle in flight is.
+pub(crate) enum CycleState<B> {
+    /// The write was refused as busy: retry.
+    SubmitWrite(B),
+    Writing,
+    SubmitFlush,
+    Flushing,
+    Done,
+}
+
+/// The cycle in flight.
+pub(crate) struct InFlight<B> {
+    pub gen: u64,
+    pub lba: u64,
+    pub nblocks: u32,
+    pub state: CycleState<B>,
+}
+
+fn submit_err<B>(e: SubmitError<B>) -> (Option<B>, Option<IoError>) {
+    match e {
+        SubmitError::Busy(b) => (b, None),
+        SubmitError::Invalid(b, _) => (b, Some(IoError::Device(libc::EINVAL))),
+    }
+}
+
+impl<D: BlockDevice> Shard<D> {
+    /// Reaps completions: the cycle's go to the cycle, the others wait in `sync_done`.
+    pub(crate) fn poll_dev(&mut self) -> usize {
+        let mut got = std::mem::take(&mut self.polled);
+        let n = self.dev.poll(64, |c| got.push(c));
+        for c in got.drain(..) {
+            match c.tag {
+                TAG_CYCLE_WRITE | TAG_CYCLE_FLUSH => self.on_cycle_completion(c),
+                _ => self.sync_done.push(c),
+            }
+        }
+        self.polled = got;
+        n
+    }
+
+    fn on_cycle_completion(&mut self, c: Completion<D::Buf>) {
+        let Some(f) = &mut self.inflight else { return };
+        if let Some(b) = c.buf {
+            self.spare = Some(b);
+        }
+        if let Err(e) = c.result {
+            // The segment may or may not be on the device: stop writing rather than guess.
+            self.failed = Some(e);
+            self.inflight = None;
+            return;
+        }
+        f.state = match (&f.state, c.tag) {
+            (CycleState::Writing, TAG_CYCLE_WRITE) if self.dev.has_volatile_cache() => {
+                CycleState::SubmitFlush
+            }
+            (CycleState::Writing, TAG_CYCLE_WRITE) | (CycleState::Flushing, TAG_CYCLE_FLUSH) => {
+                CycleState::Done
+            }
+            _ => return,
+        };
+        self.advance_cycle();
+    }
+
+    /// Moves the cycle in flight forward as far as it goes without waiting.
+    pub(crate) fn advance_cycle(&mut self) {
+        let Some(f) = &mut self.inflight else { return };
+        match std::mem::replace(&mut f.state, CycleState::Writing) {
+            CycleState::SubmitWrite(buf) => {
+                match self
+                    .dev
+                    .submit_write(self.base + f.lba, f.nblocks, buf, 0, TAG_CYCLE_WRITE)
+                {
+                    Ok(()) => f.state = CycleState::Writing,
+                    Err(e) => match submit_err(e) {
+                        (b, Some(err)) => {
+                            self.spare = b;
+                            self.failed = Some(err);
+                            self.inflight = None;
+                        }
+                        (Some(b), None) => f.state = CycleState::SubmitWrite(b),
+                        (None, None) => {
+                            self.failed = Some(IoError::Device(libc::EIO));
+                            self.inflight = None;
+                        }
+                    },
+                }
+            }
+            CycleState::SubmitFlush => match self.dev.submit_flush(TAG_CYCLE_FLUSH) {
+                Ok(()) => f.state = CycleState::Flushing,
+                Err(e) => match submit_err(e) {
+                    (_, Some(err)) => {
+                        self.failed = Some(err);
+                        self.inflight = None;
+                    }
+                    _ => f.state = CycleState::SubmitFlush,
+                },
+            },
+            CycleState::Done => self.publish(),
+            s => f.state = s,
+        }
+    }
+
+    /// The cycle's segment is durable: publish its generation.
+    fn publish(&mut self) {
+        let Some(f) = self.inflight.take() else {
+            return;
+        };
+        self.durable_gen = f.gen;
+        self.stats.cycles += 1;
+        let durable = self.durable_gen;
+        let mut i = 0;
+        while i < self.pending_free.len() {
+            let (gen, lba, blocks) = self.pending_free[i];
+            if gen <= durable {
+                self.pending_free.swap_remove(i);
+                // Cannot fail: the extent was in use until now.
+                let _ = self.space.free(lba, blocks);
+            } else {
+                i += 1;
+            }
+        }
+        self.segs_since_ckpt += 1;
+        if self.segs_since_ckpt >= self.cfg.checkpoint_every {
+            self.need_checkpoint = true;
+        }
+    }
+
+    /// Seals the active buffer into the next segment and starts writing it. No cycle may be in flight.
+    pub(crate) fn start_cycle(&mut self) -> Result<(), Error> {
+        debug_assert!(self.inflight.is_none());
+        if self.active.is_empty() {
+            return Ok(());
+        }
+        self.compact_active();
+        let next = self.space.alloc(self.buf_blocks).ok_or(Error::NoSpace)?;
+        let (lba, reserved) = self.log_head;
+        let seq = self.next_seq;
+        let mut hdr = SegmentHeader {
+            seq,
+            shard_id: self.cfg.shard_id,
+            nblocks: 0,
+            payload_len: 0,
+            payload_crc: 0,
+            next_lba: next,
+            next_blocks: self.buf_blocks as u32,
+            nrecords: 0,
+        };
+        let nblocks = self.active.seal(&mut hdr, self.bs as usize);
+        if u64::from(nblocks) > reserved {
+            // Cannot happen: reservations are made at least a buffer long.
+            let _ = self.space.free(next, self.buf_blocks);
+            return Err(Error::Config("segment larger than its reservation".into()));
+        }
+        // Records now have a place on the device: point the index there.
+        let seg_base = lba * self.bs;
+        let mut live = 0u64;
+        for (off, rec) in self.active.records() {
+            if rec.tombstone {
+                continue;
+            }
+            if let Some(e) = self.index.get_mut(rec.key) {
+                if e.loc == LOC_BUFFERED | off as u64 {
+                    e.loc = seg_base + off as u64;
+                    live += format::record_len(rec.key.len(), rec.value.len()) as u64;
+                }
+            }
+        }
+        if reserved > u64::from(nblocks) {
+            let _ = self
+                .space
+                .free(lba + u64::from(nblocks), reserved - u64::from(nblocks));
+        }
+        self.segments.insert(
+            lba,
+            SegInfo {
+                seq,
+                blocks: nblocks,
+                live,
+            },
+        );
+        self.log_head = (next, self.buf_blocks);
+        self.next_seq += 1;
+        let fresh = match self.spare.take() {
+            Some(b) => b,
+            None => self.dev.alloc_buf(self.active.capacity())?,
+        };
+        let buf = self.active.swap(fresh);
+        self.inflight = Some(InFlight {
+            gen: self.active_gen,
+            lba,
+            nblocks,
+            state: CycleState::SubmitWrite(buf),
+        });
+        self.active_gen += 1;
+        self.active_since = None;
+        self.advance_cycle();
+        Ok(())
+    }
+
+    /// Polls until no cycle is in flight.
+    pub(crate) fn drive_cycle(&mut self) -> Result<(), Error> {
+        while self.inflight.is_some() {
+            self.advance_cycle();
+            if self.inflight.is_some() {
+                self.poll_dev();
+            }
+        }
+        match &self.failed {
+            Some(e) => Err(Error::Io(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Polls until the segment in flight has been written (reads may then go to the device).
+    pub(crate) fn drive_write_of_inflight(&mut self) -> Result<(), Error> {
+        while let Some(f) = &self.inflight {
+            if matches!(
+                f.state,
+                CycleState::SubmitFlush | CycleState::Flushing | CycleState::Done
+            ) {
+                break;
+            }
+            self.advance_cycle();
+            self.poll_dev();
+        }
+        match &self.failed {
+            Some(e) => Err(Error::Io(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn sync_io(
+        &mut self,
+        mut submit: impl FnMut(&mut D, u64, Option<D::Buf>) -> Result<(), SubmitError<D::Buf>>,
+        mut buf: Option<D::Buf>,
+    ) -> Result<Option<D::Buf>, Error> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        loop {
+            match submit(&mut self.dev, tag, buf.take()) {
+                Ok(()) => break,
+                Err(e) => match submit_err(e) {
+                    (_, Some(err)) => return Err(Error::Io(err)),
+                    (b, None) => {
+                        buf = b;
+                        self.poll_dev();
+                        self.advance_cycle();
+                    }
+                },
+            }
+        }
+        loop {
+            if let Some(i) = self.sync_done.iter().position(|c| c.tag == tag) {
+                let c = self.sync_done.swap_remove(i);
+                c.result?;
+                return Ok(c.buf);
+            }
+            self.poll_dev();
+            self.advance_cycle();
+        }
+    }
+
+    /// Reads `nblocks` at slice block `lba` into `buf`, waiting.
+    pub(crate) fn sync_read(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        buf: D::Buf,
+    ) -> Result<D::Buf, Error> {
+        let dev_lba = self.base + lba;
+        let b = self.sync_io(
+            |d, tag, b| match b {
+                Some(b) => d.submit_read(dev_lba, nblocks, b, 0, tag),
+                None => Err(SubmitError::Invalid(None, "no buffer")),
+            },
+            Some(buf),
+        )?;
+        b.ok_or(Error::Io(IoError::Device(libc::EIO)))
+    }
+
+    /// Writes `nblocks` at slice block `lba` from `buf`, waiting; returns the buffer.
+    pub(crate) fn sync_write(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        buf: D::Buf,
+    ) -> Result<Option<D::Buf>, Error> {
+        let dev_lba = self.base + lba;
+        self.sync_io(
+            |d, tag, b| match b {
+                Some(b) => d.submit_write(dev_lba, nblocks, b, 0, tag),
+                None => Err(SubmitError::Invalid(None, "no buffer")),
+            },
+            Some(buf),
+        )
+    }
+
+    /// Flushes the volatile cache (when there is one), waiting.
+    pub(crate) fn sync_flush(&mut self) -> Result<(), Error> {
+        if self.dev.has_volatile_cache() {
+            self.sync_io(|d, tag, _| d.submit_flush(tag), None)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the whole index and switches the superblock to it. Persists the active
+    /// buffer first, so every index entry points at a durable record.
+    pub(crate) fn checkpoint(&mut self) -> Result<(), Error> {
+        self.need_checkpoint = false;
+        self.drive_cycle()?;
+        if !self.active.is_empty() {
+            self.start_cycle()?;
+            self.drive_cycle()?;
+        }
+        let seg_seq = self.next_seq - 1;
+        // Segments nothing points at are not needed once this checkpoint is in place.
+        let empty: Vec<(u64, u32)> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.live == 0)
+            .map(|(&l, s)| (l, s.blocks))
+            .collect();
+        let segs: Vec<SegmentRef> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.live > 0)
+            .map(|(&lba, s)| SegmentRef {
+                seq: s.seq,
+                lba,
+                blocks: s.blocks,
+            })
+            .collect();
+        let len = format::ckpt_len(segs.len(), self.index.key_bytes(), self.index.len());
+        let blocks = (len as u64).div_ceil(self.bs);
+        let Some(lba) = self.space.alloc(blocks) else {
+            self.stats.checkpoints_skipped += 1;
+            return Ok(());
+        };
+        let mut buf = match self.dev.alloc_buf((blocks * self.bs) as usize) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = self.space.free(lba, blocks);
+                return Err(e.into());
+            }
+        };
+        format::encode_ckpt(
+            &mut buf,
+            self.cfg.shard_id,
+            seg_seq,
+            &segs,
+            self.index
+                .iter()
+                .map(|(k, e)| (k, e.val_len, e.ts, e.version, e.loc)),
+        );
+        let written = self
+            .sync_write(lba, blocks as u32, buf)
+            .and_then(|_| self.sync_flush());
+        if let Err(e) = written {
+            let _ = self.space.free(lba, blocks);
+            return Err(e);
+        }
+        let sb = Superblock {
+            block_size: self.bs as u32,
+            shard_id: self.cfg.shard_id,
+            shard_count: self.cfg.shard_count,
+            slice_blocks: self.slice_blocks,
+            seq: self.sb_seq + 1,
+            ckpt_lba: lba,
+            ckpt_blocks: blocks,
+            ckpt_seg_seq: seg_seq,
+            log_lba: self.log_head.0,
+            log_blocks: self.log_head.1,
+        };
+        if let Err(e) = self.write_superblock(&sb) {
+            let _ = self.space.free(lba, blocks);
+            return Err(e);
+        }
+        self.sb_seq = sb.seq;
+        if let Some((old, n)) = self.ckpt.replace((lba, blocks)) {
+            let _ = self.space.free(old, n);
+        }
+        for (l, n) in empty {
+            self.segments.remove(&l);
+            let _ = self.space.free(l, u64::from(n));
+        }
+        self.ckpt_seg_seq = seg_seq;
+        self.segs_since_ckpt = 0;
+        self.stats.checkpoints += 1;
+        Ok(())
+    }
+
+    /// Writes `sb` to the copy its sequence number selects (the other one keeps the previous state),
+    /// then flushes.
+    pub(crate) fn write_superblock(&mut self, sb: &Superblock) -> Result<(), Error> {
+        let mut buf = self.dev.alloc_buf(self.bs as usize)?;
+        buf.fill(0);
+        sb.encode(&mut buf);
+        self.sync_write(sb.seq % 2, 1, buf)?;
+        self.sync_flush()
+    }
+}

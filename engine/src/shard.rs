@@ -1,0 +1,632 @@
+//! One shard: the state a single core owns — its device instance, index, write buffers, free space, log —
+//! and the operations on it. It is single-threaded by construction (`&mut self` everywhere); the `api`
+//! module runs one per thread and routes keys to it. `persist`, `recovery` and `gc` add the rest of the
+//! impl.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bdev::{BlockDevice, Completion, IoError};
+use crate::buffer::WriteBuffer;
+use crate::error::{check_sizes, Error, MAX_VALUE_LEN};
+use crate::format::{self, FormatError, REC_HDR_LEN, SEG_HDR_LEN};
+use crate::hlc::Hlc;
+use crate::index::{Entry, Index, LOC_BUFFERED};
+use crate::persist::InFlight;
+use crate::space::FreeSpace;
+
+/// Key-value pairs, as scans return them.
+pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A merge function: (key, old value, new value) → the value to store.
+pub type MergeFn = Arc<dyn Fn(&[u8], &[u8], &[u8]) -> Vec<u8> + Send + Sync>;
+
+/// What a put does when the key already exists.
+#[derive(Clone)]
+pub enum Conflict {
+    /// The write with the higher timestamp wins (ties keep the existing value).
+    LastWriterWins,
+    /// The existing value stays unless the new write carries a strictly older timestamp.
+    FirstWriterWins,
+    /// The stored value becomes `merge(key, old, new)`.
+    Merge(MergeFn),
+}
+
+impl std::fmt::Debug for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conflict::LastWriterWins => "LastWriterWins",
+            Conflict::FirstWriterWins => "FirstWriterWins",
+            Conflict::Merge(_) => "Merge",
+        })
+    }
+}
+
+/// Settings of one shard.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// This shard's number.
+    pub shard_id: u32,
+    /// Number of shards the device is split into.
+    pub shard_count: u32,
+    /// Write-buffer (and so maximum segment) size in bytes; rounded up to whole blocks.
+    pub buffer_bytes: usize,
+    /// A buffer holding writes is persisted at the latest this long after its first write.
+    pub commit_interval: Duration,
+    /// A checkpoint of the index is written every this many segments.
+    pub checkpoint_every: u32,
+    /// Conflict strategy.
+    pub conflict: Conflict,
+    /// Format a blank device.
+    pub create: bool,
+    /// Garbage collection runs while the free fraction of the slice is below this.
+    pub gc_free_low: f64,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            shard_id: 0,
+            shard_count: 1,
+            buffer_bytes: 256 << 10,
+            commit_interval: Duration::from_millis(5),
+            checkpoint_every: 64,
+            conflict: Conflict::LastWriterWins,
+            create: true,
+            gc_free_low: 0.25,
+        }
+    }
+}
+
+/// Options of one write.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOpts {
+    /// Caller-supplied timestamp (None: the shard's hybrid logical clock).
+    pub ts: Option<u64>,
+    /// Acknowledge only once durable (the handle path waits; locally, see [`Shard::wait_durable`]).
+    pub durable: bool,
+}
+
+/// Outcome of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteResult {
+    /// False when the conflict strategy kept the existing value (or a delete found nothing).
+    pub applied: bool,
+    /// The key's version after the write.
+    pub version: u64,
+    /// The write's timestamp.
+    pub ts: u64,
+    /// Persistence generation holding the write: durable once [`Shard::durable_gen`] reaches it.
+    pub gen: u64,
+}
+
+/// Version and timestamp of a stored value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Version.
+    pub version: u64,
+    /// Timestamp.
+    pub ts: u64,
+}
+
+/// Statistics of one shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Shard number.
+    pub shard: u32,
+    /// Live keys.
+    pub keys: u64,
+    /// Bytes of live records on the device.
+    pub live_bytes: u64,
+    /// Bytes of segments not live (superseded records, tombstones).
+    pub dead_bytes: u64,
+    /// Free blocks in the slice.
+    pub free_blocks: u64,
+    /// Free extents.
+    pub free_extents: u64,
+    /// Segments on the device.
+    pub segments: u64,
+    /// Persistence cycles completed.
+    pub cycles: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Checkpoints skipped for lack of space.
+    pub checkpoints_skipped: u64,
+    /// Segments cleaned by GC.
+    pub gc_segments: u64,
+    /// Bytes of live records GC moved.
+    pub gc_bytes_moved: u64,
+    /// Buffered records overwritten in place or squeezed out before being written.
+    pub buffer_bytes_saved: u64,
+    /// Requests waiting in the shard's queue when last looked at (handle path).
+    pub queue_depth: u64,
+    /// Writes waiting for durability (handle path).
+    pub durable_waiters: u64,
+}
+
+/// A segment on the device.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SegInfo {
+    pub seq: u64,
+    pub blocks: u32,
+    /// Bytes of records the index points at.
+    pub live: u64,
+}
+
+pub(crate) const TAG_CYCLE_WRITE: u64 = 1;
+pub(crate) const TAG_CYCLE_FLUSH: u64 = 2;
+pub(crate) const TAG_SYNC_FIRST: u64 = 1 << 32;
+
+/// One shard over the device `D`.
+pub struct Shard<D: BlockDevice> {
+    pub(crate) dev: D,
+    pub(crate) cfg: ShardConfig,
+    /// Block size.
+    pub(crate) bs: u64,
+    /// Device LBA of the slice's first block.
+    pub(crate) base: u64,
+    pub(crate) slice_blocks: u64,
+    /// Write-buffer size in blocks (also the size of a log reservation).
+    pub(crate) buf_blocks: u64,
+    pub(crate) index: Index,
+    pub(crate) active: WriteBuffer<D::Buf>,
+    pub(crate) active_gen: u64,
+    pub(crate) active_since: Option<Instant>,
+    pub(crate) spare: Option<D::Buf>,
+    pub(crate) inflight: Option<InFlight<D::Buf>>,
+    pub(crate) durable_gen: u64,
+    /// Highest generation someone waits on (group commit: triggers a cycle when nothing is in flight).
+    pub(crate) durable_wanted: u64,
+    pub(crate) space: FreeSpace,
+    /// Segments by first block.
+    pub(crate) segments: BTreeMap<u64, SegInfo>,
+    pub(crate) next_seq: u64,
+    /// Where the next segment goes, and the blocks reserved there.
+    pub(crate) log_head: (u64, u64),
+    pub(crate) sb_seq: u64,
+    pub(crate) ckpt: Option<(u64, u64)>,
+    pub(crate) ckpt_seg_seq: u64,
+    pub(crate) segs_since_ckpt: u32,
+    pub(crate) need_checkpoint: bool,
+    /// Extents to free once a generation is durable (GC victims).
+    pub(crate) pending_free: Vec<(u64, u64, u64)>,
+    /// Segments GC found unreadable: not tried again.
+    pub(crate) gc_bad: std::collections::BTreeSet<u64>,
+    pub(crate) hlc: Hlc,
+    pub(crate) version_ctr: u64,
+    pub(crate) sync_done: Vec<Completion<D::Buf>>,
+    pub(crate) polled: Vec<Completion<D::Buf>>,
+    pub(crate) next_tag: u64,
+    pub(crate) stats: ShardStats,
+    /// A failed cycle makes the shard refuse writes: durability can no longer be promised.
+    pub(crate) failed: Option<IoError>,
+}
+
+impl<D: BlockDevice> std::fmt::Debug for Shard<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("id", &self.cfg.shard_id)
+            .field("keys", &self.index.len())
+            .finish()
+    }
+}
+
+impl<D: BlockDevice> Shard<D> {
+    /// The largest value this shard accepts: the engine limit, or what fits in one write buffer.
+    pub fn max_value_len(&self) -> usize {
+        let room = self.active.capacity() - SEG_HDR_LEN - REC_HDR_LEN - crate::error::MAX_KEY_LEN;
+        MAX_VALUE_LEN.min(room)
+    }
+
+    /// This shard's number.
+    pub fn id(&self) -> u32 {
+        self.cfg.shard_id
+    }
+
+    /// Generations up to this one are durable.
+    pub fn durable_gen(&self) -> u64 {
+        self.durable_gen
+    }
+
+    /// The error that stopped writes, if one did.
+    pub fn sync_failed(&self) -> Option<Error> {
+        self.failed.clone().map(Error::Io)
+    }
+
+    fn check_writable(&self) -> Result<(), Error> {
+        match &self.failed {
+            Some(e) => Err(Error::Io(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the record at disk location `loc` dead in its segment's accounting.
+    pub(crate) fn kill(&mut self, e: &Entry, key_len: usize) {
+        if e.is_buffered() {
+            return;
+        }
+        let blk = e.loc / self.bs;
+        if let Some((_, seg)) = self.segments.range_mut(..=blk).next_back() {
+            seg.live = seg
+                .live
+                .saturating_sub(format::record_len(key_len, e.val_len as usize) as u64);
+        }
+    }
+
+    /// Appends a record to the active buffer, making room first (compaction, or a new cycle); returns
+    /// its buffer offset.
+    pub(crate) fn append(
+        &mut self,
+        tombstone: bool,
+        ts: u64,
+        version: u64,
+        key: &[u8],
+        value: &[u8],
+        check_room: bool,
+    ) -> Result<u32, Error> {
+        let rl = format::record_len(key.len(), value.len());
+        if !self.active.fits(rl) {
+            if self.active.fits_after_compaction(rl) {
+                self.compact_active();
+            } else {
+                self.drive_cycle()?;
+                self.start_cycle()?;
+            }
+        }
+        if check_room && self.active.is_empty() && self.space.largest() < self.buf_blocks {
+            // The next seal needs a reservation for the segment after it: clean first.
+            self.make_room()?;
+        }
+        let before = self.active.len() + self.active.dead_bytes();
+        let off = self.active.append(tombstone, ts, version, key, value);
+        if self.active.len() + self.active.dead_bytes() == before {
+            self.stats.buffer_bytes_saved += rl as u64;
+        }
+        if self.active_since.is_none() {
+            self.active_since = Some(Instant::now());
+        }
+        Ok(off)
+    }
+
+    /// Squeezes dead records out of the active buffer, fixing the index offsets of moved records.
+    pub(crate) fn compact_active(&mut self) {
+        let saved = self.active.dead_bytes() as u64;
+        let index = &mut self.index;
+        self.active.compact(|key, old, new| {
+            if let Some(e) = index.get_mut(key) {
+                if e.loc == LOC_BUFFERED | u64::from(old) {
+                    e.loc = LOC_BUFFERED | u64::from(new);
+                }
+            }
+        });
+        self.stats.buffer_bytes_saved += saved;
+    }
+
+    /// Writes `value` (or a tombstone) for `key` with the given timestamp and version, updating the index.
+    pub(crate) fn write_record(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        ts: u64,
+        version: u64,
+        moving: bool,
+    ) -> Result<(), Error> {
+        let off = self.append(
+            value.is_none(),
+            ts,
+            version,
+            key,
+            value.unwrap_or(&[]),
+            !moving,
+        )?;
+        let old = match value {
+            Some(v) => self.index.insert(
+                key,
+                Entry {
+                    loc: LOC_BUFFERED | u64::from(off),
+                    val_len: v.len() as u32,
+                    ts,
+                    version,
+                },
+            ),
+            None => self.index.remove(key),
+        };
+        if let Some(old) = old {
+            self.kill(&old, key.len());
+        }
+        Ok(())
+    }
+
+    fn stamp(&mut self, ts: Option<u64>) -> u64 {
+        match ts {
+            Some(t) => {
+                self.hlc.observe(t);
+                t
+            }
+            None => self.hlc.now(),
+        }
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.version_ctr += 1;
+        self.version_ctr
+    }
+
+    fn result(&mut self, applied: bool, version: u64, ts: u64, durable: bool) -> WriteResult {
+        let gen = if applied {
+            self.active_gen
+        } else {
+            self.durable_gen.min(self.active_gen)
+        };
+        if durable && applied {
+            self.durable_wanted = self.durable_wanted.max(gen);
+        }
+        WriteResult {
+            applied,
+            version,
+            ts,
+            gen,
+        }
+    }
+
+    /// Stores `value` under `key`, subject to the conflict strategy.
+    pub fn put(&mut self, key: &[u8], value: &[u8], opts: WriteOpts) -> Result<WriteResult, Error> {
+        check_sizes(key, Some(value), self.max_value_len())?;
+        self.check_writable()?;
+        let ts = self.stamp(opts.ts);
+        let existing = self.index.get(key).copied();
+        let merged;
+        let value = match (existing, &self.cfg.conflict) {
+            (None, _) => value,
+            (Some(e), Conflict::LastWriterWins) => {
+                if ts <= e.ts {
+                    return Ok(self.result(false, e.version, e.ts, false));
+                }
+                value
+            }
+            (Some(e), Conflict::FirstWriterWins) => {
+                if opts.ts.is_none_or(|t| t >= e.ts) {
+                    return Ok(self.result(false, e.version, e.ts, false));
+                }
+                value
+            }
+            (Some(e), Conflict::Merge(f)) => {
+                let f = f.clone();
+                let old = self.read_value(key, &e)?;
+                merged = f(key, &old, value);
+                check_sizes(key, Some(&merged), self.max_value_len())?;
+                &merged
+            }
+        };
+        let version = self.next_version();
+        self.write_record(key, Some(value), ts, version, false)?;
+        Ok(self.result(true, version, ts, opts.durable))
+    }
+
+    /// Deletes `key` (with last-writer-wins, only when the delete is newer than the stored value).
+    pub fn delete(&mut self, key: &[u8], opts: WriteOpts) -> Result<WriteResult, Error> {
+        check_sizes(key, None, 0)?;
+        self.check_writable()?;
+        let ts = self.stamp(opts.ts);
+        let Some(e) = self.index.get(key).copied() else {
+            return Ok(self.result(false, 0, ts, false));
+        };
+        if matches!(self.cfg.conflict, Conflict::LastWriterWins) && ts <= e.ts {
+            return Ok(self.result(false, e.version, e.ts, false));
+        }
+        let version = self.next_version();
+        self.write_record(key, None, ts, version, false)?;
+        Ok(self.result(true, version, ts, opts.durable))
+    }
+
+    /// Compare-and-swap: when the key's version is `expected` (None: the key is absent), store `new`
+    /// (None: delete). The conflict strategy does not apply: the version check decides.
+    pub fn cas(
+        &mut self,
+        key: &[u8],
+        expected: Option<u64>,
+        new: Option<&[u8]>,
+        opts: WriteOpts,
+    ) -> Result<WriteResult, Error> {
+        check_sizes(key, new, self.max_value_len())?;
+        self.check_writable()?;
+        let current = self.index.get(key).map(|e| e.version);
+        if current != expected {
+            return Err(Error::VersionMismatch { current });
+        }
+        let ts = self.stamp(opts.ts);
+        if new.is_none() && current.is_none() {
+            return Ok(self.result(false, 0, ts, false));
+        }
+        let version = self.next_version();
+        self.write_record(key, new, ts, version, false)?;
+        Ok(self.result(true, version, ts, opts.durable))
+    }
+
+    /// Adds `delta` to the 8-byte little-endian integer under `key` (absent counts as 0); returns the sum.
+    pub fn incr(
+        &mut self,
+        key: &[u8],
+        delta: i64,
+        opts: WriteOpts,
+    ) -> Result<(i64, WriteResult), Error> {
+        check_sizes(key, None, 0)?;
+        self.check_writable()?;
+        let cur = match self.index.get(key).copied() {
+            None => 0,
+            Some(e) => {
+                let v = self.read_value(key, &e)?;
+                let b: [u8; 8] = v.as_slice().try_into().map_err(|_| Error::NotAnInteger)?;
+                i64::from_le_bytes(b)
+            }
+        };
+        let sum = cur.checked_add(delta).ok_or(Error::Overflow)?;
+        let ts = self.stamp(opts.ts);
+        let version = self.next_version();
+        self.write_record(key, Some(&sum.to_le_bytes()), ts, version, false)?;
+        Ok((sum, self.result(true, version, ts, opts.durable)))
+    }
+
+    /// The value under `key`, with its version and timestamp.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, Meta)>, Error> {
+        check_sizes(key, None, 0)?;
+        let Some(e) = self.index.get(key).copied() else {
+            return Ok(None);
+        };
+        let v = self.read_value(key, &e)?;
+        Ok(Some((
+            v,
+            Meta {
+                version: e.version,
+                ts: e.ts,
+            },
+        )))
+    }
+
+    /// Up to `limit` (key, value) pairs with `start <= key < end`, in key order.
+    pub fn scan(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KvPairs, Error> {
+        let hits: Vec<(Vec<u8>, Entry)> = self
+            .index
+            .range(start, end)
+            .take(limit)
+            .map(|(k, e)| (k.to_vec(), *e))
+            .collect();
+        let mut out = Vec::with_capacity(hits.len());
+        for (k, e) in hits {
+            let v = self.read_value(&k, &e)?;
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    /// Reads the value an index entry points at, checking the record it comes from.
+    pub(crate) fn read_value(&mut self, key: &[u8], e: &Entry) -> Result<Vec<u8>, Error> {
+        if e.is_buffered() {
+            let r = self.active.record(e.buf_off())?;
+            if r.key != key || r.tombstone {
+                return Err(Error::Corrupt(FormatError::BadField("buffered record key")));
+            }
+            return Ok(r.value.to_vec());
+        }
+        // A record in the segment being written: wait until the device has it.
+        if let Some(f) = &self.inflight {
+            let blk = e.loc / self.bs;
+            if blk >= f.lba && blk < f.lba + u64::from(f.nblocks) {
+                self.drive_write_of_inflight()?;
+            }
+        }
+        let rl = format::record_len(key.len(), e.val_len as usize) as u64;
+        let first = e.loc / self.bs;
+        let nblocks = (e.loc + rl).div_ceil(self.bs) - first;
+        let buf = self.dev.alloc_buf((nblocks * self.bs) as usize)?;
+        let buf = self.sync_read(first, nblocks as u32, buf)?;
+        let off = (e.loc - first * self.bs) as usize;
+        let (r, _) = format::decode_record(&buf[off..])?;
+        if r.key != key
+            || r.tombstone
+            || r.value.len() != e.val_len as usize
+            || r.version != e.version
+        {
+            return Err(Error::Corrupt(FormatError::BadField(
+                "record does not match the index",
+            )));
+        }
+        Ok(r.value.to_vec())
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when the shard holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Current statistics.
+    pub fn stats(&self) -> ShardStats {
+        let mut s = self.stats.clone();
+        s.shard = self.cfg.shard_id;
+        s.keys = self.index.len() as u64;
+        s.live_bytes = self.segments.values().map(|g| g.live).sum();
+        s.dead_bytes = self
+            .segments
+            .values()
+            .map(|g| u64::from(g.blocks) * self.bs - g.live.min(u64::from(g.blocks) * self.bs))
+            .sum();
+        s.free_blocks = self.space.free_blocks();
+        s.free_extents = self.space.extents() as u64;
+        s.segments = self.segments.len() as u64;
+        s
+    }
+
+    /// Does the periodic work: reaps completions, advances the cycle in flight, starts one when the
+    /// commit interval has passed, the buffer has durable waiters or a checkpoint is due, and runs a GC
+    /// step when space is short. Returns whether anything was done.
+    pub fn tick(&mut self) -> Result<bool, Error> {
+        let mut did = self.poll_dev() > 0;
+        self.advance_cycle();
+        if self.inflight.is_none() && self.failed.is_none() {
+            if self.need_checkpoint {
+                self.checkpoint()?;
+                did = true;
+            } else if !self.active.is_empty() {
+                let due = self
+                    .active_since
+                    .is_some_and(|t| t.elapsed() >= self.cfg.commit_interval);
+                if due || self.durable_wanted >= self.active_gen {
+                    self.start_cycle()?;
+                    did = true;
+                }
+            }
+        }
+        if self.failed.is_none() && self.gc_wanted() {
+            did |= self.gc_step()?;
+        }
+        Ok(did)
+    }
+
+    /// Time until the commit interval of the active buffer runs out (None: nothing buffered).
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.active_since
+            .map(|t| self.cfg.commit_interval.saturating_sub(t.elapsed()))
+    }
+
+    /// Persists everything written so far and waits for it.
+    pub fn sync(&mut self) -> Result<(), Error> {
+        self.check_writable()?;
+        self.drive_cycle()?;
+        if !self.active.is_empty() {
+            self.start_cycle()?;
+            self.drive_cycle()?;
+        }
+        self.check_writable()
+    }
+
+    /// Waits (polling the device) until generation `gen` is durable.
+    pub fn wait_durable(&mut self, gen: u64) -> Result<(), Error> {
+        while self.durable_gen < gen {
+            self.check_writable()?;
+            if self.inflight.is_none() && self.active_gen == gen && !self.active.is_empty() {
+                self.start_cycle()?;
+            }
+            self.advance_cycle();
+            self.poll_dev();
+        }
+        Ok(())
+    }
+
+    /// Persists everything and writes a checkpoint, so the next open replays nothing.
+    pub fn close(mut self) -> Result<ShardStats, Error> {
+        self.sync()?;
+        self.checkpoint()?;
+        Ok(self.stats())
+    }
+}

@@ -1,0 +1,266 @@
+//! Basic behaviour of one shard and of the database, on the memory and file backends.
+
+use std::time::Duration;
+
+use nvkv::bdev::MemDisk;
+use nvkv::{Conflict, Db, Error, Options, Shard, ShardConfig, WriteOpts};
+
+fn cfg() -> ShardConfig {
+    ShardConfig {
+        buffer_bytes: 8192,
+        checkpoint_every: 4,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn shard_put_get_reopen() {
+    let disk = MemDisk::new(512, 4096);
+    let (mut s, rep) = Shard::open(disk.bdev(), cfg()).expect("open");
+    assert!(rep.formatted);
+    for i in 0..500u32 {
+        s.put(
+            format!("k{i:04}").as_bytes(),
+            format!("value-{i}").as_bytes(),
+            WriteOpts::default(),
+        )
+        .expect("put");
+    }
+    s.delete(b"k0003", WriteOpts::default()).expect("delete");
+    assert_eq!(
+        s.get(b"k0007").expect("get").map(|v| v.0),
+        Some(b"value-7".to_vec())
+    );
+    assert_eq!(s.get(b"k0003").expect("get"), None);
+    let scan = s.scan(b"k0001", Some(b"k0005"), 10).expect("scan");
+    assert_eq!(
+        scan.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        vec![b"k0001".to_vec(), b"k0002".to_vec(), b"k0004".to_vec()]
+    );
+    s.sync().expect("sync");
+    drop(s);
+    let (mut s, rep) = Shard::open(disk.bdev(), cfg()).expect("reopen");
+    assert!(!rep.formatted);
+    assert_eq!(rep.keys, 499, "{rep:?}");
+    for i in 0..500u32 {
+        let want = if i == 3 {
+            None
+        } else {
+            Some(format!("value-{i}").into_bytes())
+        };
+        assert_eq!(
+            s.get(format!("k{i:04}").as_bytes())
+                .expect("get")
+                .map(|v| v.0),
+            want,
+            "key {i}"
+        );
+    }
+}
+
+#[test]
+fn overwrites_cycle_and_gc_keep_data() {
+    let disk = MemDisk::new(512, 600);
+    let c = ShardConfig {
+        gc_free_low: 0.5,
+        ..cfg()
+    };
+    let (mut s, _) = Shard::open(disk.bdev(), c.clone()).expect("open");
+    let cold = |k: u32| vec![(k % 256) as u8; 150];
+    // Cold and hot keys share segments, so cleaning has live records to move.
+    for k in 0..800u32 {
+        s.put(
+            format!("cold{k}").as_bytes(),
+            &cold(k),
+            WriteOpts::default(),
+        )
+        .expect("put cold");
+        s.put(
+            format!("key{}", k % 40).as_bytes(),
+            b"first",
+            WriteOpts::default(),
+        )
+        .expect("put hot");
+    }
+    // Far more bytes written than the slice holds: only GC makes this possible.
+    for round in 0..60u32 {
+        for k in 0..40u32 {
+            let v = vec![(round % 251) as u8; 100 + (k as usize % 7)];
+            s.put(format!("key{k}").as_bytes(), &v, WriteOpts::default())
+                .expect("put");
+        }
+        s.sync().expect("sync");
+        s.tick().expect("tick");
+    }
+    let st = s.stats();
+    assert!(st.gc_segments > 0 && st.gc_bytes_moved > 0, "{st:?}");
+    let check = |s: &mut Shard<nvkv::bdev::MemBdev>| {
+        for k in 0..40u32 {
+            let v = s
+                .get(format!("key{k}").as_bytes())
+                .expect("get")
+                .expect("present")
+                .0;
+            assert_eq!(v, vec![59u8; 100 + (k as usize % 7)]);
+        }
+        for k in 0..800u32 {
+            let v = s
+                .get(format!("cold{k}").as_bytes())
+                .expect("get")
+                .expect("present")
+                .0;
+            assert_eq!(v, cold(k));
+        }
+    };
+    check(&mut s);
+    drop(s);
+    let (mut s, rep) = Shard::open(disk.bdev(), c).expect("reopen");
+    assert_eq!(rep.keys, 840, "{rep:?}");
+    check(&mut s);
+}
+
+#[test]
+fn limits_and_typed_errors() {
+    let disk = MemDisk::new(512, 4096);
+    let (mut s, _) = Shard::open(disk.bdev(), cfg()).expect("open");
+    assert_eq!(s.put(b"", b"x", WriteOpts::default()), Err(Error::EmptyKey));
+    assert!(matches!(
+        s.put(&vec![1u8; 2000], b"x", WriteOpts::default()),
+        Err(Error::KeyTooLarge { .. })
+    ));
+    assert!(matches!(
+        s.put(b"k", &vec![1u8; 9000], WriteOpts::default()),
+        Err(Error::ValueTooLarge { .. })
+    ));
+    s.put(b"k", b"abc", WriteOpts::default()).expect("put");
+    assert_eq!(
+        s.incr(b"k", 1, WriteOpts::default()),
+        Err(Error::NotAnInteger)
+    );
+    assert_eq!(s.incr(b"n", 5, WriteOpts::default()).expect("incr").0, 5);
+    assert_eq!(s.incr(b"n", -7, WriteOpts::default()).expect("incr").0, -2);
+    let v = s.get(b"k").expect("get").expect("some").1.version;
+    assert!(matches!(
+        s.cas(b"k", Some(v + 100), Some(b"z"), WriteOpts::default()),
+        Err(Error::VersionMismatch { .. })
+    ));
+    let w = s
+        .cas(b"k", Some(v), Some(b"z"), WriteOpts::default())
+        .expect("cas");
+    assert!(w.applied && w.version > v);
+    assert!(
+        s.cas(b"new", None, Some(b"1"), WriteOpts::default())
+            .expect("cas")
+            .applied
+    );
+}
+
+#[test]
+fn conflict_strategies() {
+    let disk = MemDisk::new(512, 4096);
+    let (mut s, _) = Shard::open(disk.bdev(), cfg()).expect("open");
+    let at = |t| WriteOpts {
+        ts: Some(t),
+        durable: false,
+    };
+    assert!(s.put(b"a", b"1", at(10)).expect("put").applied);
+    assert!(!s.put(b"a", b"old", at(5)).expect("put").applied);
+    assert!(s.put(b"a", b"2", at(20)).expect("put").applied);
+    assert_eq!(s.get(b"a").expect("get").expect("v").0, b"2");
+
+    let disk = MemDisk::new(512, 4096);
+    let (mut s, _) = Shard::open(
+        disk.bdev(),
+        ShardConfig {
+            conflict: Conflict::FirstWriterWins,
+            ..cfg()
+        },
+    )
+    .expect("open");
+    assert!(
+        s.put(b"a", b"first", WriteOpts::default())
+            .expect("put")
+            .applied
+    );
+    assert!(
+        !s.put(b"a", b"second", WriteOpts::default())
+            .expect("put")
+            .applied
+    );
+    assert_eq!(s.get(b"a").expect("get").expect("v").0, b"first");
+
+    let disk = MemDisk::new(512, 4096);
+    let merge: nvkv::MergeFn =
+        std::sync::Arc::new(|_k: &[u8], old: &[u8], new: &[u8]| [old, new].concat());
+    let (mut s, _) = Shard::open(
+        disk.bdev(),
+        ShardConfig {
+            conflict: Conflict::Merge(merge),
+            ..cfg()
+        },
+    )
+    .expect("open");
+    s.put(b"a", b"x", WriteOpts::default()).expect("put");
+    s.put(b"a", b"y", WriteOpts::default()).expect("put");
+    assert_eq!(s.get(b"a").expect("get").expect("v").0, b"xy");
+}
+
+fn db_roundtrip(opts: Options) {
+    let db = Db::open(opts.clone()).expect("open");
+    let h = db.handle();
+    for i in 0..300u32 {
+        h.put(format!("k{i:03}").as_bytes(), format!("v{i}").as_bytes())
+            .expect("put");
+    }
+    h.put_opts(
+        b"durable",
+        b"yes",
+        WriteOpts {
+            ts: None,
+            durable: true,
+        },
+    )
+    .expect("durable put");
+    assert_eq!(h.get(b"k042").expect("get"), Some(b"v42".to_vec()));
+    let scan = h.scan(b"k100", Some(b"k110"), 5).expect("scan");
+    assert_eq!(scan.len(), 5);
+    assert!(scan.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(scan[0].0, b"k100");
+    assert_eq!(h.incr(b"ctr", 3).expect("incr"), 3);
+    let shard = nvkv::api::shard_of(b"k001", h.shards());
+    let local = db
+        .run_on(shard, |ctx| ctx.get(b"k001").map(|v| v.map(|x| x.0)))
+        .expect("run_on");
+    assert_eq!(local.expect("get"), Some(b"v1".to_vec()));
+    let stats = h.stats().expect("stats");
+    assert_eq!(stats.iter().map(|s| s.keys).sum::<u64>(), 302);
+    db.close().expect("close");
+    let db = Db::open(opts).expect("reopen");
+    assert_eq!(
+        db.recovery_reports().iter().map(|r| r.keys).sum::<u64>(),
+        302
+    );
+    assert_eq!(db.get(b"k299").expect("get"), Some(b"v299".to_vec()));
+    assert_eq!(db.get(b"durable").expect("get"), Some(b"yes".to_vec()));
+    db.close().expect("close");
+}
+
+#[test]
+fn db_on_memory() {
+    let mut o = Options::memory(MemDisk::new(512, 16384));
+    o.shards = 3;
+    o.buffer_bytes = 16384;
+    o.commit_interval = Duration::from_millis(2);
+    db_roundtrip(o);
+}
+
+#[test]
+fn db_on_file() {
+    let dir = std::env::temp_dir().join(format!("nvkv-basic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut o = Options::file(dir.join("db"), Some(16 << 20));
+    o.shards = 2;
+    o.buffer_bytes = 64 << 10;
+    db_roundtrip(o);
+    let _ = std::fs::remove_dir_all(&dir);
+}
