@@ -11,6 +11,8 @@
 pub mod controller;
 pub mod dma;
 pub mod error;
+#[cfg(any(test, feature = "loopback"))]
+pub mod loopback;
 pub mod mmio;
 pub mod namespace;
 pub mod queue;

@@ -11,6 +11,8 @@ pub struct Bar {
     len: usize,
     /// True when `base` came from mmap and must be unmapped on drop.
     mapped: bool,
+    /// Ordinary memory standing in for registers (loopback), kept alive as long as the window.
+    _backing: Option<crate::dma::DmaBuf>,
 }
 
 // SAFETY: MMIO registers may be accessed from any thread; the driver arranges that each doorbell has one writer.
@@ -28,19 +30,19 @@ impl Bar {
             base: NonNull::new(ptr)?,
             len,
             mapped: true,
+            _backing: None,
         })
     }
 
-    /// A register window in ordinary memory (for controllers emulated in-process, like the loopback
-    /// benchmark's).
-    ///
-    /// # Safety
-    /// `ptr` must be valid for reads and writes of `len` bytes, 4-byte aligned, for the life of the `Bar`.
-    pub unsafe fn from_memory(ptr: *mut u8, len: usize) -> Option<Self> {
+    /// A register window in ordinary memory, which the window owns (for controllers emulated in-process,
+    /// like the loopback benchmark's).
+    pub fn from_memory(mut backing: crate::dma::DmaBuf) -> Option<Self> {
+        let len = backing.len();
         Some(Self {
-            base: NonNull::new(ptr)?,
+            base: NonNull::new(backing.as_mut_ptr())?,
             len,
             mapped: false,
+            _backing: Some(backing),
         })
     }
 
