@@ -2,6 +2,7 @@
 //!
 //! - [`plan`]: what to measure (workloads, contenders, durations) and the result records.
 //! - [`driver_perf`]: nvkv's own driver under a workload (like SPDK's perf).
+//! - [`loopback`]: the driver's own cost per I/O against an in-memory controller.
 //! - [`fio`]: the kernel NVMe path under the same workload, measured by fio.
 //! - [`runner`]: runs a plan where the device is (in the guest or on bare metal), alternating contenders and
 //!   rebinding the device between vfio-pci and the kernel driver in the same boot.
@@ -11,6 +12,7 @@
 
 pub mod driver_perf;
 pub mod fio;
+pub mod loopback;
 pub mod plan;
 pub mod report;
 pub mod runner;

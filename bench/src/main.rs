@@ -68,6 +68,28 @@ struct RunArgs {
 enum Cmd {
     /// The main job: set up the host, boot the VM with an emulated NVMe, run the suite, write the report.
     Run(RunArgs),
+    /// The driver's own cost per I/O against an in-memory loopback controller (no VM, no device).
+    Loopback {
+        #[arg(long, value_delimiter = ',', default_value = "1,32,128")]
+        qd: Vec<usize>,
+        /// I/Os per measurement.
+        #[arg(long, default_value_t = 2_000_000)]
+        ios: u64,
+        /// Also count instructions per I/O with valgrind's callgrind (slow).
+        #[arg(long)]
+        instructions: bool,
+        /// Print one JSON object per queue depth instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One loopback run (used under callgrind by `loopback --instructions`).
+    #[command(hide = true)]
+    LoopbackRun {
+        #[arg(long)]
+        qd: usize,
+        #[arg(long)]
+        ios: u64,
+    },
     /// Runs a plan where the device is (used inside the VM; also usable by hand on bare metal).
     #[command(hide = true)]
     Guest {
@@ -372,6 +394,43 @@ fn main() -> Result<()> {
         Cmd::Guest { plan, boot, fio } => {
             let plan: Plan = serde_json::from_slice(&std::fs::read(&plan)?)?;
             runner::run(&plan, boot, &fio, &mut FramedSink)?;
+        }
+        Cmd::Loopback {
+            qd,
+            ios,
+            instructions,
+            json,
+        } => {
+            let rs = nvkv_bench::loopback::run(&qd, ios, instructions)?;
+            if json {
+                for r in &rs {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else {
+                println!(
+                    "{}",
+                    rs.first().map(|r| r.conditions.as_str()).unwrap_or("")
+                );
+                println!(
+                    "{:>5} {:>10} {:>12} {:>14} {:>14} {:>10}",
+                    "QD", "ns/IO", "instr/IO", "driver instr", "loopback instr", "MMIO/IO"
+                );
+                let f = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
+                for r in &rs {
+                    println!(
+                        "{:>5} {:>10.1} {:>12} {:>14} {:>14} {:>10.4}",
+                        r.qd,
+                        r.ns_per_io,
+                        f(r.instructions_per_io),
+                        f(r.driver_instructions_per_io),
+                        f(r.loopback_instructions_per_io),
+                        r.mmio_writes_per_io
+                    );
+                }
+            }
+        }
+        Cmd::LoopbackRun { qd, ios } => {
+            nvkv_bench::loopback::measure(qd, ios)?;
         }
         Cmd::Run(a) => {
             let device = a
