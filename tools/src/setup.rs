@@ -316,8 +316,10 @@ pub fn release(sys: &System, addr: &str, force: bool) -> Result<Moved, SetupErro
         }
         None => unreachable_driver(addr)?,
     }
-    // The nvme driver probes asynchronously: wait for the namespaces' block devices.
-    let mut nodes = Vec::new();
+    // The nvme driver probes asynchronously and scans namespaces one by one: wait until the controller is
+    // live and its set of block devices has not changed for a second.
+    let mut nodes: Vec<String> = Vec::new();
+    let mut since = Instant::now();
     wait_until(
         addr,
         "the namespaces' block devices appearing",
@@ -326,12 +328,23 @@ pub fn release(sys: &System, addr: &str, force: bool) -> Result<Moved, SetupErro
             let Ok(c) = sys.controller(addr) else {
                 return false;
             };
-            nodes = c
+            let live = c.kernel_name.as_ref().is_some_and(|k| {
+                std::fs::read_to_string(sys.path("/sys/class/nvme").join(k).join("state"))
+                    .map(|s| s.trim() == "live")
+                    .unwrap_or(true)
+            });
+            let now: Vec<String> = c
                 .namespaces
                 .iter()
                 .map(|n| format!("/dev/{}", n.name))
                 .collect();
-            !nodes.is_empty() && nodes.iter().all(|n| sys.path(n).exists())
+            if now != nodes {
+                nodes = now;
+                since = Instant::now();
+            }
+            live && !nodes.is_empty()
+                && nodes.iter().all(|n| sys.path(n).exists())
+                && since.elapsed() >= Duration::from_secs(1)
         },
     )?;
     Ok(Moved {

@@ -1,1 +1,542 @@
-fn main() {}
+//! The tools' behaviour on QEMU's emulated NVMe, inside the test VM (one boot runs every test below; see
+//! `nvkv_qemu::suite`). The guest carries `nvkv-setup`, `nvkv-identify` and nvme-cli (`nvme`).
+//!
+//! | controller | address | set-up |
+//! | --- | --- | --- |
+//! | K | 0000:00:10.0 | serial NVKV-TOOLS-K, on the kernel nvme driver at boot; ns 1: 16 MiB file, 4 KiB LBAs; ns 2: 32 MiB null-co, 512 B LBAs |
+//! | V | 0000:00:11.0 | serial NVKV-TOOLS-V, on vfio-pci at boot; ns 1: 16 MiB null-co, 4 KiB LBAs |
+//!
+//! The tests run in order and each leaves K on the kernel driver and V on vfio-pci.
+
+use nvkv_qemu::suite::{self, GuestTest};
+use nvkv_qemu::vm::Bind;
+use nvkv_qemu::{guest, NvmeController, NvmeNamespace, Vm};
+use serde_json::Value;
+use std::error::Error as StdError;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+type R = Result<(), Box<dyn StdError>>;
+
+const K: &str = "0000:00:10.0";
+const V: &str = "0000:00:11.0";
+
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+).into());
+        }
+    };
+}
+
+fn main() {
+    let tests = [
+        GuestTest {
+            name: "list_shows_controllers_drivers_and_namespaces",
+            run: list_shows_controllers_drivers_and_namespaces,
+        },
+        GuestTest {
+            name: "check_passes_in_the_guest",
+            run: check_passes_in_the_guest,
+        },
+        GuestTest {
+            name: "bind_refused_while_a_process_holds_the_namespace",
+            run: bind_refused_while_a_process_holds_the_namespace,
+        },
+        GuestTest {
+            name: "release_refused_while_the_vfio_group_is_open",
+            run: release_refused_while_the_vfio_group_is_open,
+        },
+        GuestTest {
+            name: "bind_release_round_trip",
+            run: bind_release_round_trip,
+        },
+        GuestTest {
+            name: "identify_json_matches_nvme_cli",
+            run: identify_json_matches_nvme_cli,
+        },
+        GuestTest {
+            name: "identify_text_and_errors",
+            run: identify_text_and_errors,
+        },
+        GuestTest {
+            name: "hugepages_reserved_and_mounted",
+            run: hugepages_reserved_and_mounted,
+        },
+    ];
+    suite::main(&tests, || {
+        let dir = std::env::temp_dir().join(format!("nvkv-tools-vm-{}", std::process::id()));
+        Vm::builder()
+            .controller(
+                NvmeController::new("NVKV-TOOLS-K")
+                    .bind(Bind::Kernel)
+                    .namespace(NvmeNamespace::file(dir.join("k1.img"), 16 << 20, 4096))
+                    .namespace(NvmeNamespace::null(32 << 20, 512)),
+            )
+            .controller(
+                NvmeController::new("NVKV-TOOLS-V").namespace(NvmeNamespace::null(16 << 20, 4096)),
+            )
+            .binary(env!("CARGO_BIN_EXE_nvkv-setup"), "nvkv-setup")
+            .binary(env!("CARGO_BIN_EXE_nvkv-identify"), "nvkv-identify")
+            .binary("/usr/sbin/nvme", "nvme")
+    });
+}
+
+// ---------- helpers ----------
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(bin: &str, args: &[&str]) -> Result<Out, Box<dyn StdError>> {
+    let o = Command::new(bin)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {bin}: {e}"))?;
+    Ok(Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    })
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn run_ok(bin: &str, args: &[&str]) -> Result<String, Box<dyn StdError>> {
+    let o = run(bin, args)?;
+    if !o.ok {
+        return Err(format!(
+            "`{bin} {}` failed:\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            o.stdout,
+            o.stderr
+        )
+        .into());
+    }
+    Ok(o.stdout)
+}
+
+fn json(text: &str) -> Result<Value, Box<dyn StdError>> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON ({e}): {text}").into())
+}
+
+fn list() -> Result<Vec<Value>, Box<dyn StdError>> {
+    let v = json(&run_ok("nvkv-setup", &["list", "--json"])?)?;
+    Ok(v.as_array().ok_or("list --json is not an array")?.clone())
+}
+
+fn entry<'a>(l: &'a [Value], addr: &str) -> Result<&'a Value, Box<dyn StdError>> {
+    l.iter()
+        .find(|c| c["addr"] == addr)
+        .ok_or_else(|| format!("{addr} missing from `nvkv-setup list --json`: {l:?}").into())
+}
+
+/// The kernel's controller name (`nvme0`) of a controller bound to nvme.
+fn kernel_name(addr: &str) -> Result<String, Box<dyn StdError>> {
+    let dir = Path::new("/sys/bus/pci/devices").join(addr).join("nvme");
+    let e = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .next()
+        .ok_or_else(|| format!("{} is empty", dir.display()))?;
+    Ok(e.file_name().to_string_lossy().into_owned())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) -> R {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Puts K back on the kernel driver with the sysfs helpers (not the tool under test), for clean-up.
+fn restore_k() {
+    if guest::driver(K).as_deref() != Some("nvme") {
+        let _ = guest::bind_kernel(K);
+    }
+}
+
+// ---------- tests ----------
+
+fn list_shows_controllers_drivers_and_namespaces() -> R {
+    let l = list()?;
+    check!(
+        l.len() == 2,
+        "expected 2 controllers, got {}: {l:?}",
+        l.len()
+    );
+    let k = entry(&l, K)?;
+    check!(k["driver"] == "nvme", "K driver: {}", k["driver"]);
+    check!(k["vendor"] == 0x1b36 && k["device"] == 0x0010, "K id: {k}");
+    let group = k["iommu_group"].as_str().ok_or("K has no IOMMU group")?;
+    check!(
+        std::fs::read_link(format!("/sys/bus/pci/devices/{K}/iommu_group"))?.ends_with(group),
+        "K group {group} differs from sysfs"
+    );
+    let ns = k["namespaces"].as_array().ok_or("K namespaces")?;
+    check!(ns.len() == 2, "K namespaces: {ns:?}");
+    let kn = kernel_name(K)?;
+    for (i, n) in ns.iter().enumerate() {
+        let name = n["name"].as_str().ok_or("ns name")?;
+        check!(
+            Path::new("/dev").join(name).exists(),
+            "/dev/{name} does not exist"
+        );
+        check!(n["nsid"] == i as u64 + 1, "nsid of {name}: {}", n["nsid"]);
+        check!(name.starts_with("nvme"), "{name}");
+    }
+    check!(
+        ns[0]["size_bytes"] == 16u64 << 20,
+        "ns1 size {}",
+        ns[0]["size_bytes"]
+    );
+    check!(
+        ns[1]["size_bytes"] == 32u64 << 20,
+        "ns2 size {}",
+        ns[1]["size_bytes"]
+    );
+    check!(
+        k["kernel_name"] == kn.as_str(),
+        "kernel name {}",
+        k["kernel_name"]
+    );
+    check!(
+        k["in_use"].as_array().is_some_and(Vec::is_empty),
+        "K in use: {}",
+        k["in_use"]
+    );
+    let v = entry(&l, V)?;
+    check!(v["driver"] == "vfio-pci", "V driver: {}", v["driver"]);
+    check!(
+        v["namespaces"].as_array().is_some_and(Vec::is_empty),
+        "V has block devices: {v}"
+    );
+    // The table.
+    let text = run_ok("nvkv-setup", &["list"])?;
+    let line = |a: &str| text.lines().find(|l| l.starts_with(a)).map(str::to_string);
+    let kl = line(K).ok_or_else(|| format!("no line for {K}:\n{text}"))?;
+    check!(
+        kl.contains("1b36:0010") && kl.contains(" nvme ") && kl.contains("(16.00 MiB)"),
+        "{kl}"
+    );
+    let vl = line(V).ok_or_else(|| format!("no line for {V}:\n{text}"))?;
+    check!(vl.contains("vfio-pci"), "{vl}");
+    Ok(())
+}
+
+fn check_passes_in_the_guest() -> R {
+    let out = run("nvkv-setup", &["check"])?;
+    check!(out.ok, "check failed:\n{}\n{}", out.stdout, out.stderr);
+    for want in [
+        "[ok  ] iommu",
+        "[ok  ] vfio",
+        "[ok  ] memlock",
+        "/dev/vfio/vfio",
+    ] {
+        check!(
+            out.stdout.contains(want),
+            "{want:?} missing:\n{}",
+            out.stdout
+        );
+    }
+    check!(
+        out.stdout
+            .contains(&format!("{K} (nvme) is in IOMMU group")),
+        "{}",
+        out.stdout
+    );
+    Ok(())
+}
+
+fn bind_refused_while_a_process_holds_the_namespace() -> R {
+    let dev = guest::block_device(K).ok_or("K has no block device")?;
+    let name = dev
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or("block device name")?;
+    let f = std::fs::File::open(&dev)?;
+    let mut child = Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::from(f))
+        .spawn()?;
+    let pid = child.id();
+    let res = (|| -> R {
+        let out = run("nvkv-setup", &["bind", K])?;
+        check!(
+            !out.ok,
+            "bind succeeded while {name} was open:\n{}",
+            out.stdout
+        );
+        let want = format!("/dev/{name} is open by process {pid} (sleep)");
+        for w in [want.as_str(), K, "--force"] {
+            check!(out.stderr.contains(w), "{w:?} missing in:\n{}", out.stderr);
+        }
+        check!(
+            guest::driver(K).as_deref() == Some("nvme"),
+            "K left the nvme driver: {:?}",
+            guest::driver(K)
+        );
+        check!(dev.exists(), "{} vanished", dev.display());
+        // The listing says so too.
+        let l = list()?;
+        let k = entry(&l, K)?;
+        let uses = k["in_use"].as_array().ok_or("in_use")?;
+        check!(
+            uses.iter()
+                .any(|u| u["kind"] == "open" && u["pid"] == pid && u["device"] == name.as_str()),
+            "in_use: {uses:?}"
+        );
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    restore_k();
+    res
+}
+
+fn release_refused_while_the_vfio_group_is_open() -> R {
+    let group = guest::iommu_group(V)?;
+    let node = format!("/dev/vfio/{group}");
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&node)?;
+    let out = run("nvkv-setup", &["release", V])?;
+    drop(held);
+    check!(
+        !out.ok,
+        "release succeeded while {node} was open:\n{}",
+        out.stdout
+    );
+    let me = format!("pid {}", std::process::id());
+    for w in [node.as_str(), me.as_str(), V, "--force"] {
+        check!(out.stderr.contains(w), "{w:?} missing in:\n{}", out.stderr);
+    }
+    check!(
+        guest::driver(V).as_deref() == Some("vfio-pci"),
+        "V left vfio-pci: {:?}",
+        guest::driver(V)
+    );
+    Ok(())
+}
+
+fn bind_release_round_trip() -> R {
+    let res = (|| -> R {
+        let group = guest::iommu_group(K)?;
+        let before: Vec<String> = entry(&list()?, K)?["namespaces"]
+            .as_array()
+            .ok_or("namespaces")?
+            .iter()
+            .filter_map(|n| n["name"].as_str().map(str::to_string))
+            .collect();
+        let out = run_ok("nvkv-setup", &["bind", K])?;
+        check!(
+            out.contains(&format!("{K}: nvme -> vfio-pci (/dev/vfio/{group})")),
+            "bind said: {out}"
+        );
+        check!(
+            guest::driver(K).as_deref() == Some("vfio-pci"),
+            "driver after bind: {:?}",
+            guest::driver(K)
+        );
+        check!(
+            Path::new(&format!("/dev/vfio/{group}")).exists(),
+            "no /dev/vfio/{group}"
+        );
+        for n in &before {
+            wait_for(&format!("/dev/{n} to go"), || {
+                !Path::new("/dev").join(n).exists()
+            })?;
+        }
+        // A second bind is a no-op.
+        let out = run_ok("nvkv-setup", &["bind", K])?;
+        check!(
+            out.contains("already on vfio-pci"),
+            "second bind said: {out}"
+        );
+        let k = entry(&list()?, K)?.clone();
+        check!(k["driver"] == "vfio-pci", "list after bind: {k}");
+        // Back to the kernel, with the alias.
+        let out = run_ok("nvkv-setup", &["unbind", K])?;
+        check!(
+            out.contains(&format!("{K}: vfio-pci -> nvme")),
+            "release said: {out}"
+        );
+        check!(
+            guest::driver(K).as_deref() == Some("nvme"),
+            "driver after release: {:?}",
+            guest::driver(K)
+        );
+        for n in &before {
+            check!(
+                out.contains(&format!("/dev/{n}")) && Path::new("/dev").join(n).exists(),
+                "/dev/{n} not back after release: {out}"
+            );
+        }
+        check!(
+            std::fs::read_to_string(format!("/sys/bus/pci/devices/{K}/driver_override"))?.trim()
+                == "(null)",
+            "driver_override not cleared"
+        );
+        Ok(())
+    })();
+    restore_k();
+    res
+}
+
+/// Fields of `nvme id-ctrl -o json` that nvkv-identify prints.
+const CTRL_FIELDS: &[&str] = &[
+    "vid", "ssvid", "sn", "mn", "fr", "rab", "ieee", "cmic", "mdts", "cntlid", "ver", "oacs",
+    "acl", "aerl", "frmw", "lpa", "elpe", "npss", "sqes", "cqes", "maxcmd", "nn", "oncs", "fuses",
+    "fna", "vwc", "awun", "awupf", "sgls", "subnqn",
+];
+/// Fields of `nvme id-ns -o json` that nvkv-identify prints (lbafs compared entry by entry).
+const NS_FIELDS: &[&str] = &[
+    "nsze", "ncap", "nuse", "nsfeat", "nlbaf", "flbas", "mc", "dpc", "dps", "nmic", "dlfeat",
+    "nawun", "nawupf", "nguid", "eui64",
+];
+
+fn compare(what: &str, cli: &Value, ours: &Value, fields: &[&str]) -> Vec<String> {
+    fields
+        .iter()
+        // A field absent from both would compare equal: every field must be in nvme-cli's output.
+        .filter(|f| cli.get(**f).is_none() || cli.get(**f) != ours.get(**f))
+        .map(|f| {
+            format!(
+                "{what}.{f}: nvme-cli {:?}, nvkv-identify {:?}",
+                cli.get(*f),
+                ours.get(*f)
+            )
+        })
+        .collect()
+}
+
+fn identify_json_matches_nvme_cli() -> R {
+    let res = (|| -> R {
+        // 1. nvme-cli, through the kernel driver.
+        let kn = kernel_name(K)?;
+        let cdev = format!("/dev/{kn}");
+        let cli_ctrl = json(&run_ok("nvme", &["id-ctrl", &cdev, "-o", "json"])?)?;
+        let mut cli_ns = Vec::new();
+        for nsid in 1..=2u32 {
+            cli_ns.push(json(&run_ok(
+                "nvme",
+                &["id-ns", &cdev, "-n", &nsid.to_string(), "-o", "json"],
+            )?)?);
+        }
+        // 2. nvkv-identify, through nvkv's driver.
+        run_ok("nvkv-setup", &["bind", K])?;
+        let ours = json(&run_ok("nvkv-identify", &[K, "--json"])?)?;
+        check!(ours["address"] == K, "address: {}", ours["address"]);
+        let mut diffs = compare("id-ctrl", &cli_ctrl, &ours["controller"], CTRL_FIELDS);
+        check!(
+            ours["controller"]["sn"]
+                .as_str()
+                .is_some_and(|s| s.trim_end() == "NVKV-TOOLS-K"),
+            "sn: {}",
+            ours["controller"]["sn"]
+        );
+        let nss = ours["namespaces"].as_array().ok_or("namespaces")?;
+        check!(nss.len() == 2, "namespaces: {nss:?}");
+        for (i, (cli, ns)) in cli_ns.iter().zip(nss).enumerate() {
+            let what = format!("id-ns {}", i + 1);
+            check!(ns["nsid"] == i as u64 + 1, "{what}: nsid {}", ns["nsid"]);
+            diffs.extend(compare(&what, cli, ns, NS_FIELDS));
+            let (a, b) = (
+                cli["lbafs"].as_array().ok_or("nvme-cli lbafs")?,
+                ns["lbafs"].as_array().ok_or("our lbafs")?,
+            );
+            if a.len() != b.len() {
+                diffs.push(format!("{what}.lbafs: {} vs {} entries", a.len(), b.len()));
+            }
+            for (j, (x, y)) in a.iter().zip(b).enumerate() {
+                diffs.extend(compare(
+                    &format!("{what}.lbafs[{j}]"),
+                    x,
+                    y,
+                    &["ms", "ds", "rp"],
+                ));
+            }
+        }
+        // The QEMU configuration shows through: 16 MiB of 4 KiB blocks, 32 MiB of 512 B blocks.
+        check!(
+            nss[0]["nsze"] == 4096 && nss[1]["nsze"] == 65536,
+            "nsze: {} {}",
+            nss[0]["nsze"],
+            nss[1]["nsze"]
+        );
+        check!(
+            diffs.is_empty(),
+            "{} field(s) differ:\n{}",
+            diffs.len(),
+            diffs.join("\n")
+        );
+        run_ok("nvkv-setup", &["release", K])?;
+        Ok(())
+    })();
+    restore_k();
+    res
+}
+
+fn identify_text_and_errors() -> R {
+    let text = run_ok("nvkv-identify", &[V])?;
+    for want in [
+        "sn        : NVKV-TOOLS-V",
+        "vid       : 0x1b36",
+        "NVMe Identify Namespace 1:",
+        "(in use)",
+        "16.00 MiB",
+    ] {
+        check!(text.contains(want), "{want:?} missing:\n{text}");
+    }
+    let one = json(&run_ok("nvkv-identify", &[V, "--json", "--nsid", "1"])?)?;
+    check!(
+        one["namespaces"].as_array().map(Vec::len) == Some(1),
+        "--nsid 1: {one}"
+    );
+    // A controller on the kernel driver: the error names it and the fix.
+    let out = run("nvkv-identify", &[K])?;
+    check!(!out.ok, "identify of a kernel-bound controller succeeded");
+    for w in [K, "nvme", "nvkv-setup bind"] {
+        check!(out.stderr.contains(w), "{w:?} missing:\n{}", out.stderr);
+    }
+    // No such device.
+    let out = run("nvkv-identify", &["0000:00:1f.7"])?;
+    check!(!out.ok, "identify of a missing device succeeded");
+    check!(
+        out.stderr.contains("0000:00:1f.7") && out.stderr.contains("nvkv-setup list"),
+        "{}",
+        out.stderr
+    );
+    let out = run("nvkv-setup", &["bind", "0000:00:1f.7"])?;
+    check!(
+        !out.ok && out.stderr.contains("0000:00:1f.7 does not exist"),
+        "{}",
+        out.stderr
+    );
+    Ok(())
+}
+
+fn hugepages_reserved_and_mounted() -> R {
+    let out = run_ok("nvkv-setup", &["hugepages", "16"])?;
+    check!(out.contains("16 hugepages"), "{out}");
+    let nr = std::fs::read_to_string("/proc/sys/vm/nr_hugepages")?;
+    check!(nr.trim() == "16", "nr_hugepages {nr}");
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+    check!(
+        mi.lines()
+            .any(|l| l.contains(" /dev/hugepages ") && l.contains(" - hugetlbfs ")),
+        "no hugetlbfs on /dev/hugepages:\n{mi}"
+    );
+    let out = run_ok("nvkv-setup", &["hugepages", "16"])?;
+    check!(out.contains("already on /dev/hugepages"), "{out}");
+    let out = run_ok("nvkv-setup", &["check"])?;
+    check!(out.contains("[ok  ] hugepages"), "{out}");
+    Ok(())
+}
