@@ -45,6 +45,10 @@ fn main() {
             run: bind_refused_while_a_process_holds_the_namespace,
         },
         GuestTest {
+            name: "bind_force_takes_a_held_namespace",
+            run: bind_force_takes_a_held_namespace,
+        },
+        GuestTest {
             name: "release_refused_while_the_vfio_group_is_open",
             run: release_refused_while_the_vfio_group_is_open,
         },
@@ -298,6 +302,38 @@ fn bind_refused_while_a_process_holds_the_namespace() -> R {
     let _ = child.wait();
     restore_k();
     res
+}
+
+fn bind_force_takes_a_held_namespace() -> R {
+    let dev = guest::block_device(K).ok_or("K has no block device")?;
+    let f = std::fs::File::open(&dev)?;
+    let mut child = Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::from(f))
+        .spawn()?;
+    let pid = child.id();
+    let res = (|| -> R {
+        let out = run_ok("nvkv-setup", &["bind", "--force", K])?;
+        let want = format!(
+            "forced despite: {} is open by process {pid} (sleep)",
+            dev.display()
+        );
+        check!(out.contains(&want), "{want:?} missing in:\n{out}");
+        check!(
+            guest::driver(K).as_deref() == Some("vfio-pci"),
+            "driver after bind --force: {:?}",
+            guest::driver(K)
+        );
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let back = run("nvkv-setup", &["release", K]);
+    restore_k();
+    res?;
+    let back = back?;
+    check!(back.ok, "release after --force failed: {}", back.stderr);
+    Ok(())
 }
 
 fn release_refused_while_the_vfio_group_is_open() -> R {

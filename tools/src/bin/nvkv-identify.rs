@@ -26,8 +26,18 @@ struct Cli {
     nsid: Option<u32>,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Prints the error and its causes on one line, without a backtrace (operators need the fix, not our stack).
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nvkv-identify: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let ctrl = Controller::open(&cli.addr)?;
     let controller = IdCtrl::from_raw(&ctrl.info().raw);
     let nsids: Vec<u32> = match cli.nsid {

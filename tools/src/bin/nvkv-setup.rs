@@ -97,6 +97,12 @@ fn list(sys: &System, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
+    let status = std::fs::read_to_string(sys.path("/proc/self/status")).unwrap_or_default();
+    if setup::parse_status(&status).uid != 0 {
+        eprintln!(
+            "note: not running as root: other users' open files cannot be inspected, so IN USE may miss some"
+        );
+    }
     if entries.is_empty() {
         println!("no NVMe controllers (PCI class 010802) found");
         return Ok(());
@@ -142,8 +148,18 @@ fn list(sys: &System, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Prints the error and its causes on one line, without a backtrace (operators need the fix, not our stack).
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nvkv-setup: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let sys = System::real();
     match cli.cmd {
         Cmd::List { json } => list(&sys, json),
