@@ -7,10 +7,10 @@
 //!   then parks; a client pushes, then unparks the shard if `sleeping` is up. Both sides use SeqCst, so
 //!   either the shard's re-check sees the request or the client sees the flag.
 //!
-//! Both are generic over the threading runtime, so the shuttle tests (feature `shuttle`) model-check
+//! Both are generic over the threading runtime, so the shuttle unit tests below model-check
 //! exactly this code.
 
-#[cfg(feature = "shuttle")]
+#[cfg(test)]
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -173,11 +173,11 @@ impl<R: Runtime> Default for Doorbell<R> {
 }
 
 /// The shuttle runtime: every step of the protocols above is a scheduling point shuttle explores.
-#[cfg(feature = "shuttle")]
+#[cfg(test)]
 #[derive(Debug)]
 pub struct Shuttle;
 
-#[cfg(feature = "shuttle")]
+#[cfg(test)]
 impl Runtime for Shuttle {
     type Handle = shuttle::thread::Thread;
     type Flag = shuttle::sync::atomic::AtomicBool;
@@ -208,7 +208,7 @@ impl Runtime for Shuttle {
     }
 }
 
-#[cfg(all(test, feature = "shuttle"))]
+#[cfg(test)]
 mod shuttle_tests {
     use super::*;
     use std::sync::Arc;
