@@ -7,6 +7,7 @@
 //! | 1 | 0000:00:11.0 | serial NVKV-FILE-512, MDTS 7; ns 1: 32 MiB file, 512 B LBAs |
 //! | 2 | 0000:00:12.0 | serial NVKV-FAULT; ns 1: 16 MiB file, 4 KiB LBAs, blkdebug read error at LBA 256 |
 //! | 3 | 0000:00:13.0 | serial NVKV-KERNEL, left on the kernel nvme driver; ns 1: 16 MiB file, 4 KiB LBAs |
+//! | 4 | 0000:00:14.0 | serial NVKV-SLOW; ns 1: 64 MiB null-co throttled to 1 I/O per second |
 
 use nvkv_qemu::suite::{self, GuestTest};
 use nvkv_qemu::vm::Bind;
@@ -24,6 +25,7 @@ const C_4K: &str = "0000:00:10.0";
 const C_512: &str = "0000:00:11.0";
 const C_FAULT: &str = "0000:00:12.0";
 const C_KERNEL: &str = "0000:00:13.0";
+const C_SLOW: &str = "0000:00:14.0";
 const FAULT_LBA: u64 = 256; // blkdebug sector 2048 (512-byte sectors) = 4 KiB LBA 256
 
 macro_rules! check {
@@ -88,6 +90,10 @@ fn main() {
             name: "controller_reset_mid_run",
             run: controller_reset_mid_run,
         },
+        GuestTest {
+            name: "stuck_commands_time_out_abort_reset",
+            run: stuck_commands_time_out_abort_reset,
+        },
     ];
     suite::main(&tests, || {
         let dir = std::env::temp_dir().join(format!("nvkv-driver-vm-{}", std::process::id()));
@@ -113,6 +119,9 @@ fn main() {
                 NvmeController::new("NVKV-KERNEL")
                     .bind(Bind::Kernel)
                     .namespace(NvmeNamespace::file(img("c3n1.img"), 16 << 20, 4096)),
+            )
+            .controller(
+                NvmeController::new("NVKV-SLOW").namespace(NvmeNamespace::null(64 << 20, 4096).with_throttle_iops(1)),
             )
     });
 }
@@ -787,5 +796,55 @@ fn controller_reset_mid_run() -> R {
         "{other} requests failed with errors other than ControllerReset"
     );
     check!(ok > 0, "no I/O completed");
+    Ok(())
+}
+
+/// Commands the device sits on (a throttle of 1 I/O per second against a 300 ms timeout): the queue pair
+/// aborts them, then resets the controller, and they complete with `IoError::Timeout`; new I/O works after.
+fn stuck_commands_time_out_abort_reset() -> R {
+    let c = Controller::open(C_SLOW)?;
+    let ns = c.namespace(1)?;
+    let mut qp = c.queue_pair_with(QueueConfig {
+        io_timeout: Duration::from_millis(300),
+        ..QueueConfig::default()
+    })?;
+    for i in 0..4u64 {
+        qp.read(&ns, i, c.alloc(4096)?, 0..4096, i)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut results = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while results.len() < 4 {
+        qp.poll(8, |comp| results.push((comp.tag, comp.result)));
+        check!(
+            Instant::now() < deadline,
+            "only {} of 4 completed: {results:?}",
+            results.len()
+        );
+    }
+    let timeouts = results
+        .iter()
+        .filter(|r| r.1 == Err(IoError::Timeout))
+        .count();
+    let others = results
+        .iter()
+        .filter(|r| matches!(r.1, Err(e) if e != IoError::Timeout))
+        .count();
+    let s = qp.stats();
+    println!("stuck commands: {results:?}; {s:?}");
+    check!(timeouts >= 1, "no command timed out: {results:?}");
+    check!(others == 0, "unexpected errors: {results:?}");
+    check!(s.aborts_sent >= 1, "no Abort was sent: {s:?}");
+    check!(
+        s.resets_seen == 1 && c.resets() == 1,
+        "resets: queue pair saw {}, controller did {}",
+        s.resets_seen,
+        c.resets()
+    );
+    drop(qp);
+    // After the reset: a queue pair with the default timeout reads (slowly, at 1 I/O per second).
+    let mut qp = c.queue_pair()?;
+    let (r, _) = io(&mut qp, &ns, Op::Read, 7, c.alloc(4096)?, 0..4096)?;
+    r.map_err(|e| format!("read after the reset: {e}"))?;
     Ok(())
 }

@@ -51,6 +51,9 @@ pub struct NvmeNamespace {
     pub lba_size: u32,
     /// blkdebug rules (the text of a blkdebug config file); only with a `File` backend.
     pub blkdebug: Option<String>,
+    /// Limit the namespace to this many I/Os per second (a QEMU throttle group): makes commands slow enough
+    /// to exercise timeouts. Only with a `Null` backend.
+    pub throttle_iops: Option<u32>,
 }
 
 impl NvmeNamespace {
@@ -59,6 +62,7 @@ impl NvmeNamespace {
             backend: NsBackend::Null { size },
             lba_size,
             blkdebug: None,
+            throttle_iops: None,
         }
     }
     pub fn file(path: impl Into<PathBuf>, size: u64, lba_size: u32) -> Self {
@@ -69,7 +73,12 @@ impl NvmeNamespace {
             },
             lba_size,
             blkdebug: None,
+            throttle_iops: None,
         }
+    }
+    pub fn with_throttle_iops(mut self, iops: u32) -> Self {
+        self.throttle_iops = Some(iops);
+        self
     }
     pub fn with_blkdebug(mut self, rules: impl Into<String>) -> Self {
         self.blkdebug = Some(rules.into());
@@ -449,11 +458,26 @@ impl VmBuilder {
             for (ni, ns) in c.namespaces.iter().enumerate() {
                 let id = format!("nvm{ci}n{ni}");
                 let drive = match (&ns.backend, &ns.blkdebug) {
+                    (NsBackend::Null { size }, None) if ns.throttle_iops.is_some() => {
+                        let iops = ns.throttle_iops.unwrap_or(1);
+                        args.extend([
+                            "-object".into(),
+                            format!("throttle-group,id=tg{ci}n{ni},x-iops-total={iops}"),
+                        ]);
+                        format!(
+                            "driver=throttle,throttle-group=tg{ci}n{ni},file.driver=null-co,file.size={size},file.read-zeroes=on,if=none,id={id}"
+                        )
+                    }
                     (NsBackend::Null { size }, None) => {
                         format!("driver=null-co,size={size},read-zeroes=on,if=none,id={id}")
                     }
                     (NsBackend::Null { .. }, Some(_)) => {
                         return Err(Error::Config("blkdebug rules need a file backend".into()));
+                    }
+                    (NsBackend::File { .. }, _) if ns.throttle_iops.is_some() => {
+                        return Err(Error::Config(
+                            "throttling is implemented for null-co namespaces only".into(),
+                        ));
                     }
                     (NsBackend::File { path, size }, None) => {
                         ensure_file(path, *size)?;
