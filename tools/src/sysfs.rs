@@ -108,6 +108,15 @@ pub struct PciController {
     /// The kernel's controller name (`nvme0`) while bound to `nvme`.
     pub kernel_name: Option<String>,
     pub namespaces: Vec<BlockNamespace>,
+    /// The namespaces' generic character devices (`ng0n1`, NVMe passthrough, e.g. fio's io_uring_cmd).
+    pub generic: Vec<CharDevice>,
+}
+
+/// A character device of the kernel's nvme driver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CharDevice {
+    pub name: String,
+    pub dev: Option<DevNum>,
 }
 
 /// A process, as far as `/proc` shows it.
@@ -327,6 +336,7 @@ impl System {
             read_trim(&p.join("driver_override")).filter(|s| !s.is_empty() && s != "(null)");
         let mut kernel_name = None;
         let mut namespaces: Vec<BlockNamespace> = Vec::new();
+        let mut generic: Vec<CharDevice> = Vec::new();
         if let Ok(rd) = std::fs::read_dir(p.join("nvme")) {
             let mut ctrls: Vec<_> = rd.flatten().collect();
             ctrls.sort_by_key(|e| e.file_name());
@@ -338,6 +348,13 @@ impl System {
                 };
                 for e in entries.flatten() {
                     let ename = e.file_name().to_string_lossy().to_string();
+                    if ename.starts_with("ng") && e.path().join("dev").exists() {
+                        generic.push(CharDevice {
+                            dev: read_trim(&e.path().join("dev")).and_then(|d| DevNum::parse(&d)),
+                            name: ename,
+                        });
+                        continue;
+                    }
                     let Some(block) = namespace_block_name(&ename) else {
                         continue;
                     };
@@ -350,6 +367,7 @@ impl System {
             }
         }
         namespaces.sort_by_key(|n| (n.nsid, n.name.clone()));
+        generic.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(PciController {
             addr: addr.into(),
             vendor: hex16("vendor"),
@@ -360,6 +378,7 @@ impl System {
             numa_node: read_trim(&p.join("numa_node")).and_then(|v| v.parse().ok()),
             kernel_name,
             namespaces,
+            generic,
         })
     }
 
@@ -415,6 +434,7 @@ impl System {
                 .and_then(|d| DevNum::parse(&d));
             devs.push((k.clone(), dev));
         }
+        devs.extend(c.generic.iter().map(|g| (g.name.clone(), g.dev)));
         for (device, p) in self.openers(|target, rdev| {
             devs.iter().find_map(|(n, d)| {
                 let by_name = target == Path::new("/dev").join(n);
@@ -485,8 +505,8 @@ impl System {
     }
 
     /// Processes with an open file descriptor that `matches` (given the fd's link target and, for device
-    /// nodes, their device number); returns what it matched and the process. This process is left out.
-    pub fn openers<T>(
+    /// nodes, their device number); returns each distinct match with its process. This process is left out.
+    pub fn openers<T: PartialEq>(
         &self,
         matches: impl Fn(&Path, Option<DevNum>) -> Option<T>,
     ) -> Vec<(T, Process)> {
@@ -509,6 +529,7 @@ impl System {
             let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
                 continue; // gone, or not ours to look at
             };
+            let mut found: Vec<T> = Vec::new();
             for fd in fds.flatten() {
                 let Ok(target) = std::fs::read_link(fd.path()) else {
                     continue;
@@ -518,10 +539,22 @@ impl System {
                     .filter(|m| m.file_type().is_block_device() || m.file_type().is_char_device())
                     .map(|m| DevNum::from_dev_t(m.rdev()));
                 if let Some(t) = matches(&target, rdev) {
-                    let command = read_trim(&dir.join("comm")).unwrap_or_else(|| "?".into());
-                    out.push((t, Process { pid, command }));
-                    break;
+                    if !found.contains(&t) {
+                        found.push(t);
+                    }
                 }
+            }
+            if !found.is_empty() {
+                let command = read_trim(&dir.join("comm")).unwrap_or_else(|| "?".into());
+                out.extend(found.into_iter().map(|t| {
+                    (
+                        t,
+                        Process {
+                            pid,
+                            command: command.clone(),
+                        },
+                    )
+                }));
             }
         }
         out
@@ -871,6 +904,12 @@ mod tests {
         .link("/proc/4242/fd/1", "/dev/null")
         .file("/proc/77/comm", "smartd\n")
         .link("/proc/77/fd/5", "/dev/nvme0")
+        .file(
+            "/sys/bus/pci/devices/0000:00:10.0/nvme/nvme0/ng0n1/dev",
+            "240:0\n",
+        )
+        .link("/proc/4242/fd/3", "/dev/ng0n1")
+        .link("/proc/4242/fd/4", "/dev/nvme0n1")
         .file("/proc/78/comm", "bash\n")
         .link("/proc/78/fd/0", "/dev/pts/0");
         let sys = System::at(&t.root);
@@ -905,7 +944,17 @@ mod tests {
             }),
             "{u:?}"
         );
-        assert_eq!(u.len(), 4, "{u:?}");
+        assert!(
+            u.contains(&Usage::Open {
+                device: "ng0n1".into(),
+                pid: 4242,
+                command: "sleep".into()
+            }),
+            "{u:?}"
+        );
+        assert_eq!(c.generic.len(), 1, "{:?}", c.generic);
+        // One entry per device and process, however many descriptors point at it.
+        assert_eq!(u.len(), 5, "{u:?}");
         let held = u
             .iter()
             .find(|x| matches!(x, Usage::Held { .. }))

@@ -270,7 +270,20 @@ fn bind_refused_while_a_process_holds_the_namespace() -> R {
         .stdin(Stdio::from(f))
         .spawn()?;
     let pid = child.id();
+    // The generic character device (NVMe passthrough, as fio's io_uring_cmd uses it) counts too.
+    let ng = name.replacen("nvme", "ng", 1);
+    let mut child2 = match std::fs::File::open(Path::new("/dev").join(&ng)) {
+        Ok(g) => Some(
+            Command::new("sleep")
+                .arg("601")
+                .stdin(Stdio::from(g))
+                .spawn()?,
+        ),
+        Err(_) => None,
+    };
+    let pid2 = child2.as_ref().map(|c| c.id());
     let res = (|| -> R {
+        check!(pid2.is_some(), "/dev/{ng} could not be opened");
         let out = run("nvkv-setup", &["bind", K])?;
         check!(
             !out.ok,
@@ -278,7 +291,8 @@ fn bind_refused_while_a_process_holds_the_namespace() -> R {
             out.stdout
         );
         let want = format!("/dev/{name} is open by process {pid} (sleep)");
-        for w in [want.as_str(), K, "--force"] {
+        let want2 = format!("/dev/{ng} is open by process {} (sleep)", pid2.unwrap_or(0));
+        for w in [want.as_str(), want2.as_str(), K, "--force"] {
             check!(out.stderr.contains(w), "{w:?} missing in:\n{}", out.stderr);
         }
         check!(
@@ -300,6 +314,10 @@ fn bind_refused_while_a_process_holds_the_namespace() -> R {
     })();
     let _ = child.kill();
     let _ = child.wait();
+    if let Some(c) = child2.as_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     restore_k();
     res
 }
