@@ -133,8 +133,8 @@ pub struct QueuePair {
     /// cid → request slot, FREE when the cid is not in flight.
     cid_req: Vec<u16>,
     free_cids: Vec<u16>,
+    /// Request slots, indexed by the first command id of each request.
     reqs: Vec<Request>,
-    free_reqs: Vec<u16>,
     prp_lists: DmaBuf,
     max_transfer: usize,
     stats: QueueStats,
@@ -241,7 +241,6 @@ impl QueuePair {
                     error: None,
                 })
                 .collect(),
-            free_reqs: (0..max_out as u16).rev().collect(),
             prp_lists,
             max_transfer,
             stats: QueueStats::default(),
@@ -306,6 +305,7 @@ impl QueuePair {
     }
 
     /// Reads `range` of `buf` worth of blocks starting at `slba`.
+    #[inline]
     pub fn read(
         &mut self,
         ns: &Namespace,
@@ -318,6 +318,7 @@ impl QueuePair {
     }
 
     /// Writes `range` of `buf` to the blocks starting at `slba`.
+    #[inline]
     pub fn write(
         &mut self,
         ns: &Namespace,
@@ -376,6 +377,7 @@ impl QueuePair {
         )
     }
 
+    #[inline]
     fn submit_data(
         &mut self,
         opcode: u8,
@@ -393,11 +395,11 @@ impl QueuePair {
                 end: range.end,
                 len: buf.len(),
             })
-        } else if range.start % 4 != 0 {
+        } else if range.start & 3 != 0 {
             Some(SubmitErrorKind::Misaligned {
                 offset: range.start,
             })
-        } else if range.len() % ns.lba_size as usize != 0 {
+        } else if range.len() & (ns.lba_size as usize - 1) != 0 {
             Some(SubmitErrorKind::NotBlockMultiple {
                 len: range.len(),
                 lba_size: ns.lba_size,
@@ -426,6 +428,7 @@ impl QueuePair {
 
     /// Splits a request into commands of at most `chunk` blocks and writes them into the SQ (no doorbell).
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn submit(
         &mut self,
         opcode: u8,
@@ -443,7 +446,11 @@ impl QueuePair {
         if nblocks == 0 {
             return Err(give_back(SubmitErrorKind::ZeroLength, data));
         }
-        let ncmds = nblocks.div_ceil(chunk) as usize;
+        let ncmds = if nblocks <= chunk {
+            1
+        } else {
+            nblocks.div_ceil(chunk) as usize
+        };
         if ncmds > self.cid_req.len() {
             return Err(give_back(
                 SubmitErrorKind::TooLarge {
@@ -456,7 +463,9 @@ impl QueuePair {
         if self.dead || self.free_cids.len() < ncmds {
             return Err(give_back(SubmitErrorKind::Busy, data));
         }
-        let Some(r) = self.free_reqs.pop() else {
+        // The request lives in the slot of its first command id, which is not reused before the whole request
+        // has finished (the other ids of a split request are freed as their commands complete).
+        let Some(&r) = self.free_cids.last() else {
             return Err(give_back(SubmitErrorKind::Busy, data));
         };
         if self.free_cids.len() == self.cid_req.len() {
@@ -469,6 +478,7 @@ impl QueuePair {
         req.tag = tag;
         req.pending = ncmds as u16;
         req.error = None;
+        debug_assert!(req.buf.is_none());
         req.buf = data.map(|d| d.0);
         let mut done = 0u64;
         while done < nblocks {
@@ -641,7 +651,9 @@ impl QueuePair {
                 continue; // a completion for a command we no longer track (after an abort): ignore it
             }
             self.cid_req[cid as usize] = FREE;
-            self.free_cids.push(cid);
+            if cid != r {
+                self.free_cids.push(cid);
+            }
             self.stats.completions += 1;
             let req = &mut self.reqs[r as usize];
             if let Some(s) = NvmeStatus::from_completion(status) {
@@ -654,7 +666,7 @@ impl QueuePair {
                     result: req.error.map_or(Ok(()), Err),
                     buf: req.buf.take(),
                 };
-                self.free_reqs.push(r);
+                self.free_cids.push(r);
                 finished += 1;
                 f(c);
             }
@@ -719,7 +731,9 @@ impl QueuePair {
                 continue;
             }
             self.cid_req[cid] = FREE;
-            self.free_cids.push(cid as u16);
+            if cid as u16 != r {
+                self.free_cids.push(cid as u16);
+            }
             let req = &mut self.reqs[r as usize];
             req.error.get_or_insert(err);
             req.pending -= 1;
@@ -729,7 +743,7 @@ impl QueuePair {
                     result: req.error.map_or(Ok(()), Err),
                     buf: req.buf.take(),
                 };
-                self.free_reqs.push(r);
+                self.free_cids.push(r);
                 finished += 1;
                 f(c);
             }

@@ -41,7 +41,12 @@ pub mod sc {
 impl NvmeStatus {
     /// Decodes the 16-bit status word of a completion entry (bit 0 is the phase tag and is ignored).
     /// Returns None for success.
+    #[inline]
     pub fn from_completion(status: u16) -> Option<Self> {
+        // Success has SC and SCT (bits 1..=11) zero: one test on the hot path.
+        if status & 0x0ffe == 0 {
+            return None;
+        }
         let field = status >> 1;
         let sc = (field & 0xff) as u8;
         let sct = ((field >> 8) & 0x7) as u8;
