@@ -3,7 +3,7 @@
 //!
 //! | controller | address | set-up |
 //! | --- | --- | --- |
-//! | K | 0000:00:10.0 | serial NVKV-TOOLS-K, on the kernel nvme driver at boot; ns 1: 16 MiB file, 4 KiB LBAs; ns 2: 32 MiB null-co, 512 B LBAs |
+//! | K | 0000:00:10.0 | serial NVKV-TOOLS-K, on the kernel nvme driver at boot; ns 1: 16 MiB file, 4 KiB LBAs; ns 2: 32 MiB file, 512 B LBAs (swap and a minix file system go there: minix needs 1 KiB blocks) |
 //! | V | 0000:00:11.0 | serial NVKV-TOOLS-V, on vfio-pci at boot; ns 1: 16 MiB null-co, 4 KiB LBAs |
 //!
 //! The tests run in order and each leaves K on the kernel driver and V on vfio-pci.
@@ -45,6 +45,14 @@ fn main() {
             run: bind_refused_while_a_process_holds_the_namespace,
         },
         GuestTest {
+            name: "bind_refused_while_a_namespace_is_swap",
+            run: bind_refused_while_a_namespace_is_swap,
+        },
+        GuestTest {
+            name: "bind_refused_while_a_namespace_is_mounted",
+            run: bind_refused_while_a_namespace_is_mounted,
+        },
+        GuestTest {
             name: "bind_force_takes_a_held_namespace",
             run: bind_force_takes_a_held_namespace,
         },
@@ -76,7 +84,7 @@ fn main() {
                 NvmeController::new("NVKV-TOOLS-K")
                     .bind(Bind::Kernel)
                     .namespace(NvmeNamespace::file(dir.join("k1.img"), 16 << 20, 4096))
-                    .namespace(NvmeNamespace::null(32 << 20, 512)),
+                    .namespace(NvmeNamespace::file(dir.join("k2.img"), 32 << 20, 512)),
             )
             .controller(
                 NvmeController::new("NVKV-TOOLS-V").namespace(NvmeNamespace::null(16 << 20, 4096)),
@@ -84,10 +92,91 @@ fn main() {
             .binary(env!("CARGO_BIN_EXE_nvkv-setup"), "nvkv-setup")
             .binary(env!("CARGO_BIN_EXE_nvkv-identify"), "nvkv-identify")
             .binary("/usr/sbin/nvme", "nvme")
+            .file(MINIX_KO, minix_ko())
     });
 }
 
 // ---------- helpers ----------
+
+/// Where the guest finds the minix file system module (the guest kernel has no built-in file system that
+/// mounts a block device, and busybox has no mkfs; minix.ko has no dependencies and its format is tiny).
+const MINIX_KO: &str = "/lib/modules/nvkv/minix.ko";
+
+/// minix.ko of the guest kernel, read on the host; empty when it cannot be found (the mount test then fails
+/// saying so).
+fn minix_ko() -> Vec<u8> {
+    nvkv_qemu::host::find_kernel()
+        .and_then(|k| k.module("minix"))
+        .ok()
+        .and_then(|p| std::fs::read(p).ok())
+        .unwrap_or_default()
+}
+
+/// A minimal minix (v1, 14-character names) file system of 64 blocks of 1 KiB: boot block, superblock, one
+/// inode-bitmap block, one zone-bitmap block, one block of 32 inodes, and the root directory in block 5.
+fn minix_image() -> Vec<u8> {
+    const BS: usize = 1024;
+    let mut img = vec![0u8; 64 * BS];
+    let put16 =
+        |img: &mut [u8], off: usize, v: u16| img[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    let put32 =
+        |img: &mut [u8], off: usize, v: u32| img[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    let sb = BS;
+    put16(&mut img, sb, 32); // s_ninodes
+    put16(&mut img, sb + 2, 64); // s_nzones
+    put16(&mut img, sb + 4, 1); // s_imap_blocks
+    put16(&mut img, sb + 6, 1); // s_zmap_blocks
+    put16(&mut img, sb + 8, 5); // s_firstdatazone
+    put16(&mut img, sb + 10, 0); // s_log_zone_size
+    put32(&mut img, sb + 12, (7 + 512 + 512 * 512) * 1024); // s_max_size
+    put16(&mut img, sb + 16, 0x137f); // s_magic: minix v1, 14-character names
+    put16(&mut img, sb + 18, 1); // s_state: valid
+    img[2 * BS] = 0b11; // inode bitmap: bit 0 reserved, inode 1 (root) used
+    img[3 * BS] = 0b11; // zone bitmap: bit 0 reserved, zone 5 (root directory) used
+    let ino = 4 * BS; // inode 1
+    put16(&mut img, ino, 0o040755); // i_mode: directory
+    put32(&mut img, ino + 4, 32); // i_size: two 16-byte entries
+    img[ino + 13] = 2; // i_nlinks
+    put16(&mut img, ino + 14, 5); // i_zone[0]
+    let dir = 5 * BS;
+    put16(&mut img, dir, 1);
+    img[dir + 2] = b'.';
+    put16(&mut img, dir + 16, 1);
+    img[dir + 18..dir + 20].copy_from_slice(b"..");
+    img
+}
+
+/// The block device of K's namespace `nsid`.
+fn k_namespace(nsid: u64) -> Result<String, Box<dyn StdError>> {
+    let l = list()?;
+    let k = entry(&l, K)?;
+    k["namespaces"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["nsid"] == nsid))
+        .and_then(|n| n["name"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| format!("K has no namespace {nsid}: {k}").into())
+}
+
+/// Runs a busybox shell command that must succeed.
+fn sh(cmd: &str) -> R {
+    run_ok("sh", &["-c", cmd]).map(|_| ())
+}
+
+/// `nvkv-setup bind K` must fail naming each of `wants`, and leave K on nvme.
+fn bind_k_refused(wants: &[&str]) -> R {
+    let out = run("nvkv-setup", &["bind", K])?;
+    check!(!out.ok, "bind succeeded:\n{}", out.stdout);
+    for w in wants.iter().chain(&[K, "--force"]) {
+        check!(out.stderr.contains(w), "{w:?} missing in:\n{}", out.stderr);
+    }
+    check!(
+        guest::driver(K).as_deref() == Some("nvme"),
+        "K left the nvme driver: {:?}",
+        guest::driver(K)
+    );
+    Ok(())
+}
 
 struct Out {
     ok: bool,
@@ -320,6 +409,58 @@ fn bind_refused_while_a_process_holds_the_namespace() -> R {
     }
     restore_k();
     res
+}
+
+fn bind_refused_while_a_namespace_is_swap() -> R {
+    let name = k_namespace(2)?;
+    sh(&format!("mkswap /dev/{name} && swapon /dev/{name}"))?;
+    let res = (|| -> R {
+        let swaps = std::fs::read_to_string("/proc/swaps")?;
+        check!(swaps.contains(&name), "swapon did not take: {swaps}");
+        let want = format!("/dev/{name} is in use as swap");
+        let fix = format!("swapoff /dev/{name}");
+        bind_k_refused(&[&want, &fix])
+    })();
+    let off = sh(&format!("swapoff /dev/{name}"));
+    restore_k();
+    res.and(off)
+}
+
+fn bind_refused_while_a_namespace_is_mounted() -> R {
+    check!(
+        std::fs::metadata(MINIX_KO).is_ok_and(|m| m.len() > 0),
+        "{MINIX_KO} is missing in the guest (minix.ko of the guest kernel was not found on the host)"
+    );
+    let name = k_namespace(2)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/dev/{name}"))?;
+        f.write_all(&minix_image())?;
+        f.sync_all()?;
+    }
+    // insmod fails harmlessly when a previous run in this boot loaded it.
+    let _ = run("insmod", &[MINIX_KO]);
+    sh("mkdir -p /mnt/nvkv")?;
+    sh(&format!("mount -t minix /dev/{name} /mnt/nvkv"))?;
+    let res = (|| -> R {
+        std::fs::write("/mnt/nvkv/hello", b"minix on nvme")?;
+        let want = format!("/dev/{name} is mounted on /mnt/nvkv (minix)");
+        bind_k_refused(&[&want, "umount /mnt/nvkv"])?;
+        let l = list()?;
+        let uses = entry(&l, K)?["in_use"].clone();
+        check!(
+            uses.as_array().is_some_and(|a| a
+                .iter()
+                .any(|u| u["kind"] == "mounted" && u["mountpoint"] == "/mnt/nvkv")),
+            "list in_use: {uses}"
+        );
+        Ok(())
+    })();
+    let off = sh("umount /mnt/nvkv");
+    restore_k();
+    res.and(off)
 }
 
 fn bind_force_takes_a_held_namespace() -> R {
