@@ -53,6 +53,10 @@ fn main() {
             run: bind_refused_while_a_namespace_is_mounted,
         },
         GuestTest {
+            name: "bind_refused_while_a_namespace_is_held_by_md",
+            run: bind_refused_while_a_namespace_is_held_by_md,
+        },
+        GuestTest {
             name: "bind_force_takes_a_held_namespace",
             run: bind_force_takes_a_held_namespace,
         },
@@ -92,7 +96,8 @@ fn main() {
             .binary(env!("CARGO_BIN_EXE_nvkv-setup"), "nvkv-setup")
             .binary(env!("CARGO_BIN_EXE_nvkv-identify"), "nvkv-identify")
             .binary("/usr/sbin/nvme", "nvme")
-            .file(MINIX_KO, minix_ko())
+            .file(MINIX_KO, kernel_module("minix"))
+            .file(MD_KO, kernel_module("md-mod"))
     });
 }
 
@@ -102,11 +107,14 @@ fn main() {
 /// mounts a block device, and busybox has no mkfs; minix.ko has no dependencies and its format is tiny).
 const MINIX_KO: &str = "/lib/modules/nvkv/minix.ko";
 
-/// minix.ko of the guest kernel, read on the host; empty when it cannot be found (the mount test then fails
-/// saying so).
-fn minix_ko() -> Vec<u8> {
+/// md's module: an md array made through sysfs alone (no mdadm in busybox) holds its member devices.
+const MD_KO: &str = "/lib/modules/nvkv/md-mod.ko";
+
+/// A module of the guest kernel, read on the host; empty when it cannot be found (the test that needs it then
+/// fails saying so).
+fn kernel_module(name: &str) -> Vec<u8> {
     nvkv_qemu::host::find_kernel()
-        .and_then(|k| k.module("minix"))
+        .and_then(|k| k.module(name))
         .ok()
         .and_then(|p| std::fs::read(p).ok())
         .unwrap_or_default()
@@ -459,6 +467,35 @@ fn bind_refused_while_a_namespace_is_mounted() -> R {
         Ok(())
     })();
     let off = sh("umount /mnt/nvkv");
+    restore_k();
+    res.and(off)
+}
+
+fn bind_refused_while_a_namespace_is_held_by_md() -> R {
+    check!(
+        std::fs::metadata(MD_KO).is_ok_and(|m| m.len() > 0),
+        "{MD_KO} is missing in the guest (md-mod.ko of the guest kernel was not found on the host)"
+    );
+    let name = k_namespace(2)?;
+    let dev = std::fs::read_to_string(format!("/sys/class/block/{name}/dev"))?;
+    let _ = run("insmod", &[MD_KO]);
+    // An array without metadata, assembled through sysfs: md claims the member and becomes its holder.
+    sh(&format!(
+        "echo md9 > /sys/module/md_mod/parameters/new_array && \
+         echo none > /sys/block/md9/md/metadata_version && \
+         echo {} > /sys/block/md9/md/new_dev",
+        dev.trim()
+    ))?;
+    let res = (|| -> R {
+        let holders: Vec<String> = std::fs::read_dir(format!("/sys/class/block/{name}/holders"))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        check!(holders == ["md9"], "holders of {name}: {holders:?}");
+        let want = format!("/dev/{name} is held by md9, an md RAID array");
+        bind_k_refused(&[&want, "mdadm --stop /dev/md9"])
+    })();
+    let off = sh("echo clear > /sys/block/md9/md/array_state");
     restore_k();
     res.and(off)
 }
