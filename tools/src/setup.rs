@@ -240,7 +240,7 @@ pub fn bind_vfio(sys: &System, addr: &str, force: bool) -> Result<Moved, SetupEr
                 wanted: "vfio-pci",
             })
         }
-        None => unreachable_driver(addr)?,
+        None => no_driver_bound(addr)?,
     }
     let devnode = sys.path(&node);
     wait_until(
@@ -259,7 +259,7 @@ pub fn bind_vfio(sys: &System, addr: &str, force: bool) -> Result<Moved, SetupEr
     })
 }
 
-fn unreachable_driver(addr: &str) -> Result<(), SetupError> {
+fn no_driver_bound(addr: &str) -> Result<(), SetupError> {
     Err(SetupError::Timeout {
         addr: addr.into(),
         what: "binding a driver".into(),
@@ -314,7 +314,7 @@ pub fn release(sys: &System, addr: &str, force: bool) -> Result<Moved, SetupErro
                 wanted: "nvme",
             })
         }
-        None => unreachable_driver(addr)?,
+        None => no_driver_bound(addr)?,
     }
     // The nvme driver probes asynchronously and scans namespaces one by one: wait until the controller is
     // live and its set of block devices has not changed for a second.
