@@ -55,6 +55,8 @@ pub struct QueueStats {
     pub sq_shadow_updates: u64,
     pub cq_shadow_updates: u64,
     pub aborts_sent: u64,
+    /// MMIO doorbell writes made because the controller seemed to have missed a shadow doorbell update.
+    pub shadow_kicks: u64,
     pub resets_seen: u64,
 }
 
@@ -104,6 +106,8 @@ pub(crate) trait QueueOwner: Send + Sync {
 const FREE: u16 = u16::MAX;
 /// Empty polls between two looks at the clock while commands are outstanding.
 const STALL_CHECK_EVERY: u32 = 1 << 12;
+/// Empty polls (with commands outstanding) before checking that the controller saw the shadow SQ tail.
+const SHADOW_KICK_EVERY: u32 = 1 << 10;
 
 #[derive(Debug)]
 struct Request {
@@ -677,11 +681,29 @@ impl QueuePair {
             self.stall_stage = 0;
         } else if self.free_cids.len() != self.cid_req.len() {
             self.empty_polls = self.empty_polls.wrapping_add(1);
+            if self.empty_polls % SHADOW_KICK_EVERY == 0 && self.shadow.is_some() {
+                self.shadow_kick();
+            }
             if self.empty_polls % STALL_CHECK_EVERY == 0 {
                 self.check_stall();
             }
         }
         finished
+    }
+
+    /// With shadow doorbells, a controller can miss a tail update that came without an MMIO write (QEMU 7.2
+    /// does under load: its EventIdx stays behind the tail and it stops fetching). After a run of empty polls,
+    /// if the EventIdx is not at our tail, write the MMIO doorbell once.
+    #[cold]
+    fn shadow_kick(&mut self) {
+        let Some(s) = self.shadow else { return };
+        // SAFETY: as in ring().
+        let event = unsafe { s.sq_ei.read_volatile() } as u16;
+        if event != self.sq_rung {
+            self.sq_db.write(self.sq_rung as u32);
+            self.stats.sq_doorbell_writes += 1;
+            self.stats.shadow_kicks += 1;
+        }
     }
 
     /// Called every few thousand empty polls with commands outstanding: after `io_timeout` without progress,
