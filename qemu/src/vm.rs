@@ -421,7 +421,7 @@ impl VmBuilder {
         args.extend(["-kernel".into(), kernel.image.display().to_string()]);
         args.extend(["-initrd".into(), initrd.display().to_string()]);
         let append = format!(
-            "console=ttyS0 intel_iommu=on quiet loglevel=4 panic=-1 clocksource=tsc tsc=reliable {}",
+            "console=ttyS0 intel_iommu=on quiet loglevel=4 panic=-1 clocksource=tsc tsc=reliable no_timer_check {}",
             self.append
         );
         args.extend(["-append".into(), append]);
