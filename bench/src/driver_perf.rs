@@ -14,12 +14,47 @@ pub struct DriverRun {
     pub ios: u64,
     pub seconds: f64,
     pub hist: Histogram<u64>,
+    /// One histogram per second of the measurement (the last one may be shorter).
+    pub intervals: Vec<Histogram<u64>>,
     pub stats: QueueStats,
 }
 
 impl DriverRun {
     pub fn latency(&self) -> Latency {
         latency_of(&self.hist)
+    }
+
+    /// The per-second histograms as an HdrHistogram interval log (V2, deflate-compressed, base64).
+    pub fn interval_log(&self, comment: &str) -> Result<String> {
+        use hdrhistogram::serialization::{
+            interval_log::IntervalLogWriterBuilder, V2DeflateSerializer,
+        };
+        let mut out = Vec::new();
+        let mut ser = V2DeflateSerializer::new();
+        {
+            let mut w = IntervalLogWriterBuilder::new()
+                .add_comment(comment)
+                .add_comment("values in nanoseconds")
+                .with_start_time(std::time::SystemTime::now())
+                .begin_log_with(&mut out, &mut ser)
+                .map_err(|e| anyhow!("interval log: {e}"))?;
+            let whole = self.seconds.floor() as usize;
+            for (i, h) in self.intervals.iter().enumerate() {
+                let len = if i < whole {
+                    1.0
+                } else {
+                    (self.seconds - whole as f64).max(0.0)
+                };
+                w.write_histogram(
+                    h,
+                    Duration::from_secs(i as u64),
+                    Duration::from_secs_f64(len),
+                    None,
+                )
+                .map_err(|e| anyhow!("interval log: {e}"))?;
+            }
+        }
+        String::from_utf8(out).map_err(|e| anyhow!("interval log is not UTF-8: {e}"))
     }
 }
 
@@ -91,6 +126,12 @@ pub fn run(
                 acc.hist
                     .add(&r.hist)
                     .map_err(|e| anyhow!("histogram merge: {e:?}"))?;
+                for (i, h) in r.intervals.iter().enumerate() {
+                    match acc.intervals.get_mut(i) {
+                        Some(a) => a.add(h).map_err(|e| anyhow!("histogram merge: {e:?}"))?,
+                        None => acc.intervals.push(h.clone()),
+                    }
+                }
                 let s = &mut acc.stats;
                 s.requests += r.stats.requests;
                 s.commands += r.stats.commands;
@@ -144,12 +185,15 @@ fn one_thread(
     let mut started = vec![Instant::now(); w.qd];
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| anyhow!("{e:?}"))?;
+    let mut interval = hist.clone();
+    let mut intervals = Vec::new();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (cpu as u64 + 1);
     let mut seq = (span / w.threads as u64) * cpu as u64;
     let begin = Instant::now();
     let measure_from = begin + warmup;
     let end = measure_from + duration;
     let mut measuring = false;
+    let mut next_tick = measure_from + Duration::from_secs(1);
     let mut ios = 0u64;
     let mut base = qp.stats();
     let mut failed: Option<String> = None;
@@ -190,6 +234,7 @@ fn one_thread(
             if measuring {
                 let ns = t.duration_since(started[slot]).as_nanos() as u64;
                 let _ = hist.record(ns.max(1));
+                let _ = interval.record(ns.max(1));
                 ios += 1;
             }
             bufs[slot] = c.buf;
@@ -204,6 +249,10 @@ fn one_thread(
                 base = qp.stats();
             } else if t >= end {
                 break;
+            } else if measuring && t >= next_tick {
+                intervals.push(interval.clone());
+                interval.reset();
+                next_tick += Duration::from_secs(1);
             }
         } else if Instant::now() >= end + Duration::from_secs(30) {
             return Err(anyhow!("no completion for 30 s"));
@@ -212,10 +261,12 @@ fn one_thread(
     let seconds = begin.elapsed().as_secs_f64() - warmup.as_secs_f64();
     let stats = diff(base, qp.stats());
     qp.drain(|_| {});
+    intervals.push(interval);
     Ok(DriverRun {
         ios,
         seconds,
         hist,
+        intervals,
         stats,
     })
 }

@@ -133,6 +133,12 @@ pub struct Measurement {
     pub poll_queue: Option<bool>,
     /// Kernel only: the IOMMU group type the kernel driver ran with.
     pub iommu_domain: Option<String>,
+    /// nvkv only: the HdrHistogram interval log (1 s intervals) of this run. The report moves it into a file
+    /// beside report.json and keeps the file name in `hdr_log_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hdr_interval_log: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hdr_log_file: Option<String>,
 }
 
 /// Percentiles reported for every contender (fio's `--percentile_list` uses the same).

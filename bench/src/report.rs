@@ -169,8 +169,29 @@ pub fn table(r: &Report) -> String {
 }
 
 /// Writes report.json, table.txt and the plots into `dir`.
+/// Interval logs are moved out of the measurements into `hdr/*.hlog` files, named in `hdr_log_file`.
 pub fn write(r: &Report, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut r = r.clone();
+    for m in r.measurements.iter_mut() {
+        if let Some(log) = m.hdr_interval_log.take() {
+            let name = format!(
+                "hdr/{:?}-{}-{}k-qd{}-t{}-b{}-r{}.hlog",
+                m.contender,
+                m.workload.rw.fio_name(),
+                m.workload.bs / 1024,
+                m.workload.qd,
+                m.workload.threads,
+                m.boot,
+                m.round
+            )
+            .to_lowercase();
+            std::fs::create_dir_all(dir.join("hdr"))?;
+            std::fs::write(dir.join(&name), log)?;
+            m.hdr_log_file = Some(name);
+        }
+    }
+    let r = &r;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
     std::fs::write(dir.join("table.txt"), table(r))?;
     let env = format!("{}, {} vCPUs", r.conditions.environment, r.conditions.vcpus);
@@ -274,6 +295,8 @@ mod tests {
             shadow_updates_per_io: None,
             poll_queue: None,
             iommu_domain: None,
+            hdr_interval_log: (c == Contender::Nvkv).then(|| "#[StartTime: 0]\n".to_string()),
+            hdr_log_file: None,
         }
     }
 
@@ -346,6 +369,17 @@ mod tests {
         write(&back, &dir).expect("write report");
         assert!(dir.join("report.json").exists() && dir.join("iops_vs_qd_randread.svg").exists());
         assert!(dir.join("latency_cdf_qd1.svg").exists());
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).expect("read"))
+                .expect("json");
+        let file = written["measurements"][0]["hdr_log_file"]
+            .as_str()
+            .expect("log file named");
+        assert!(dir.join(file).exists(), "{file} missing");
+        assert!(
+            written["measurements"][0].get("hdr_interval_log").is_none(),
+            "log text left in the JSON"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

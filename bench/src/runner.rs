@@ -164,6 +164,10 @@ pub fn run(plan: &Plan, boot: usize, fio_bin: &Path, sink: &mut dyn Sink) -> Res
                         ),
                         poll_queue: None,
                         iommu_domain: None,
+                        hdr_interval_log: r
+                            .interval_log(&format!("nvkv {} boot {boot} round {round}", w.label()))
+                            .ok(),
+                        hdr_log_file: None,
                     });
                 }
             } else if !nvkv_turn && !kernel.is_empty() {
@@ -194,6 +198,8 @@ pub fn run(plan: &Plan, boot: usize, fio_bin: &Path, sink: &mut dyn Sink) -> Res
                             shadow_updates_per_io: None,
                             poll_queue: Some(poll),
                             iommu_domain: Some(domain.clone()),
+                            hdr_interval_log: None,
+                            hdr_log_file: None,
                         });
                     }
                 }

@@ -52,7 +52,18 @@ fn main_job_quick_run_writes_a_valid_report() {
             "no latency in {m}"
         );
         match m["contender"].as_str() {
-            Some("nvkv") => assert!(m["mmio_writes_per_io"].as_f64().is_some()),
+            Some("nvkv") => {
+                assert!(m["mmio_writes_per_io"].as_f64().is_some());
+                let log = m["hdr_log_file"]
+                    .as_str()
+                    .expect("nvkv runs have an HdrHistogram interval log");
+                let text = std::fs::read_to_string(dirs[0].join(log)).expect("interval log file");
+                assert!(
+                    text.contains("#[StartTime:")
+                        && text.lines().any(|l| !l.starts_with('#') && l.contains(',')),
+                    "not an interval log: {text}"
+                );
+            }
             Some("kernel_io_uring_polled") => {
                 assert_eq!(
                     m["poll_queue"], true,
