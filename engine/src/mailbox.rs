@@ -22,6 +22,8 @@ pub trait Runtime: 'static {
     type Flag: Send + Sync + Default + 'static;
     /// A queue shared across threads.
     type Queue<T: Send + 'static>: Send + Sync + Default + 'static;
+    /// Polls of an empty mailbox before parking.
+    const SPINS: u32;
     /// The current thread's handle.
     fn current() -> Self::Handle;
     /// Parks the current thread (None: until unparked).
@@ -46,6 +48,7 @@ impl Runtime for Std {
     type Handle = std::thread::Thread;
     type Flag = std::sync::atomic::AtomicBool;
     type Queue<T: Send + 'static> = crossbeam_queue::SegQueue<T>;
+    const SPINS: u32 = 64;
     fn current() -> Self::Handle {
         std::thread::current()
     }
@@ -112,7 +115,7 @@ impl<T: Send + 'static, R: Runtime> Mailbox<T, R> {
                 return x;
             }
             // A short spin catches answers that are microseconds away without a futex round trip.
-            if spins < 64 {
+            if spins < R::SPINS {
                 spins += 1;
                 std::hint::spin_loop();
                 continue;
@@ -143,9 +146,14 @@ impl<R: Runtime> std::fmt::Debug for Doorbell<R> {
 impl<R: Runtime> Doorbell<R> {
     /// A doorbell for the calling (shard) thread.
     pub fn new() -> Self {
+        Self::for_thread(R::current())
+    }
+
+    /// A doorbell for the thread `h`.
+    pub fn for_thread(h: R::Handle) -> Self {
         Doorbell {
             sleeping: R::Flag::default(),
-            shard: R::current(),
+            shard: h,
         }
     }
 
@@ -182,6 +190,8 @@ impl Runtime for Shuttle {
     type Handle = shuttle::thread::Thread;
     type Flag = shuttle::sync::atomic::AtomicBool;
     type Queue<T: Send + 'static> = shuttle::sync::Mutex<VecDeque<T>>;
+    // No spinning: shuttle explores the interleavings instead, and spins make its schedules unbounded.
+    const SPINS: u32 = 0;
     fn current() -> Self::Handle {
         shuttle::thread::current()
     }
@@ -216,34 +226,33 @@ mod shuttle_tests {
     /// A client sends requests to a server thread through a queue + doorbell and waits for every answer
     /// in its mailbox. A lost wake-up on either path leaves a thread parked forever, which shuttle
     /// reports as a deadlock; a lost or duplicated answer fails the asserts.
+    type Requests = <Shuttle as Runtime>::Queue<(u64, Arc<Mailbox<u64, Shuttle>>)>;
+
     fn scenario(clients: usize, reqs: u64) {
-        let requests: Arc<<Shuttle as Runtime>::Queue<(u64, Arc<Mailbox<u64, Shuttle>>)>> =
-            Arc::default();
+        let requests: Arc<Requests> = Arc::default();
         let stop: Arc<<Shuttle as Runtime>::Flag> = Arc::default();
-        let bell_tx: Arc<shuttle::sync::Mutex<Option<Arc<Doorbell<Shuttle>>>>> = Arc::default();
+        let bell_slot: Arc<shuttle::sync::Mutex<Option<Arc<Doorbell<Shuttle>>>>> = Arc::default();
         let server = {
             let requests = requests.clone();
             let stop = stop.clone();
-            let bell_tx = bell_tx.clone();
-            shuttle::thread::spawn(move || {
-                let bell = Arc::new(Doorbell::<Shuttle>::new());
-                *bell_tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(bell.clone());
-                loop {
-                    let mut did = false;
-                    while let Some((id, mb)) = Shuttle::pop(&requests) {
-                        mb.post(id, id * 10);
-                        did = true;
+            let bell_slot = bell_slot.clone();
+            shuttle::thread::spawn(move || loop {
+                let mut did = false;
+                while let Some((id, mb)) = Shuttle::pop(&requests) {
+                    mb.post(id, id * 10);
+                    did = true;
+                }
+                if !did {
+                    if Shuttle::get(&stop) {
+                        return;
                     }
-                    if !did {
-                        if Shuttle::get(&stop) {
-                            return;
-                        }
-                        let rq = requests.clone();
-                        let st = stop.clone();
+                    let bell = bell_slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Some(bell) = bell {
+                        let (rq, st) = (requests.clone(), stop.clone());
                         bell.sleep(
                             move || {
-                                let q = rq.lock().unwrap_or_else(|e| e.into_inner());
-                                !q.is_empty() || Shuttle::get(&st)
+                                !rq.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+                                    || Shuttle::get(&st)
                             },
                             None,
                         );
@@ -251,12 +260,8 @@ mod shuttle_tests {
                 }
             })
         };
-        let bell = loop {
-            if let Some(b) = bell_tx.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                break b;
-            }
-            shuttle::thread::yield_now();
-        };
+        let bell = Arc::new(Doorbell::<Shuttle>::for_thread(server.thread().clone()));
+        *bell_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(bell.clone());
         let handles: Vec<_> = (0..clients)
             .map(|c| {
                 let requests = requests.clone();
@@ -287,6 +292,11 @@ mod shuttle_tests {
         Shuttle::set(&stop, true);
         bell.ring();
         server.join().unwrap_or_else(|_| panic!("server panicked"));
+    }
+
+    #[test]
+    fn answer_and_wake_paths_dfs_bounded() {
+        shuttle::check_dfs(|| scenario(1, 2), Some(3000));
     }
 
     #[test]
