@@ -167,6 +167,7 @@ pub struct VmBuilder {
     append: String,
     echo: bool,
     on_line: Option<LineCallback>,
+    expect_power_off: bool,
 }
 
 /// Called with every console line as it arrives (for progress reports).
@@ -215,6 +216,7 @@ impl Vm {
             append: String::new(),
             echo: std::env::var("NVKV_VM_ECHO").is_ok_and(|v| v == "1"),
             on_line: None,
+            expect_power_off: false,
         }
     }
 }
@@ -296,6 +298,13 @@ impl VmBuilder {
     /// Calls `f` with each console line as it arrives.
     pub fn on_line(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
         self.on_line = Some(Arc::new(f));
+        self
+    }
+
+    /// The guest command may end by powering the machine off itself (a simulated power loss): then a QEMU exit
+    /// without the exit marker is a result (`exit_code` -1), not an error.
+    pub fn expect_power_off(mut self, on: bool) -> Self {
+        self.expect_power_off = on;
         self
     }
 
@@ -644,6 +653,11 @@ impl VmBuilder {
                 .strip_prefix(EXIT)
                 .and_then(|c| c.trim().parse::<i32>().ok())
         });
+        let exit_code = match exit_code {
+            Some(c) => Some(c),
+            None if self.expect_power_off && status.success() && began_at.is_some() => Some(-1),
+            None => None,
+        };
         let Some(exit_code) = exit_code else {
             return Err(Error::QemuExited {
                 status: status.to_string(),

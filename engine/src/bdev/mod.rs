@@ -11,11 +11,13 @@ use std::ops::DerefMut;
 pub mod aligned;
 pub mod file;
 pub mod memory;
+pub mod nvme;
 pub mod recording;
 
 pub use aligned::AlignedBuf;
 pub use file::{FileBdev, FileDisk};
 pub use memory::{MemBdev, MemDisk};
+pub use nvme::{NvmeBdev, NvmeFactory};
 pub use recording::{Recorder, RecordingBdev, RecordingFactory, WriteEvent};
 
 /// Why a device refused to take a request. The request was not queued.
