@@ -610,7 +610,11 @@ fn handle<D: BlockDevice>(
         },
         Op::Scan(s, e, l) => reply.post(id, shard.scan(&s, e.as_deref(), l).map(Reply::Scan)),
         Op::Sync => reply.post(id, shard.sync().map(|_| Reply::Synced)),
-        Op::Stats => reply.post(id, Ok(Reply::Stats(Box::new(shard.stats())))),
+        Op::Stats => {
+            let mut st = shard.stats();
+            st.durable_waiters = waiting.len() as u64;
+            reply.post(id, Ok(Reply::Stats(Box::new(st))))
+        }
         Op::Run(f) => reply.post(id, Ok(Reply::Any(f(shard)))),
     }
 }
