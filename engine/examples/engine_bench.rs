@@ -69,7 +69,9 @@ fn main() {
     let t0 = Instant::now();
     for i in 0..n {
         let t = Instant::now();
-        s.put(&key(i), &value, WriteOpts::default()).expect("put");
+        if let Err(e) = s.put(&key(i), &value, WriteOpts::default()) {
+            panic!("put {i}: {e}: {:?}", s.stats());
+        }
         lat.push(t.elapsed().as_nanos() as u64);
         if i % 256 == 0 {
             s.tick().expect("tick");

@@ -143,8 +143,13 @@ impl<D: BlockDevice> Shard<D> {
             return Ok(());
         }
         self.compact_active();
-        let next = self.space.alloc(self.buf_blocks).ok_or(Error::NoSpace)?;
         let (lba, reserved) = self.log_head;
+        let used = self.active.len().div_ceil(self.bs as usize) as u64;
+        if used > reserved {
+            // Cannot happen: reservations are made at least a buffer long.
+            return Err(Error::Config("segment larger than its reservation".into()));
+        }
+        let next = self.next_reservation(lba, reserved, used)?;
         let seq = self.next_seq;
         let mut hdr = SegmentHeader {
             seq,
@@ -157,11 +162,7 @@ impl<D: BlockDevice> Shard<D> {
             nrecords: 0,
         };
         let nblocks = self.active.seal(&mut hdr, self.bs as usize);
-        if u64::from(nblocks) > reserved {
-            // Cannot happen: reservations are made at least a buffer long.
-            let _ = self.space.free(next, self.buf_blocks);
-            return Err(Error::Config("segment larger than its reservation".into()));
-        }
+        debug_assert_eq!(u64::from(nblocks), used);
         // Records now have a place on the device: point the index there.
         let seg_base = lba * self.bs;
         let mut live = 0u64;
@@ -176,10 +177,15 @@ impl<D: BlockDevice> Shard<D> {
                 }
             }
         }
-        if reserved > u64::from(nblocks) {
-            let _ = self
-                .space
-                .free(lba + u64::from(nblocks), reserved - u64::from(nblocks));
+        // Give back the part of this reservation that neither this segment nor the next one uses.
+        let tail_end = lba + reserved;
+        let keep_until = if next == lba + used {
+            (next + self.buf_blocks).min(tail_end)
+        } else {
+            lba + used
+        };
+        if tail_end > keep_until {
+            let _ = self.space.free(keep_until, tail_end - keep_until);
         }
         self.segments.insert(
             lba,
@@ -206,6 +212,19 @@ impl<D: BlockDevice> Shard<D> {
         self.active_since = None;
         self.advance_cycle();
         Ok(())
+    }
+
+    /// Where the segment after the one being sealed (at `lba`, `reserved` blocks, `used` of them) goes:
+    /// right behind it when that space is free — the log stays sequential and free space does not
+    /// fragment into reservation-sized holes — else the best fit elsewhere.
+    fn next_reservation(&mut self, lba: u64, reserved: u64, used: u64) -> Result<u64, Error> {
+        let next = lba + used;
+        let owned_end = lba + reserved;
+        let want_end = next + self.buf_blocks;
+        if want_end <= owned_end || self.space.alloc_at(owned_end, want_end - owned_end) {
+            return Ok(next);
+        }
+        self.space.alloc(self.buf_blocks).ok_or(Error::NoSpace)
     }
 
     /// Polls until no cycle is in flight.
@@ -400,13 +419,17 @@ impl<D: BlockDevice> Shard<D> {
         Ok(())
     }
 
-    /// Writes `sb` to the copy its sequence number selects (the other one keeps the previous state),
-    /// then flushes.
+    /// Writes `sb` to both copies, one after the other, each followed by a flush: a torn write spoils
+    /// one copy while the other holds the previous (or the new) state, and afterwards a damaged copy has
+    /// an identical twin. The previous checkpoint is freed only after both are durable.
     pub(crate) fn write_superblock(&mut self, sb: &Superblock) -> Result<(), Error> {
-        let mut buf = self.dev.alloc_buf(self.bs as usize)?;
-        buf.fill(0);
-        sb.encode(&mut buf);
-        self.sync_write(sb.seq % 2, 1, buf)?;
-        self.sync_flush()
+        for copy in [sb.seq % 2, (sb.seq + 1) % 2] {
+            let mut buf = self.dev.alloc_buf(self.bs as usize)?;
+            buf.fill(0);
+            sb.encode(&mut buf);
+            self.sync_write(copy, 1, buf)?;
+            self.sync_flush()?;
+        }
+        Ok(())
     }
 }

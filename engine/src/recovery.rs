@@ -368,7 +368,8 @@ impl<D: BlockDevice> Shard<D> {
         let first = self.read_blocks(lba, 1)?;
         let hdr = match SegmentHeader::decode(&first, self.bs as u32) {
             Ok(h) => h,
-            Err(FormatError::BadMagic(_)) => return Ok(None),
+            // A magic a bit or two away from ours is a damaged header, not the end of the log.
+            Err(FormatError::BadMagic(_)) if !near_magic(&first[..8]) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         if hdr.seq != expect {
@@ -408,4 +409,14 @@ impl<D: BlockDevice> Shard<D> {
         }
         Ok(Some((hdr, out)))
     }
+}
+
+/// True when `b` differs from the segment magic in one or two bits.
+fn near_magic(b: &[u8]) -> bool {
+    let bits: u32 = b
+        .iter()
+        .zip(format::SEG_MAGIC.iter())
+        .map(|(x, y)| (x ^ y).count_ones())
+        .sum();
+    (1..=2).contains(&bits)
 }

@@ -100,6 +100,29 @@ impl FreeSpace {
         Some(off)
     }
 
+    /// Allocates exactly `[off, off + len)` if all of it is free (used to keep the log sequential).
+    /// O(log n).
+    pub fn alloc_at(&mut self, off: u64, len: u64) -> bool {
+        if len == 0 {
+            return false;
+        }
+        let Some((o, l)) = self.by_off.range(..=off).next_back().map(|(&o, &l)| (o, l)) else {
+            return false;
+        };
+        if off.checked_add(len).is_none_or(|e| e > o + l) {
+            return false;
+        }
+        self.remove(o, l);
+        if off > o {
+            self.insert(o, off - o);
+        }
+        if o + l > off + len {
+            self.insert(off + len, o + l - off - len);
+        }
+        self.check();
+        true
+    }
+
     /// Gives `[off, off + len)` back, merging with free neighbours. O(log n).
     pub fn free(&mut self, off: u64, len: u64) -> Result<(), SpaceError> {
         let end = off
@@ -218,17 +241,25 @@ mod tests {
         assert_eq!(s.free(3, 2), Err(SpaceError::DoubleFree(3, 2)));
         assert_eq!(s.free(99, 2), Err(SpaceError::OutOfRange(99, 2)));
         assert_eq!(s.alloc(101), None);
+        assert!(s.alloc_at(40, 10));
+        assert!(!s.alloc_at(45, 10));
+        assert!(s.alloc_at(0, 40));
+        assert!(s.alloc_at(50, 50));
+        assert_eq!(s.free_blocks(), 0);
+        assert!(s.invariants().is_ok());
     }
 
     #[derive(Debug, Clone)]
     enum Op {
         Alloc(u64),
+        AllocAt(u64, u64),
         Free(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (1u64..40).prop_map(Op::Alloc),
+            (0u64..300, 1u64..30).prop_map(|(o, l)| Op::AllocAt(o, l)),
             any::<usize>().prop_map(Op::Free)
         ]
     }
@@ -266,6 +297,14 @@ mod tests {
                         let got = s.alloc(len);
                         prop_assert_eq!(got, want);
                         if let Some(off) = got {
+                            (off..off + len).for_each(|i| bitmap[i as usize] = true);
+                            used.push((off, len));
+                        }
+                    }
+                    Op::AllocAt(off, len) => {
+                        let want = off + len <= N && (off..off + len).all(|i| !bitmap[i as usize]);
+                        prop_assert_eq!(s.alloc_at(off, len), want);
+                        if want {
                             (off..off + len).for_each(|i| bitmap[i as usize] = true);
                             used.push((off, len));
                         }
