@@ -451,7 +451,7 @@ unsafe fn queue_inner(td: *mut sys::thread_data, io_u: *mut sys::io_u) -> sys::f
                 };
             };
             let start = (u.xfer_buf as usize).wrapping_sub(unit.ptr as usize);
-            let end = start.checked_add(len as usize).unwrap_or(usize::MAX);
+            let end = start.saturating_add(len as usize);
             if end > unit.len {
                 let msg = format!(
                     "the io_u's data ({len} bytes at {:p}) is not inside its DMA buffer",

@@ -53,6 +53,10 @@ fn main() {
             run: nvme_error_status_reaches_fio,
         },
         GuestTest {
+            name: "jobs_share_a_controller_and_reopen_it",
+            run: jobs_share_a_controller_and_reopen_it,
+        },
+        GuestTest {
             name: "bad_filename_and_no_thread_refused",
             run: bad_filename_and_no_thread_refused,
         },
@@ -353,6 +357,49 @@ fn nvme_error_status_reaches_fio() -> R {
         "fio's message lacks EIO or the NVMe status (SCT 0x2, SC 0x81):\n{}",
         o.text
     );
+    Ok(())
+}
+
+fn jobs_share_a_controller_and_reopen_it() -> R {
+    // Two jobs at once on one controller (one queue pair each, two namespaces), then a stonewalled job that
+    // opens the controller again after the first two shut it down.
+    let out = run_ok(
+        "three jobs",
+        cat(
+            // No global filename: a job inherits the global section's files and adds its own.
+            nvkv("")[..2].to_vec(),
+            args(&[
+                "--bs=4k",
+                "--iodepth=8",
+                "--size=8M",
+                "--output-format=json",
+                "--name=a",
+                "--filename=0000.00.10.0/2",
+                "--rw=randread",
+                "--numjobs=2",
+                "--name=b",
+                "--stonewall",
+                "--filename=0000.00.10.0/1",
+                "--rw=randwrite",
+                "--offset=60M",
+                "--size=2M",
+                "--verify=crc32c",
+            ]),
+        ),
+        Duration::from_secs(120),
+    )?;
+    let v = fio_json(&out)?;
+    let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
+    check!(jobs.len() == 3, "expected 3 jobs in fio's JSON:\n{out}");
+    for j in &jobs {
+        let ios = j["read"]["total_ios"].as_u64().unwrap_or(0)
+            + j["write"]["total_ios"].as_u64().unwrap_or(0);
+        check!(
+            j["error"].as_u64() == Some(0) && ios > 0,
+            "job {} did no I/O or failed:\n{out}",
+            j["jobname"]
+        );
+    }
     Ok(())
 }
 
