@@ -12,6 +12,7 @@
 
 pub mod driver_perf;
 pub mod fio;
+pub mod kv;
 pub mod loopback;
 pub mod plan;
 pub mod report;

@@ -82,6 +82,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The CPU path on this host: nvkv's shard-local put/get on the memory backend against RocksDB's
+    /// db_bench on tmpfs (with and without WAL), one core, 16 B keys with 100 B and 4 KiB values.
+    KvHost {
+        /// Keys for the 100-byte-value runs (a quarter of them for 4 KiB values).
+        #[arg(long, default_value_t = 200_000)]
+        keys: u64,
+        #[arg(long, default_value = "/usr/bin/db_bench")]
+        db_bench: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// One loopback run (used under callgrind by `loopback --instructions`).
     #[command(hide = true)]
     LoopbackRun {
@@ -389,6 +400,57 @@ fn run_bare_metal(
     Ok((sink.ms, sink.info, c))
 }
 
+fn kv_host(keys: u64, db_bench: &Path) -> Result<Vec<nvkv_bench::kv::KvMeasurement>> {
+    if !db_bench.exists() {
+        bail!(
+            "{} not found: install Debian's rocksdb-tools (apt-get install rocksdb-tools)",
+            db_bench.display()
+        );
+    }
+    let mut ms = Vec::new();
+    for (vs, n) in [(100usize, keys), (4096, (keys / 4).max(1000))] {
+        ms.extend(nvkv_bench::kv::nvkv_shard_local(vs, n)?);
+        ms.extend(nvkv_bench::kv::rocksdb_tmpfs(db_bench, vs, n)?);
+    }
+    Ok(ms)
+}
+
+/// A KV table: each nvkv figure beside RocksDB's for the same workload and sizes, with the ratio.
+fn kv_table(ms: &[nvkv_bench::kv::KvMeasurement]) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<12} {:>6} {:<8} {:<62} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "workload", "value", "system", "path", "ops/s", "p50 us", "p99 us", "p99.9 us", "nvkv ×"
+    );
+    for m in ms {
+        let nv = ms.iter().find(|n| {
+            n.system == "nvkv" && n.workload == m.workload && n.value_size == m.value_size
+        });
+        let ratio = match (m.system.as_str(), nv) {
+            ("rocksdb", Some(n)) if m.ops_per_s > 0.0 => {
+                format!("{:.1}", n.ops_per_s / m.ops_per_s)
+            }
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            t,
+            "{:<12} {:>6} {:<8} {:<62} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9}",
+            m.workload,
+            m.value_size,
+            m.system,
+            m.path,
+            m.ops_per_s,
+            m.latency.p50_us,
+            m.latency.p99_us,
+            m.latency.p999_us,
+            ratio
+        );
+    }
+    t
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Guest { plan, boot, fio } => {
@@ -427,6 +489,20 @@ fn main() -> Result<()> {
                         r.mmio_writes_per_io
                     );
                 }
+            }
+        }
+        Cmd::KvHost {
+            keys,
+            db_bench,
+            json,
+        } => {
+            let ms = kv_host(keys, &db_bench)?;
+            if json {
+                for m in &ms {
+                    println!("{}", serde_json::to_string(m)?);
+                }
+            } else {
+                print!("{}", kv_table(&ms));
             }
         }
         Cmd::LoopbackRun { qd, ios } => {

@@ -1,0 +1,713 @@
+//! Key-value workloads: nvkv (shard-local and through the handle, YCSB A–F, durable puts) and RocksDB's
+//! `db_bench` with the same key and value sizes, key counts and thread counts.
+
+use crate::driver_perf::latency_of;
+use crate::plan::Latency;
+use anyhow::{anyhow, bail, Context, Result};
+use hdrhistogram::Histogram;
+use nvkv::{DbHandle, WriteOpts};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// One KV measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvMeasurement {
+    /// "nvkv" or "rocksdb".
+    pub system: String,
+    /// fillrandom, readrandom, mix50, mix95, durable_put, ycsb-a ... (see [`Workload`]).
+    pub workload: String,
+    /// Access path and device, e.g. "handle, nvme backend" or "db_bench on ext4, kernel nvme (identity domain)".
+    pub path: String,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub keys: u64,
+    pub threads: usize,
+    pub ops: u64,
+    pub seconds: f64,
+    pub ops_per_s: f64,
+    pub latency: Latency,
+    pub boot: usize,
+    pub round: usize,
+}
+
+/// Key i as a fixed-size key: the index scrambled (so inserts are in random order) and hex-printed.
+pub fn key(i: u64, size: usize) -> Vec<u8> {
+    let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29) ^ i;
+    let mut k = format!("{h:016x}").into_bytes();
+    k.resize(size.max(1), b'k');
+    k
+}
+
+/// A value of `size` bytes that encodes `i` (so a read can be checked).
+pub fn value(i: u64, size: usize) -> Vec<u8> {
+    let mut v = vec![0u8; size];
+    for (j, b) in v.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_add(j as u8).wrapping_mul(31);
+    }
+    v
+}
+
+/// xorshift64*: cheap and deterministic.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// YCSB's Zipfian generator (Gray et al., "Quickly generating billion-record synthetic databases"), items
+/// 0..n with constant theta; `next` returns a rank, which callers scramble so hot keys are spread.
+#[derive(Debug, Clone)]
+pub struct Zipf {
+    n: u64,
+    theta: f64,
+    alpha: f64,
+    zetan: f64,
+    eta: f64,
+}
+
+impl Zipf {
+    pub fn new(n: u64, theta: f64) -> Self {
+        let zeta = |n: u64| (1..=n).map(|i| 1.0 / (i as f64).powf(theta)).sum::<f64>();
+        let zetan = zeta(n);
+        let zeta2 = zeta(2);
+        let alpha = 1.0 / (1.0 - theta);
+        let eta = (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - zeta2 / zetan);
+        Self {
+            n,
+            theta,
+            alpha,
+            zetan,
+            eta,
+        }
+    }
+    pub fn next(&self, rng: &mut Rng) -> u64 {
+        let u = rng.unit();
+        let uz = u * self.zetan;
+        if uz < 1.0 {
+            return 0;
+        }
+        if uz < 1.0 + 0.5f64.powf(self.theta) {
+            return 1;
+        }
+        ((self.n as f64) * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64 % self.n
+    }
+}
+
+/// Key-popularity distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Dist {
+    Uniform,
+    Zipfian,
+}
+
+/// The workloads both systems run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Workload {
+    /// Insert every key once, in random order.
+    FillRandom,
+    /// Read existing keys, uniformly.
+    ReadRandom,
+    /// Reads and overwrites of existing keys, `read_percent` reads (50: YCSB A's mix, 95: YCSB B's).
+    Mix { read_percent: u32 },
+    /// One client, each put acknowledged only once durable (RocksDB `--sync=1`).
+    DurablePut,
+    /// YCSB core workload A–F.
+    Ycsb { which: char, dist: Dist },
+}
+
+impl Workload {
+    pub fn name(&self) -> String {
+        match self {
+            Workload::FillRandom => "fillrandom".into(),
+            Workload::ReadRandom => "readrandom".into(),
+            Workload::Mix { read_percent } => format!("mix{read_percent}"),
+            Workload::DurablePut => "durable_put".into(),
+            Workload::Ycsb { which, dist } => {
+                format!(
+                    "ycsb-{}-{}",
+                    which.to_ascii_lowercase(),
+                    if *dist == Dist::Zipfian {
+                        "zipf0.99"
+                    } else {
+                        "uniform"
+                    }
+                )
+            }
+        }
+    }
+}
+
+fn hist() -> Result<Histogram<u64>> {
+    Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| anyhow!("{e:?}"))
+}
+
+/// Runs `op` on `threads` threads until `ops_per_thread` each are done or `limit` passes; op(thread, i)
+/// does one operation. Returns (ops, seconds, latency histogram in ns).
+fn drive(
+    threads: usize,
+    ops_per_thread: u64,
+    limit: Duration,
+    op: impl Fn(usize, u64) -> Result<()> + Sync,
+) -> Result<(u64, f64, Histogram<u64>)> {
+    let start = Instant::now();
+    let results: Vec<Result<(u64, Histogram<u64>)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let op = &op;
+                s.spawn(move || -> Result<(u64, Histogram<u64>)> {
+                    crate::driver_perf::pin_to_cpu(t);
+                    let mut h = hist()?;
+                    let mut n = 0;
+                    while n < ops_per_thread && start.elapsed() < limit {
+                        let t0 = Instant::now();
+                        op(t, n)?;
+                        let _ = h.record((t0.elapsed().as_nanos() as u64).max(1));
+                        n += 1;
+                    }
+                    Ok((n, h))
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("worker panicked"))))
+            .collect()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let mut total = hist()?;
+    let mut ops = 0;
+    for r in results {
+        let (n, h) = r?;
+        ops += n;
+        total.add(&h).map_err(|e| anyhow!("{e:?}"))?;
+    }
+    Ok((ops, secs, total))
+}
+
+/// Parameters shared by both systems.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct KvSpec {
+    pub key_size: usize,
+    pub value_size: usize,
+    pub keys: u64,
+    pub threads: usize,
+    /// Upper bound per run (fills stop at `keys`).
+    pub duration_s: f64,
+}
+
+/// Runs workload `w` on nvkv through the handle. The database must hold keys 0..keys for reads and mixes
+/// (run FillRandom first).
+pub fn nvkv_run(h: &DbHandle, w: Workload, s: &KvSpec) -> Result<(u64, f64, Histogram<u64>)> {
+    let limit = Duration::from_secs_f64(s.duration_s);
+    let per_thread = s.keys / s.threads as u64;
+    let check = |k: u64, got: Option<Vec<u8>>| -> Result<()> {
+        match got {
+            Some(v) if v.len() == s.value_size => Ok(()),
+            Some(v) => bail!(
+                "key {k}: value of {} bytes, expected {}",
+                v.len(),
+                s.value_size
+            ),
+            None => bail!("key {k} missing"),
+        }
+    };
+    match w {
+        Workload::FillRandom => drive(s.threads, per_thread, limit, |t, i| {
+            let k = t as u64 * per_thread + i;
+            h.put(&key(k, s.key_size), &value(k, s.value_size))?;
+            Ok(())
+        }),
+        Workload::ReadRandom => {
+            let rngs: Vec<std::sync::Mutex<Rng>> = (0..s.threads)
+                .map(|t| std::sync::Mutex::new(Rng(t as u64 + 7)))
+                .collect();
+            drive(s.threads, u64::MAX, limit, |t, _| {
+                let k = rngs[t]
+                    .lock()
+                    .map_err(|_| anyhow!("rng poisoned"))?
+                    .below(s.keys);
+                check(k, h.get(&key(k, s.key_size))?)
+            })
+        }
+        Workload::Mix { read_percent } => {
+            let rngs: Vec<std::sync::Mutex<Rng>> = (0..s.threads)
+                .map(|t| std::sync::Mutex::new(Rng(t as u64 + 99)))
+                .collect();
+            drive(s.threads, u64::MAX, limit, |t, _| {
+                let (k, read) = {
+                    let mut r = rngs[t].lock().map_err(|_| anyhow!("rng poisoned"))?;
+                    (r.below(s.keys), r.below(100) < read_percent as u64)
+                };
+                if read {
+                    check(k, h.get(&key(k, s.key_size))?)
+                } else {
+                    h.put(&key(k, s.key_size), &value(k ^ 1, s.value_size))?;
+                    Ok(())
+                }
+            })
+        }
+        Workload::DurablePut => drive(1, u64::MAX, limit, |_, i| {
+            let k = s.keys + i;
+            h.put_opts(
+                &key(k, s.key_size),
+                &value(k, s.value_size),
+                WriteOpts {
+                    ts: None,
+                    durable: true,
+                },
+            )?;
+            Ok(())
+        }),
+        Workload::Ycsb { which, dist } => ycsb(h, which, dist, s),
+    }
+}
+
+/// YCSB core workloads on nvkv: A 50/50 read/update, B 95/5, C read only, D 95 read latest / 5 insert,
+/// E 95 short scans / 5 insert, F 50 read / 50 read-modify-write.
+fn ycsb(h: &DbHandle, which: char, dist: Dist, s: &KvSpec) -> Result<(u64, f64, Histogram<u64>)> {
+    let zipf = Zipf::new(s.keys, 0.99);
+    let inserted = std::sync::atomic::AtomicU64::new(s.keys);
+    let rngs: Vec<std::sync::Mutex<Rng>> = (0..s.threads)
+        .map(|t| std::sync::Mutex::new(Rng(t as u64 * 31 + 5)))
+        .collect();
+    let limit = Duration::from_secs_f64(s.duration_s);
+    drive(s.threads, u64::MAX, limit, |t, _| {
+        let mut r = rngs[t].lock().map_err(|_| anyhow!("rng poisoned"))?;
+        let n = inserted.load(std::sync::atomic::Ordering::Relaxed);
+        let pick = |r: &mut Rng| match dist {
+            Dist::Uniform => r.below(n),
+            // Scramble ranks so the hot keys are spread over the key space, as YCSB does.
+            Dist::Zipfian => (zipf.next(r).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 1) % n,
+        };
+        let p = r.below(100);
+        match which {
+            'A' | 'B' | 'C' => {
+                let reads = match which {
+                    'A' => 50,
+                    'B' => 95,
+                    _ => 100,
+                };
+                let k = pick(&mut r);
+                drop(r);
+                if p < reads {
+                    h.get(&key(k, s.key_size))?;
+                } else {
+                    h.put(&key(k, s.key_size), &value(k, s.value_size))?;
+                }
+            }
+            'D' => {
+                if p < 95 {
+                    // Read latest: the most recently inserted keys are the hottest.
+                    let back = match dist {
+                        Dist::Uniform => r.below(n),
+                        Dist::Zipfian => zipf.next(&mut r) % n,
+                    };
+                    drop(r);
+                    h.get(&key(n - 1 - back, s.key_size))?;
+                } else {
+                    drop(r);
+                    let k = inserted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    h.put(&key(k, s.key_size), &value(k, s.value_size))?;
+                }
+            }
+            'E' => {
+                if p < 95 {
+                    let k = pick(&mut r);
+                    let len = 1 + r.below(100) as usize;
+                    drop(r);
+                    h.scan(&key(k, s.key_size), None, len)?;
+                } else {
+                    drop(r);
+                    let k = inserted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    h.put(&key(k, s.key_size), &value(k, s.value_size))?;
+                }
+            }
+            'F' => {
+                let k = pick(&mut r);
+                drop(r);
+                let kk = key(k, s.key_size);
+                if p < 50 {
+                    h.get(&kk)?;
+                } else {
+                    let mut v = h.get(&kk)?.unwrap_or_else(|| value(k, s.value_size));
+                    if let Some(b) = v.first_mut() {
+                        *b = b.wrapping_add(1);
+                    }
+                    h.put(&kk, &v)?;
+                }
+            }
+            other => bail!("unknown YCSB workload {other}"),
+        }
+        Ok(())
+    })
+}
+
+/// A finished measurement from (ops, seconds, histogram).
+#[allow(clippy::too_many_arguments)]
+pub fn measurement(
+    system: &str,
+    w: Workload,
+    path: &str,
+    s: &KvSpec,
+    r: (u64, f64, Histogram<u64>),
+    boot: usize,
+    round: usize,
+    threads: usize,
+) -> KvMeasurement {
+    let (ops, seconds, h) = r;
+    KvMeasurement {
+        system: system.into(),
+        workload: w.name(),
+        path: path.into(),
+        key_size: s.key_size,
+        value_size: s.value_size,
+        keys: s.keys,
+        threads,
+        ops,
+        seconds,
+        ops_per_s: ops as f64 / seconds.max(1e-9),
+        latency: latency_of(&h),
+        boot,
+        round,
+    }
+}
+
+// ---------- RocksDB's db_bench ----------
+
+/// db_bench's arguments for workload `w` on `db_dir`.
+pub fn db_bench_args(w: Workload, s: &KvSpec, db_dir: &Path, wal: bool) -> Result<Vec<String>> {
+    let (bench, extra): (&str, Vec<String>) = match w {
+        Workload::FillRandom => ("fillrandom", vec!["--use_existing_db=0".into()]),
+        Workload::ReadRandom => ("readrandom", vec!["--use_existing_db=1".into()]),
+        Workload::Mix { read_percent } => (
+            "readrandomwriterandom",
+            vec![
+                "--use_existing_db=1".into(),
+                format!("--readwritepercent={read_percent}"),
+            ],
+        ),
+        Workload::DurablePut => (
+            "fillrandom",
+            vec!["--use_existing_db=0".into(), "--sync=1".into()],
+        ),
+        Workload::Ycsb { .. } => bail!("YCSB runs on nvkv only (db_bench has no YCSB mixes)"),
+    };
+    let mut a = vec![
+        format!("--benchmarks={bench}"),
+        format!("--db={}", db_dir.display()),
+        format!("--num={}", s.keys),
+        format!("--key_size={}", s.key_size),
+        format!("--value_size={}", s.value_size),
+        format!("--threads={}", s.threads),
+        "--compression_type=none".into(),
+        "--histogram=1".into(),
+        "--statistics=0".into(),
+    ];
+    // A duration bounds the run in time (the guest's slow device); without one, fills write every key once
+    // and reads read `keys` keys.
+    if s.duration_s > 0.0 {
+        a.push(format!("--duration={}", s.duration_s.ceil() as u64));
+    }
+    if !wal {
+        a.push("--disable_wal=1".into());
+    }
+    if matches!(w, Workload::ReadRandom | Workload::Mix { .. }) {
+        let reads = if s.duration_s > 0.0 {
+            u64::MAX / 4
+        } else {
+            s.keys
+        };
+        a.push(format!("--reads={reads}"));
+    }
+    a.extend(extra);
+    Ok(a)
+}
+
+/// Parses db_bench's report line (`fillrandom : 72.472 micros/op 13798 ops/sec; ...`) and its histogram's
+/// percentile line (`Percentiles: P50: 1.44 P75: ... P99: ... P99.9: ... P99.99: ...`, microseconds).
+pub fn parse_db_bench(bench: &str, text: &str) -> Result<(f64, Latency, u64)> {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(bench) && l.contains("ops/sec"))
+        .ok_or_else(|| anyhow!("db_bench printed no '{bench} ... ops/sec' line:\n{text}"))?;
+    let toks: Vec<&str> = line.split_whitespace().collect();
+    let ops_per_s = toks
+        .iter()
+        .position(|t| *t == "ops/sec;" || *t == "ops/sec")
+        .and_then(|i| toks.get(i.checked_sub(1)?))
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| anyhow!("no ops/sec in {line:?}"))?;
+    let ops = text
+        .lines()
+        .find(|l| l.starts_with("Count:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut lat = Latency::default();
+    if let Some(p) = text.lines().find(|l| l.starts_with("Percentiles:")) {
+        let t: Vec<&str> = p.split_whitespace().collect();
+        let get = |name: &str| {
+            t.iter()
+                .position(|x| *x == name)
+                .and_then(|i| t.get(i + 1)?.parse::<f64>().ok())
+        };
+        lat.p50_us = get("P50:").unwrap_or(0.0);
+        lat.p99_us = get("P99:").unwrap_or(0.0);
+        lat.p999_us = get("P99.9:").unwrap_or(0.0);
+        lat.cdf = [
+            (50.0, "P50:"),
+            (75.0, "P75:"),
+            (99.0, "P99:"),
+            (99.9, "P99.9:"),
+            (99.99, "P99.99:"),
+        ]
+        .iter()
+        .filter_map(|(p, n)| Some((*p, get(n)?)))
+        .collect();
+    }
+    if let Some(m) = text.lines().find(|l| l.starts_with("Min:")) {
+        let t: Vec<&str> = m.split_whitespace().collect();
+        if let Some(i) = t.iter().position(|x| *x == "Max:") {
+            lat.max_us = t.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        }
+    }
+    Ok((ops_per_s, lat, ops))
+}
+
+/// Runs db_bench; returns (ops/s, latency, ops).
+pub fn db_bench(
+    bin: &Path,
+    w: Workload,
+    s: &KvSpec,
+    db_dir: &Path,
+    wal: bool,
+    pin_cpu: Option<usize>,
+) -> Result<(f64, Latency, u64)> {
+    let args = db_bench_args(w, s, db_dir, wal)?;
+    let mut cmd = if let Some(cpu) = pin_cpu {
+        let mut c = std::process::Command::new("taskset");
+        c.arg("-c").arg(cpu.to_string()).arg(bin);
+        c
+    } else {
+        std::process::Command::new(bin)
+    };
+    let out = cmd
+        .args(&args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("db_bench failed ({}): {text}", out.status);
+    }
+    let bench = args[0].trim_start_matches("--benchmarks=").to_string();
+    parse_db_bench(&bench, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_db_bench_output() {
+        let text = "fillrandom   :      72.472 micros/op 13798 ops/sec 14.494 seconds 200000 operations;    1.5 MB/s
+Microseconds per write:
+Count: 200000 Average: 72.4720  StdDev: 300.12
+Min: 3  Median: 40.1234  Max: 25000
+Percentiles: P50: 40.12 P75: 60.00 P99: 500.50 P99.9: 2000.00 P99.99: 9000.00
+";
+        let (ops, lat, n) = parse_db_bench("fillrandom", text).expect("parse");
+        assert_eq!(ops, 13798.0);
+        assert_eq!(n, 200000);
+        assert_eq!(lat.p50_us, 40.12);
+        assert_eq!(lat.p99_us, 500.5);
+        assert_eq!(lat.p999_us, 2000.0);
+        assert_eq!(lat.max_us, 25000.0);
+        assert!(parse_db_bench("readrandom", text).is_err());
+    }
+
+    #[test]
+    fn zipf_is_skewed_and_in_range() {
+        let z = Zipf::new(10_000, 0.99);
+        let mut r = Rng(1);
+        let mut counts = vec![0u32; 10_000];
+        for _ in 0..100_000 {
+            let v = z.next(&mut r);
+            assert!(v < 10_000);
+            counts[v as usize] += 1;
+        }
+        // Rank 0 is by far the most popular; the tail is thin.
+        assert!(counts[0] > 5_000, "rank 0: {}", counts[0]);
+        assert!(counts[0] > 20 * counts[5_000].max(1));
+    }
+
+    #[test]
+    fn db_bench_args_match_the_workload() {
+        let s = KvSpec {
+            key_size: 16,
+            value_size: 100,
+            keys: 1000,
+            threads: 1,
+            duration_s: 2.0,
+        };
+        let a = db_bench_args(Workload::DurablePut, &s, Path::new("/mnt/db"), true).expect("args");
+        assert!(
+            a.contains(&"--sync=1".to_string())
+                && a.contains(&"--benchmarks=fillrandom".to_string())
+        );
+        let a = db_bench_args(
+            Workload::Mix { read_percent: 50 },
+            &s,
+            Path::new("/mnt/db"),
+            false,
+        )
+        .expect("args");
+        assert!(
+            a.contains(&"--readwritepercent=50".to_string())
+                && a.contains(&"--disable_wal=1".to_string())
+        );
+        assert!(db_bench_args(
+            Workload::Ycsb {
+                which: 'A',
+                dist: Dist::Uniform
+            },
+            &s,
+            Path::new("/x"),
+            true
+        )
+        .is_err());
+        assert_eq!(key(5, 16).len(), 16);
+        assert_ne!(key(5, 16), key(6, 16));
+    }
+}
+
+// ---------- The CPU path on the host ----------
+
+/// nvkv's shard-local put and get on the `memory` backend, on this thread (pinned to CPU 0): no thread hop,
+/// no device wait — the engine's own CPU cost. Each operation is timed with `Instant` (its ~20 ns are inside the
+/// percentiles; ops/s comes from the whole loop).
+pub fn nvkv_shard_local(value_size: usize, keys: u64) -> Result<Vec<KvMeasurement>> {
+    use nvkv::bdev::MemDisk;
+    use nvkv::{Shard, ShardConfig};
+    crate::driver_perf::pin_to_cpu(0);
+    let blocks = (keys * (value_size as u64 + 96) * 3) / 4096 + 65_536;
+    let disk = MemDisk::new(4096, blocks);
+    let (mut shard, _) = Shard::open(
+        disk.bdev(),
+        ShardConfig {
+            buffer_bytes: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| anyhow!("opening the shard: {e}"))?;
+    let s = KvSpec {
+        key_size: 16,
+        value_size,
+        keys,
+        threads: 1,
+        duration_s: 0.0,
+    };
+    let path = "shard-local (engine on this thread), memory backend, CPU 0";
+    let mut out = Vec::new();
+    let keys_v: Vec<Vec<u8>> = (0..keys).map(|i| key(i, 16)).collect();
+    let vals: Vec<Vec<u8>> = (0..64).map(|i| value(i, value_size)).collect();
+    let mut h = hist()?;
+    let start = Instant::now();
+    for (i, k) in keys_v.iter().enumerate() {
+        let t0 = Instant::now();
+        shard
+            .put(k, &vals[i % 64], WriteOpts::default())
+            .map_err(|e| anyhow!("put: {e}"))?;
+        let _ = h.record((t0.elapsed().as_nanos() as u64).max(1));
+    }
+    out.push(measurement(
+        "nvkv",
+        Workload::FillRandom,
+        path,
+        &s,
+        (keys, start.elapsed().as_secs_f64(), h),
+        0,
+        0,
+        1,
+    ));
+    let mut h = hist()?;
+    let mut rng = Rng(3);
+    let start = Instant::now();
+    for _ in 0..keys {
+        let k = &keys_v[rng.below(keys) as usize];
+        let t0 = Instant::now();
+        let v = shard.get(k).map_err(|e| anyhow!("get: {e}"))?;
+        let _ = h.record((t0.elapsed().as_nanos() as u64).max(1));
+        if v.is_none() {
+            bail!("a key written in the fill is missing");
+        }
+    }
+    out.push(measurement(
+        "nvkv",
+        Workload::ReadRandom,
+        path,
+        &s,
+        (keys, start.elapsed().as_secs_f64(), h),
+        0,
+        0,
+        1,
+    ));
+    Ok(out)
+}
+
+/// db_bench on tmpfs (`/dev/shm`), pinned to CPU 0 with taskset, with and without its WAL.
+pub fn rocksdb_tmpfs(bin: &Path, value_size: usize, keys: u64) -> Result<Vec<KvMeasurement>> {
+    let s = KvSpec {
+        key_size: 16,
+        value_size,
+        keys,
+        threads: 1,
+        duration_s: 0.0,
+    };
+    let mut out = Vec::new();
+    for wal in [true, false] {
+        let dir = std::env::temp_dir().join(format!("nvkv-dbbench-{}-{wal}", std::process::id()));
+        let dir = if Path::new("/dev/shm").is_dir() {
+            Path::new("/dev/shm").join(dir.file_name().unwrap_or_default())
+        } else {
+            dir
+        };
+        let path = format!(
+            "db_bench on tmpfs, {}, CPU 0 (Debian's build: assertions on)",
+            if wal { "WAL on" } else { "WAL off" }
+        );
+        for w in [Workload::FillRandom, Workload::ReadRandom] {
+            let (ops_per_s, latency, ops) = db_bench(bin, w, &s, &dir, wal, Some(0))?;
+            out.push(KvMeasurement {
+                system: "rocksdb".into(),
+                workload: w.name(),
+                path: path.clone(),
+                key_size: 16,
+                value_size,
+                keys,
+                threads: 1,
+                ops,
+                seconds: ops as f64 / ops_per_s.max(1e-9),
+                ops_per_s,
+                latency,
+                boot: 0,
+                round: 0,
+            });
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(out)
+}
