@@ -52,17 +52,17 @@ pub fn value(i: u64, size: usize) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct Rng(pub u64);
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -517,83 +517,6 @@ pub fn db_bench(
     parse_db_bench(&bench, &text)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_db_bench_output() {
-        let text = "fillrandom   :      72.472 micros/op 13798 ops/sec 14.494 seconds 200000 operations;    1.5 MB/s
-Microseconds per write:
-Count: 200000 Average: 72.4720  StdDev: 300.12
-Min: 3  Median: 40.1234  Max: 25000
-Percentiles: P50: 40.12 P75: 60.00 P99: 500.50 P99.9: 2000.00 P99.99: 9000.00
-";
-        let (ops, lat, n) = parse_db_bench("fillrandom", text).expect("parse");
-        assert_eq!(ops, 13798.0);
-        assert_eq!(n, 200000);
-        assert_eq!(lat.p50_us, 40.12);
-        assert_eq!(lat.p99_us, 500.5);
-        assert_eq!(lat.p999_us, 2000.0);
-        assert_eq!(lat.max_us, 25000.0);
-        assert!(parse_db_bench("readrandom", text).is_err());
-    }
-
-    #[test]
-    fn zipf_is_skewed_and_in_range() {
-        let z = Zipf::new(10_000, 0.99);
-        let mut r = Rng(1);
-        let mut counts = vec![0u32; 10_000];
-        for _ in 0..100_000 {
-            let v = z.next(&mut r);
-            assert!(v < 10_000);
-            counts[v as usize] += 1;
-        }
-        // Rank 0 is by far the most popular; the tail is thin.
-        assert!(counts[0] > 5_000, "rank 0: {}", counts[0]);
-        assert!(counts[0] > 20 * counts[5_000].max(1));
-    }
-
-    #[test]
-    fn db_bench_args_match_the_workload() {
-        let s = KvSpec {
-            key_size: 16,
-            value_size: 100,
-            keys: 1000,
-            threads: 1,
-            duration_s: 2.0,
-        };
-        let a = db_bench_args(Workload::DurablePut, &s, Path::new("/mnt/db"), true).expect("args");
-        assert!(
-            a.contains(&"--sync=1".to_string())
-                && a.contains(&"--benchmarks=fillrandom".to_string())
-        );
-        let a = db_bench_args(
-            Workload::Mix { read_percent: 50 },
-            &s,
-            Path::new("/mnt/db"),
-            false,
-        )
-        .expect("args");
-        assert!(
-            a.contains(&"--readwritepercent=50".to_string())
-                && a.contains(&"--disable_wal=1".to_string())
-        );
-        assert!(db_bench_args(
-            Workload::Ycsb {
-                which: 'A',
-                dist: Dist::Uniform
-            },
-            &s,
-            Path::new("/x"),
-            true
-        )
-        .is_err());
-        assert_eq!(key(5, 16).len(), 16);
-        assert_ne!(key(5, 16), key(6, 16));
-    }
-}
-
 // ---------- The CPU path on the host ----------
 
 /// nvkv's shard-local put and get on the `memory` backend, on this thread (pinned to CPU 0): no thread hop,
@@ -710,4 +633,81 @@ pub fn rocksdb_tmpfs(bin: &Path, value_size: usize, keys: u64) -> Result<Vec<KvM
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_db_bench_output() {
+        let text = "fillrandom   :      72.472 micros/op 13798 ops/sec 14.494 seconds 200000 operations;    1.5 MB/s
+Microseconds per write:
+Count: 200000 Average: 72.4720  StdDev: 300.12
+Min: 3  Median: 40.1234  Max: 25000
+Percentiles: P50: 40.12 P75: 60.00 P99: 500.50 P99.9: 2000.00 P99.99: 9000.00
+";
+        let (ops, lat, n) = parse_db_bench("fillrandom", text).expect("parse");
+        assert_eq!(ops, 13798.0);
+        assert_eq!(n, 200000);
+        assert_eq!(lat.p50_us, 40.12);
+        assert_eq!(lat.p99_us, 500.5);
+        assert_eq!(lat.p999_us, 2000.0);
+        assert_eq!(lat.max_us, 25000.0);
+        assert!(parse_db_bench("readrandom", text).is_err());
+    }
+
+    #[test]
+    fn zipf_is_skewed_and_in_range() {
+        let z = Zipf::new(10_000, 0.99);
+        let mut r = Rng(1);
+        let mut counts = vec![0u32; 10_000];
+        for _ in 0..100_000 {
+            let v = z.next(&mut r);
+            assert!(v < 10_000);
+            counts[v as usize] += 1;
+        }
+        // Rank 0 is by far the most popular; the tail is thin.
+        assert!(counts[0] > 5_000, "rank 0: {}", counts[0]);
+        assert!(counts[0] > 20 * counts[5_000].max(1));
+    }
+
+    #[test]
+    fn db_bench_args_match_the_workload() {
+        let s = KvSpec {
+            key_size: 16,
+            value_size: 100,
+            keys: 1000,
+            threads: 1,
+            duration_s: 2.0,
+        };
+        let a = db_bench_args(Workload::DurablePut, &s, Path::new("/mnt/db"), true).expect("args");
+        assert!(
+            a.contains(&"--sync=1".to_string())
+                && a.contains(&"--benchmarks=fillrandom".to_string())
+        );
+        let a = db_bench_args(
+            Workload::Mix { read_percent: 50 },
+            &s,
+            Path::new("/mnt/db"),
+            false,
+        )
+        .expect("args");
+        assert!(
+            a.contains(&"--readwritepercent=50".to_string())
+                && a.contains(&"--disable_wal=1".to_string())
+        );
+        assert!(db_bench_args(
+            Workload::Ycsb {
+                which: 'A',
+                dist: Dist::Uniform
+            },
+            &s,
+            Path::new("/x"),
+            true
+        )
+        .is_err());
+        assert_eq!(key(5, 16).len(), 16);
+        assert_ne!(key(5, 16), key(6, 16));
+    }
 }
