@@ -4,8 +4,6 @@
 //! overwrites the old record in place when the sizes match, and otherwise leaves it dead, to be squeezed
 //! out by [`WriteBuffer::compact`] before the buffer is written.
 
-use std::collections::HashMap;
-
 use crate::format::{self, SegmentHeader, REC_HDR_LEN, SEG_HDR_LEN};
 
 /// A write buffer over the device buffer type `B`.
@@ -13,8 +11,6 @@ use crate::format::{self, SegmentHeader, REC_HDR_LEN, SEG_HDR_LEN};
 pub struct WriteBuffer<B> {
     buf: B,
     len: usize,
-    /// Key → offset of its newest record in this buffer.
-    latest: HashMap<Box<[u8]>, u32>,
     dead_bytes: usize,
     records: u32,
 }
@@ -25,7 +21,6 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
         WriteBuffer {
             buf,
             len: SEG_HDR_LEN,
-            latest: HashMap::new(),
             dead_bytes: 0,
             records: 0,
         }
@@ -56,11 +51,12 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
         self.len - self.dead_bytes + rec_len <= self.capacity()
     }
 
-    /// Appends a record (or overwrites the key's buffered record in place when it has the same size);
-    /// returns its offset and, when an older buffered record of the key died, that record's length.
-    /// The caller checked [`WriteBuffer::fits`].
+    /// Appends a record, or overwrites the key's buffered record `prev` (its offset, as the index knows
+    /// it) in place when it has the same size; a replaced record of another size becomes dead bytes.
+    /// Returns the record's offset. The caller checked [`WriteBuffer::fits`].
     pub fn append(
         &mut self,
+        prev: Option<u32>,
         tombstone: bool,
         ts: u64,
         version: u64,
@@ -68,7 +64,7 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
         value: &[u8],
     ) -> u32 {
         let rl = format::record_len(key.len(), value.len());
-        if let Some(&old) = self.latest.get(key) {
+        if let Some(old) = prev {
             let o = old as usize;
             if let Ok((okl, ovl)) = format::record_lens(&self.buf[o..]) {
                 if format::record_len(okl, ovl) == rl {
@@ -96,7 +92,6 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
         );
         self.len += rl;
         self.records += 1;
-        self.latest.insert(key.into(), off as u32);
         off as u32
     }
 
@@ -109,8 +104,10 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
         format::decode_record(b).map(|(r, _)| r)
     }
 
-    /// Squeezes out dead records; calls `moved(key, old_off, new_off)` for every live record that moved.
-    pub fn compact(&mut self, mut moved: impl FnMut(&[u8], u32, u32)) {
+    /// Squeezes out dead records. For every value record, `live(key, old_off, new_off)` says whether it
+    /// is the key's newest (and moves the index entry to `new_off` when they differ); tombstones are kept,
+    /// as replay needs them to delete what older segments hold.
+    pub fn compact(&mut self, mut live: impl FnMut(&[u8], u32, u32) -> bool) {
         if self.dead_bytes == 0 {
             return;
         }
@@ -122,14 +119,11 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
                 break;
             };
             let rl = format::record_len(kl, vl);
+            let tombstone = self.buf[rd + 4] & format::FLAG_TOMBSTONE != 0;
             let key = &self.buf[rd + REC_HDR_LEN..rd + REC_HDR_LEN + kl];
-            let live = self.latest.get(key) == Some(&(rd as u32));
-            if live {
+            if tombstone || live(key, rd as u32, wr as u32) {
                 if rd != wr {
-                    let k: Box<[u8]> = key.into();
                     self.buf.copy_within(rd..rd + rl, wr);
-                    self.latest.insert(k.clone(), wr as u32);
-                    moved(&k, rd as u32, wr as u32);
                 }
                 wr += rl;
                 records += 1;
@@ -164,7 +158,6 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
     /// Gives the device buffer up (to be written) and resets this one around `next`.
     pub fn swap(&mut self, next: B) -> B {
         self.len = SEG_HDR_LEN;
-        self.latest.clear();
         self.dead_bytes = 0;
         self.records = 0;
         std::mem::replace(&mut self.buf, next)
@@ -178,17 +171,24 @@ mod tests {
     #[test]
     fn overwrite_in_place_and_compact() {
         let mut b = WriteBuffer::new(vec![0u8; 4096]);
-        let a = b.append(false, 1, 1, b"k1", b"aaaa");
-        let c = b.append(false, 2, 2, b"k2", b"bb");
+        let a = b.append(None, false, 1, 1, b"k1", b"aaaa");
+        let c = b.append(None, false, 2, 2, b"k2", b"bb");
         // Same size: in place.
-        assert_eq!(b.append(false, 3, 3, b"k1", b"cccc"), a);
+        assert_eq!(b.append(Some(a), false, 3, 3, b"k1", b"cccc"), a);
         assert_eq!(b.dead_bytes(), 0);
         // Different size: appended, the old one dies.
-        let d = b.append(false, 4, 4, b"k2", b"ddddd");
+        let d = b.append(Some(c), false, 4, 4, b"k2", b"ddddd");
         assert!(d > c);
         assert!(b.dead_bytes() > 0);
         let mut moves = vec![];
-        b.compact(|k, o, n| moves.push((k.to_vec(), o, n)));
+        let newest = [(b"k1".to_vec(), a), (b"k2".to_vec(), d)];
+        b.compact(|k, o, n| {
+            let live = newest.iter().any(|(nk, no)| nk.as_slice() == k && *no == o);
+            if live && o != n {
+                moves.push((k.to_vec(), o, n));
+            }
+            live
+        });
         assert_eq!(moves, vec![(b"k2".to_vec(), d, c)]);
         let recs: Vec<_> = b.records().map(|(o, r)| (o, r.value.to_vec())).collect();
         assert_eq!(

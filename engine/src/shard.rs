@@ -278,8 +278,15 @@ impl<D: BlockDevice> Shard<D> {
             // The next seal needs a reservation for the segment after it: clean first.
             self.make_room()?;
         }
+        // The key's record in this buffer, if its newest is one (looked up after making room: a
+        // compaction or a new cycle may have moved it).
+        let prev = self
+            .index
+            .get(key)
+            .filter(|e| e.is_buffered())
+            .map(|e| e.buf_off() as u32);
         let before = self.active.len() + self.active.dead_bytes();
-        let off = self.active.append(tombstone, ts, version, key, value);
+        let off = self.active.append(prev, tombstone, ts, version, key, value);
         if self.active.len() + self.active.dead_bytes() == before {
             self.stats.buffer_bytes_saved += rl as u64;
         }
@@ -293,13 +300,14 @@ impl<D: BlockDevice> Shard<D> {
     pub(crate) fn compact_active(&mut self) {
         let saved = self.active.dead_bytes() as u64;
         let index = &mut self.index;
-        self.active.compact(|key, old, new| {
-            if let Some(e) = index.get_mut(key) {
-                if e.loc == LOC_BUFFERED | u64::from(old) {
+        self.active
+            .compact(|key, old, new| match index.get_mut(key) {
+                Some(e) if e.loc == LOC_BUFFERED | u64::from(old) => {
                     e.loc = LOC_BUFFERED | u64::from(new);
+                    true
                 }
-            }
-        });
+                _ => false,
+            });
         self.stats.buffer_bytes_saved += saved;
     }
 
