@@ -2,9 +2,28 @@
 //!
 //! See `DESIGN.md` (engine section) and `engine/FORMAT.md` for the on-disk layout.
 //!
-//! Layers, bottom up: [`bdev`] (devices), [`format`] (bytes on disk), [`space`] (free extents),
+//! Layers, bottom up: [`bdev`] (devices), [`format`](mod@format) (bytes on disk), [`space`] (free extents),
 //! [`index`] and [`buffer`] (memory), [`shard`] with `persist`, `recovery` and `gc` (one core's engine),
 //! and [`api`] (threads, routing, the `Db` handle).
+//!
+//! # Semantics in brief
+//!
+//! - **Limits**: keys are 1 to [`MAX_KEY_LEN`] (1024) bytes; values up to [`MAX_VALUE_LEN`] (1 MiB) and
+//!   never more than one write buffer holds ([`Shard::max_value_len`]). Larger ones fail with
+//!   [`Error::KeyTooLarge`] / [`Error::ValueTooLarge`]; an empty key with [`Error::EmptyKey`].
+//! - **Visibility**: a read sees the newest write of its key at once, persisted or not.
+//! - **Durability**: a write is durable once the persistence cycle holding it completed (write, then
+//!   Flush when the device has a volatile cache). Cycles start when the commit interval runs out, when
+//!   the buffer fills, on `sync`, and as soon as nothing is in flight when a write asked to be durable
+//!   (group commit: writes arriving meanwhile share the next cycle).
+//! - **Versions** come from a per-shard counter and are never reused (also not after a delete), so
+//!   compare-and-swap has no ABA problem. **Timestamps** come from a hybrid logical clock or the caller.
+//! - **Conflicts** ([`Conflict`]): last writer wins compares timestamps (ties keep the stored value; a
+//!   delete is applied only when newer than the stored value, and leaves no timestamp behind, so a later
+//!   put with an older caller timestamp is applied); first writer wins keeps the stored value unless the
+//!   new write carries a strictly older caller timestamp; merge stores `merge(key, old, new)`.
+//!   Compare-and-swap and increment are decided by the version, not by the strategy.
+//! - **Increment** works on 8-byte little-endian `i64` values; an absent key counts as 0.
 
 pub mod api;
 pub mod bdev;
