@@ -161,13 +161,17 @@ fn drive(
     limit: Duration,
     op: impl Fn(usize, u64) -> Result<()> + Sync,
 ) -> Result<(u64, f64, Histogram<u64>)> {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let start = Instant::now();
     let results: Vec<Result<(u64, Histogram<u64>)>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|t| {
                 let op = &op;
                 s.spawn(move || -> Result<(u64, Histogram<u64>)> {
-                    crate::driver_perf::pin_to_cpu(t);
+                    // Clients take the last CPUs: the engine pins its shard threads to the first ones.
+                    crate::driver_perf::pin_to_cpu(cpus.saturating_sub(1 + t) % cpus.max(1));
                     let mut h = hist()?;
                     let mut n = 0;
                     while n < ops_per_thread && start.elapsed() < limit {
@@ -223,7 +227,8 @@ pub fn nvkv_run(h: &DbHandle, w: Workload, s: &KvSpec) -> Result<(u64, f64, Hist
         }
     };
     match w {
-        Workload::FillRandom => drive(s.threads, per_thread, limit, |t, i| {
+        // A fill writes every key once, however long it takes: the reads after it need them all.
+        Workload::FillRandom => drive(s.threads, per_thread, Duration::from_secs(3600), |t, i| {
             let k = t as u64 * per_thread + i;
             h.put(&key(k, s.key_size), &value(k, s.value_size))?;
             Ok(())
@@ -414,9 +419,9 @@ pub fn db_bench_args(w: Workload, s: &KvSpec, db_dir: &Path, wal: bool) -> Resul
         "--histogram=1".into(),
         "--statistics=0".into(),
     ];
-    // A duration bounds the run in time (the guest's slow device); without one, fills write every key once
-    // and reads read `keys` keys.
-    if s.duration_s > 0.0 {
+    // A duration bounds reads, mixes and durable puts in time (the guest's slow device); a fill always writes
+    // every key once, and without a duration reads read `keys` keys.
+    if s.duration_s > 0.0 && w != Workload::FillRandom {
         a.push(format!("--duration={}", s.duration_s.ceil() as u64));
     }
     if !wal {

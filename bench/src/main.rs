@@ -3,7 +3,8 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use nvkv_bench::plan::{
-    Contender, Measurement, Plan, Rw, Workload, INFO_PREFIX, PROGRESS_PREFIX, RESULT_PREFIX,
+    Contender, Measurement, Plan, Rw, Workload, INFO_PREFIX, KV_PREFIX, PROGRESS_PREFIX,
+    RESULT_PREFIX,
 };
 use nvkv_bench::report::{self, Conditions, Report};
 use nvkv_bench::runner::{self, Sink};
@@ -59,6 +60,15 @@ struct RunArgs {
     /// Where to write results (a timestamped folder is made inside).
     #[arg(long, default_value = "results")]
     out: PathBuf,
+    /// Keys for the key-value comparison (100-byte values; a quarter of that for 4 KiB values).
+    #[arg(long, default_value_t = 20_000)]
+    kv_keys: u64,
+    /// Seconds per key-value read/mix/durable run (fills always write every key).
+    #[arg(long, default_value_t = 3.0)]
+    kv_duration: f64,
+    /// Skip the key-value comparison.
+    #[arg(long)]
+    no_kv: bool,
     /// fio binary for the kernel baseline.
     #[arg(long, default_value = "/usr/bin/fio")]
     fio: PathBuf,
@@ -136,6 +146,7 @@ fn plan_for(a: &RunArgs, device: &str) -> Plan {
             rounds: 1,
             shadow_doorbells: a.shadow,
             kernel_identity_domain: !a.naive_kernel,
+            kv: kv_plan(a),
         };
     }
     let mut workloads: Vec<Workload> = a.qd.iter().map(|&q| rr(q)).collect();
@@ -160,7 +171,46 @@ fn plan_for(a: &RunArgs, device: &str) -> Plan {
         rounds: a.rounds,
         shadow_doorbells: a.shadow,
         kernel_identity_domain: !a.naive_kernel,
+        kv: kv_plan(a),
     }
+}
+
+/// The key-value comparison in the VM (not on bare metal: it formats the device with ext4).
+fn kv_plan(a: &RunArgs) -> Option<nvkv_bench::plan::KvPlan> {
+    use nvkv_bench::kv::{KvSpec, Workload};
+    if a.no_kv || a.device.is_some() {
+        return None;
+    }
+    let (keys, dur, sizes, ycsb) = if a.quick {
+        (2_000, 0.5, vec![100], false)
+    } else {
+        (a.kv_keys, a.kv_duration, vec![100, 4096], true)
+    };
+    let mut workloads = vec![
+        Workload::FillRandom,
+        Workload::ReadRandom,
+        Workload::Mix { read_percent: 50 },
+    ];
+    if !a.quick {
+        workloads.push(Workload::Mix { read_percent: 95 });
+    }
+    workloads.push(Workload::DurablePut);
+    Some(nvkv_bench::plan::KvPlan {
+        device: NvmeController::guest_address(1),
+        value_sizes: sizes,
+        spec: KvSpec {
+            key_size: 16,
+            value_size: 100,
+            keys,
+            threads: 1,
+            duration_s: dur,
+        },
+        workloads,
+        ycsb,
+        rounds: if a.quick { 1 } else { 2 },
+        db_bench: "/bin/db_bench".into(),
+        mke2fs: "/bin/mke2fs".into(),
+    })
 }
 
 /// Sink that prints framed lines (inside the guest, read back by the host).
@@ -177,6 +227,11 @@ impl Sink for FramedSink {
     fn info(&mut self, key: &str, value: &str) {
         println!("{INFO_PREFIX}{key}={value}");
     }
+    fn kv(&mut self, m: nvkv_bench::kv::KvMeasurement) {
+        if let Ok(j) = serde_json::to_string(&m) {
+            println!("{KV_PREFIX}{j}");
+        }
+    }
 }
 
 /// Sink that collects (bare metal).
@@ -184,6 +239,7 @@ impl Sink for FramedSink {
 struct Collect {
     ms: Vec<Measurement>,
     info: BTreeMap<String, String>,
+    kv: Vec<nvkv_bench::kv::KvMeasurement>,
 }
 impl Sink for Collect {
     fn measurement(&mut self, m: Measurement) {
@@ -194,6 +250,9 @@ impl Sink for Collect {
     }
     fn info(&mut self, key: &str, value: &str) {
         self.info.insert(key.into(), value.into());
+    }
+    fn kv(&mut self, m: nvkv_bench::kv::KvMeasurement) {
+        self.kv.push(m);
     }
 }
 
@@ -259,12 +318,9 @@ fn timestamp() -> String {
 }
 
 /// Measurements and info lines read back from the guest.
-type Collected = (Vec<Measurement>, BTreeMap<String, String>);
+type Collected = Collect;
 
-fn run_vm(
-    a: &RunArgs,
-    plan: &Plan,
-) -> Result<(Vec<Measurement>, BTreeMap<String, String>, Conditions)> {
+fn run_vm(a: &RunArgs, plan: &Plan) -> Result<(Collect, Conditions)> {
     nvkv_qemu::host::setup().map_err(|e| anyhow!("{e}"))?;
     let exe = std::env::current_exe().context("finding the nvkv-bench executable")?;
     if !a.fio.exists() {
@@ -278,15 +334,28 @@ fn run_vm(
     let kernel = nvkv_qemu::host::find_kernel().map_err(|e| anyhow!("{e}"))?;
     let collected: Arc<Mutex<Collected>> = Arc::default();
     let mut vcpus = 2;
+    let kv_img = std::env::temp_dir().join(format!("nvkv-bench-kv-{}.img", std::process::id()));
     for boot in 0..boots {
+        let _ = std::fs::remove_file(&kv_img);
         let sink = collected.clone();
         let vm = Vm::builder()
             .accel(a.accel)
             .controller(
                 NvmeController::new("NVKV-BENCH").namespace(NvmeNamespace::null(1 << 30, 4096)),
             )
+            // The key-value comparison needs real data: a raw image, fresh each boot.
+            .controller(
+                NvmeController::new("NVKV-KV").namespace(NvmeNamespace::file(
+                    &kv_img,
+                    2 << 30,
+                    4096,
+                )),
+            )
             .binary(&exe, "nvkv-bench")
             .binary(&a.fio, "fio")
+            .binary("/usr/bin/db_bench", "db_bench")
+            .binary("/usr/sbin/mke2fs", "mke2fs")
+            .modules(&["crc32c_generic", "crc16", "mbcache", "jbd2", "ext4"])
             .file("/etc/nvkv/plan.json", plan_json.clone())
             .timeout(std::time::Duration::from_secs(3600))
             .on_line(move |l| {
@@ -299,11 +368,15 @@ fn run_vm(
                     if let (Ok(m), Ok(mut g)) =
                         (serde_json::from_str::<Measurement>(j), sink.lock())
                     {
-                        g.0.push(m);
+                        g.ms.push(m);
                     }
                 } else if let Some(kv) = l.strip_prefix(INFO_PREFIX) {
                     if let (Some((k, v)), Ok(mut g)) = (kv.split_once('='), sink.lock()) {
-                        g.1.insert(k.to_string(), v.to_string());
+                        g.info.insert(k.to_string(), v.to_string());
+                    }
+                } else if let Some(j) = l.strip_prefix(KV_PREFIX) {
+                    if let (Ok(m), Ok(mut g)) = (serde_json::from_str(j), sink.lock()) {
+                        g.kv.push(m);
                     }
                 }
             });
@@ -324,7 +397,8 @@ fn run_vm(
             );
         }
     }
-    let (ms, info) = std::mem::take(
+    let _ = std::fs::remove_file(&kv_img);
+    let got = std::mem::take(
         &mut *collected
             .lock()
             .map_err(|_| anyhow!("result collector poisoned"))?,
@@ -349,7 +423,7 @@ fn run_vm(
         nvkv_version: env!("CARGO_PKG_VERSION").into(),
         notes: notes(plan),
     };
-    Ok((ms, info, c))
+    Ok((got, c))
 }
 
 fn notes(plan: &Plan) -> Vec<String> {
@@ -371,11 +445,7 @@ fn notes(plan: &Plan) -> Vec<String> {
     n
 }
 
-fn run_bare_metal(
-    a: &RunArgs,
-    device: &str,
-    plan: &Plan,
-) -> Result<(Vec<Measurement>, BTreeMap<String, String>, Conditions)> {
+fn run_bare_metal(a: &RunArgs, device: &str, plan: &Plan) -> Result<(Collect, Conditions)> {
     let mut sink = Collect::default();
     runner::run(plan, 0, &a.fio, &mut sink)?;
     eprintln!();
@@ -397,7 +467,7 @@ fn run_bare_metal(
         nvkv_version: env!("CARGO_PKG_VERSION").into(),
         notes: notes(plan),
     };
-    Ok((sink.ms, sink.info, c))
+    Ok((sink, c))
 }
 
 fn kv_host(keys: u64, db_bench: &Path) -> Result<Vec<nvkv_bench::kv::KvMeasurement>> {
@@ -409,46 +479,14 @@ fn kv_host(keys: u64, db_bench: &Path) -> Result<Vec<nvkv_bench::kv::KvMeasureme
     }
     let mut ms = Vec::new();
     for (vs, n) in [(100usize, keys), (4096, (keys / 4).max(1000))] {
-        ms.extend(nvkv_bench::kv::nvkv_shard_local(vs, n)?);
+        // On a thread of its own: it pins itself to CPU 0, which must not stick to the main thread.
+        let local = std::thread::spawn(move || nvkv_bench::kv::nvkv_shard_local(vs, n))
+            .join()
+            .map_err(|_| anyhow!("the shard-local benchmark panicked"))??;
+        ms.extend(local);
         ms.extend(nvkv_bench::kv::rocksdb_tmpfs(db_bench, vs, n)?);
     }
     Ok(ms)
-}
-
-/// A KV table: each nvkv figure beside RocksDB's for the same workload and sizes, with the ratio.
-fn kv_table(ms: &[nvkv_bench::kv::KvMeasurement]) -> String {
-    use std::fmt::Write as _;
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "{:<12} {:>6} {:<8} {:<62} {:>12} {:>9} {:>9} {:>9} {:>9}",
-        "workload", "value", "system", "path", "ops/s", "p50 us", "p99 us", "p99.9 us", "nvkv ×"
-    );
-    for m in ms {
-        let nv = ms.iter().find(|n| {
-            n.system == "nvkv" && n.workload == m.workload && n.value_size == m.value_size
-        });
-        let ratio = match (m.system.as_str(), nv) {
-            ("rocksdb", Some(n)) if m.ops_per_s > 0.0 => {
-                format!("{:.1}", n.ops_per_s / m.ops_per_s)
-            }
-            _ => "-".into(),
-        };
-        let _ = writeln!(
-            t,
-            "{:<12} {:>6} {:<8} {:<62} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9}",
-            m.workload,
-            m.value_size,
-            m.system,
-            m.path,
-            m.ops_per_s,
-            m.latency.p50_us,
-            m.latency.p99_us,
-            m.latency.p999_us,
-            ratio
-        );
-    }
-    t
 }
 
 fn main() -> Result<()> {
@@ -502,7 +540,7 @@ fn main() -> Result<()> {
                     println!("{}", serde_json::to_string(m)?);
                 }
             } else {
-                print!("{}", kv_table(&ms));
+                print!("{}", report::kv_host_table(&ms));
             }
         }
         Cmd::LoopbackRun { qd, ios } => {
@@ -514,20 +552,33 @@ fn main() -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| NvmeController::guest_address(0));
             let plan = plan_for(&a, &device);
-            let (ms, info, conditions) = if a.device.is_some() {
+            // The CPU path on this host first (seconds), then the device runs.
+            let kv_host = if a.no_kv {
+                Vec::new()
+            } else {
+                eprintln!("nvkv-bench: key-value CPU path on this host (nvkv shard-local vs db_bench on tmpfs)");
+                kv_host(
+                    if a.quick { 20_000 } else { 200_000 },
+                    Path::new("/usr/bin/db_bench"),
+                )?
+            };
+            let (got, conditions) = if a.device.is_some() {
                 run_bare_metal(&a, &device, &plan)?
             } else {
                 run_vm(&a, &plan)?
             };
-            if ms.is_empty() {
+            if got.ms.is_empty() {
                 bail!("no measurements came back");
             }
             let r = Report {
                 schema: report::SCHEMA.into(),
-                summary: report::summarize(&ms),
+                summary: report::summarize(&got.ms),
                 conditions,
-                info,
-                measurements: ms,
+                info: got.info,
+                measurements: got.ms,
+                kv_summary: report::summarize_kv(&got.kv),
+                kv: got.kv,
+                kv_host,
             };
             let dir = a.out.join(&r.conditions.started);
             report::write(&r, &dir)?;

@@ -83,6 +83,22 @@ impl Contender {
     }
 }
 
+/// The key-value comparison of one boot: nvkv on the nvme backend against RocksDB's db_bench on ext4 over the
+/// kernel's nvme driver, on the same (file-backed) controller, alternating.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvPlan {
+    /// PCI address of the controller the KV runs use (a raw-image-backed namespace: data is real).
+    pub device: String,
+    pub value_sizes: Vec<usize>,
+    pub spec: crate::kv::KvSpec,
+    pub workloads: Vec<crate::kv::Workload>,
+    /// YCSB A–F (zipfian 0.99) on nvkv as well.
+    pub ycsb: bool,
+    pub rounds: usize,
+    pub db_bench: String,
+    pub mke2fs: String,
+}
+
 /// What one boot (or one bare-metal run) measures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -100,6 +116,9 @@ pub struct Plan {
     pub shadow_doorbells: bool,
     /// Give the kernel an identity IOMMU domain (the fair baseline of QEMU.md).
     pub kernel_identity_domain: bool,
+    /// The key-value comparison, if any.
+    #[serde(default)]
+    pub kv: Option<KvPlan>,
 }
 
 /// Latency percentiles in microseconds.
@@ -150,3 +169,4 @@ pub const PERCENTILES: &[f64] = &[
 pub const RESULT_PREFIX: &str = "@@NVKV-RESULT ";
 pub const PROGRESS_PREFIX: &str = "@@NVKV-PROGRESS ";
 pub const INFO_PREFIX: &str = "@@NVKV-INFO ";
+pub const KV_PREFIX: &str = "@@NVKV-KV ";

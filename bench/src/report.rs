@@ -53,6 +53,175 @@ pub struct Report {
     pub info: BTreeMap<String, String>,
     pub summary: Vec<Summary>,
     pub measurements: Vec<Measurement>,
+    /// Key-value comparison in the guest: medians per system, workload and value size.
+    #[serde(default)]
+    pub kv_summary: Vec<KvSummary>,
+    /// Every key-value measurement in the guest.
+    #[serde(default)]
+    pub kv: Vec<crate::kv::KvMeasurement>,
+    /// The CPU path on the host: nvkv shard-local on the memory backend vs db_bench on tmpfs.
+    #[serde(default)]
+    pub kv_host: Vec<crate::kv::KvMeasurement>,
+}
+
+/// Median and spread of one system on one key-value workload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvSummary {
+    pub workload: String,
+    pub value_size: usize,
+    pub system: String,
+    pub path: String,
+    pub samples: usize,
+    pub median_ops_per_s: f64,
+    pub min_ops_per_s: f64,
+    pub max_ops_per_s: f64,
+    pub median_p50_us: f64,
+    pub median_p99_us: f64,
+    pub median_p999_us: f64,
+    /// nvkv's median ops/s over RocksDB's (on RocksDB rows), for durable puts also RocksDB's p50 over nvkv's.
+    pub nvkv_ratio: Option<f64>,
+    pub nvkv_p50_ratio: Option<f64>,
+}
+
+/// Groups key-value measurements by (workload, value size, system) and puts RocksDB beside nvkv.
+pub fn summarize_kv(ms: &[crate::kv::KvMeasurement]) -> Vec<KvSummary> {
+    let mut groups: BTreeMap<(String, usize, String), Vec<&crate::kv::KvMeasurement>> =
+        BTreeMap::new();
+    for m in ms {
+        groups
+            .entry((m.workload.clone(), m.value_size, m.system.clone()))
+            .or_default()
+            .push(m);
+    }
+    let mut out: Vec<KvSummary> = groups
+        .into_iter()
+        .map(|((workload, value_size, system), v)| {
+            let ops: Vec<f64> = v.iter().map(|m| m.ops_per_s).collect();
+            let col = |f: &dyn Fn(&crate::kv::KvMeasurement) -> f64| -> Vec<f64> {
+                v.iter().map(|m| f(m)).collect()
+            };
+            KvSummary {
+                workload,
+                value_size,
+                system,
+                path: v[0].path.clone(),
+                samples: v.len(),
+                median_ops_per_s: median(&mut ops.clone()),
+                min_ops_per_s: ops.iter().copied().fold(f64::MAX, f64::min),
+                max_ops_per_s: ops.iter().copied().fold(0.0, f64::max),
+                median_p50_us: median(&mut col(&|m| m.latency.p50_us)),
+                median_p99_us: median(&mut col(&|m| m.latency.p99_us)),
+                median_p999_us: median(&mut col(&|m| m.latency.p999_us)),
+                nvkv_ratio: None,
+                nvkv_p50_ratio: None,
+            }
+        })
+        .collect();
+    let nv: BTreeMap<(String, usize), (f64, f64)> = out
+        .iter()
+        .filter(|s| s.system == "nvkv")
+        .map(|s| {
+            (
+                (s.workload.clone(), s.value_size),
+                (s.median_ops_per_s, s.median_p50_us),
+            )
+        })
+        .collect();
+    for s in out.iter_mut().filter(|s| s.system == "rocksdb") {
+        if let Some(&(ops, p50)) = nv.get(&(s.workload.clone(), s.value_size)) {
+            s.nvkv_ratio = (s.median_ops_per_s > 0.0).then(|| ops / s.median_ops_per_s);
+            s.nvkv_p50_ratio = (p50 > 0.0).then(|| s.median_p50_us / p50);
+        }
+    }
+    out
+}
+
+/// The key-value part of the table.
+pub fn kv_table(r: &Report) -> String {
+    let mut t = String::new();
+    if !r.kv_summary.is_empty() {
+        t += "\nkey-value in the guest (16 B keys; one client thread; medians [min–max]; nvkv × = nvkv ops/s ÷ RocksDB's; p50 ÷ = RocksDB p50 ÷ nvkv p50)\n";
+        t += &format!(
+            "{:<22} {:>6} {:<8} {:>24} {:>9} {:>9} {:>9} {:>8} {:>8}\n",
+            "workload",
+            "value",
+            "system",
+            "ops/s median [min-max]",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "nvkv ×",
+            "p50 ÷"
+        );
+        for s in &r.kv_summary {
+            t += &format!(
+                "{:<22} {:>6} {:<8} {:>24} {:>9.1} {:>9.1} {:>9.1} {:>8} {:>8}\n",
+                s.workload,
+                s.value_size,
+                s.system,
+                format!(
+                    "{} [{}–{}]",
+                    svg::human(s.median_ops_per_s),
+                    svg::human(s.min_ops_per_s),
+                    svg::human(s.max_ops_per_s)
+                ),
+                s.median_p50_us,
+                s.median_p99_us,
+                s.median_p999_us,
+                s.nvkv_ratio
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                s.nvkv_p50_ratio
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+        if let Some(p) = r.kv_summary.iter().find(|s| s.system == "rocksdb") {
+            t += &format!("rocksdb: {}\n", p.path);
+        }
+        if let Some(p) = r.kv_summary.iter().find(|s| s.system == "nvkv") {
+            t += &format!("nvkv: {}\n", p.path);
+        }
+    }
+    if !r.kv_host.is_empty() {
+        t += &kv_host_table(&r.kv_host);
+    }
+    t
+}
+
+/// The host CPU-path table: each RocksDB figure with nvkv's ratio for the same workload and value size.
+pub fn kv_host_table(ms: &[crate::kv::KvMeasurement]) -> String {
+    let mut t = String::new();
+    {
+        t += "\nkey-value CPU path on the host (one core, 16 B keys; percentiles include ~20 ns of clock reads for nvkv)\n";
+        t += &format!(
+            "{:<12} {:>6} {:<8} {:<66} {:>12} {:>9} {:>9} {:>8}\n",
+            "workload", "value", "system", "path", "ops/s", "p50 us", "p99 us", "nvkv ×"
+        );
+        for m in ms {
+            let nv = ms.iter().find(|n| {
+                n.system == "nvkv" && n.workload == m.workload && n.value_size == m.value_size
+            });
+            let ratio = match (m.system.as_str(), nv) {
+                ("rocksdb", Some(n)) if m.ops_per_s > 0.0 => {
+                    format!("{:.1}", n.ops_per_s / m.ops_per_s)
+                }
+                _ => "-".into(),
+            };
+            t += &format!(
+                "{:<12} {:>6} {:<8} {:<66} {:>12.0} {:>9.2} {:>9.2} {:>8}\n",
+                m.workload,
+                m.value_size,
+                m.system,
+                m.path,
+                m.ops_per_s,
+                m.latency.p50_us,
+                m.latency.p99_us,
+                ratio
+            );
+        }
+    }
+    t
 }
 
 pub const SCHEMA: &str = "nvkv-bench/report/v1";
@@ -165,6 +334,7 @@ pub fn table(r: &Report) -> String {
     for n in &c.notes {
         t += &format!("note: {n}\n");
     }
+    t += &kv_table(r);
     t
 }
 
@@ -354,6 +524,9 @@ mod tests {
             info: BTreeMap::new(),
             summary: summarize(&ms),
             measurements: ms,
+            kv_summary: vec![],
+            kv: vec![],
+            kv_host: vec![],
         };
         let text = serde_json::to_string(&r).expect("serialize");
         let back: Report = serde_json::from_str(&text).expect("deserialize");

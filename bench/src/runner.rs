@@ -16,6 +16,7 @@ pub trait Sink {
     fn measurement(&mut self, m: Measurement);
     fn progress(&mut self, step: usize, total: usize, what: &str);
     fn info(&mut self, key: &str, value: &str);
+    fn kv(&mut self, m: crate::kv::KvMeasurement);
 }
 
 fn group_type_path(addr: &str) -> Result<PathBuf> {
@@ -207,5 +208,170 @@ pub fn run(plan: &Plan, boot: usize, fio_bin: &Path, sink: &mut dyn Sink) -> Res
         }
     }
     to_vfio(&plan.device)?;
+    if let Some(kv) = &plan.kv {
+        run_kv(kv, boot, plan.kernel_identity_domain, sink)?;
+    }
     Ok(())
+}
+
+/// Mounts a fresh ext4 file system of `block` at /mnt (mke2fs from e2fsprogs: busybox's takes no `-t ext4`)
+/// and checks the mount really is on that device, so db_bench cannot silently write to guest RAM.
+fn mount_ext4(mke2fs: &Path, block: &Path) -> Result<PathBuf> {
+    let _ = std::process::Command::new("umount").arg("/mnt").status();
+    let st = std::process::Command::new(mke2fs)
+        .args(["-t", "ext4", "-F", "-q"])
+        .arg(block)
+        .status()?;
+    if !st.success() {
+        anyhow::bail!("mke2fs -t ext4 {} failed: {st}", block.display());
+    }
+    std::fs::create_dir_all("/mnt")?;
+    let st = std::process::Command::new("mount")
+        .args(["-t", "ext4"])
+        .arg(block)
+        .arg("/mnt")
+        .status()?;
+    if !st.success() {
+        anyhow::bail!("mounting {} on /mnt failed: {st}", block.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    if !mounts
+        .lines()
+        .any(|l| l.starts_with(&format!("{} /mnt ext4", block.display())))
+    {
+        anyhow::bail!("/mnt is not {} mounted as ext4:\n{mounts}", block.display());
+    }
+    Ok(PathBuf::from("/mnt"))
+}
+
+/// The key-value comparison: rounds of nvkv (nvme backend, nvkv's driver) and RocksDB (db_bench on ext4 on
+/// the kernel's nvme driver), alternating, on the same controller.
+pub fn run_kv(
+    kv: &crate::plan::KvPlan,
+    boot: usize,
+    identity: bool,
+    sink: &mut dyn Sink,
+) -> Result<()> {
+    use crate::kv::{self, Workload};
+    let per_round = kv.value_sizes.len() * (2 * kv.workloads.len() + if kv.ycsb { 6 } else { 0 });
+    let total = kv.rounds * per_round;
+    let mut step = 0;
+    for round in 0..kv.rounds {
+        let mut order = [true, false];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for nvkv_turn in order {
+            if nvkv_turn {
+                to_vfio(&kv.device)?;
+                for &vs in &kv.value_sizes {
+                    let spec = kv::KvSpec {
+                        value_size: vs,
+                        keys: keys_for(kv.spec.keys, vs),
+                        ..kv.spec
+                    };
+                    let factory = std::sync::Arc::new(
+                        nvkv::bdev::NvmeFactory::open(&kv.device, 1).map_err(|e| anyhow!("{e}"))?,
+                    );
+                    let mut opts = nvkv::Options::file("/dev/null", None);
+                    opts.shards = spec.threads.max(1);
+                    opts.create = true;
+                    opts.commit_interval = Duration::from_millis(1);
+                    opts.busy_poll = true;
+                    let db = nvkv::Db::open_with(opts, factory)
+                        .map_err(|e| anyhow!("opening nvkv: {e}"))?;
+                    let h = db.handle();
+                    let mut all: Vec<Workload> = kv.workloads.clone();
+                    if kv.ycsb {
+                        all.extend("ABCDEF".chars().map(|which| Workload::Ycsb {
+                            which,
+                            dist: kv::Dist::Zipfian,
+                        }));
+                    }
+                    for w in all {
+                        step += 1;
+                        sink.progress(
+                            step,
+                            total,
+                            &format!("boot {boot} round {round}: nvkv {} {vs} B", w.name()),
+                        );
+                        let r = kv::nvkv_run(&h, w, &spec)?;
+                        let threads = if w == Workload::DurablePut {
+                            1
+                        } else {
+                            spec.threads
+                        };
+                        sink.kv(kv::measurement(
+                            "nvkv",
+                            w,
+                            "handle, nvme backend (nvkv's driver, VFIO)",
+                            &spec,
+                            r,
+                            boot,
+                            round,
+                            threads,
+                        ));
+                    }
+                    db.close().map_err(|e| anyhow!("closing nvkv: {e}"))?;
+                }
+            } else {
+                let (block, _, domain, _) = to_kernel(&kv.device, identity)?;
+                for &vs in &kv.value_sizes {
+                    let spec = kv::KvSpec {
+                        value_size: vs,
+                        keys: keys_for(kv.spec.keys, vs),
+                        ..kv.spec
+                    };
+                    let mnt = mount_ext4(Path::new(&kv.mke2fs), &block)?;
+                    let db = mnt.join("db");
+                    let path = format!("db_bench on ext4, kernel nvme driver ({domain} IOMMU domain), Debian's build: assertions on");
+                    for &w in &kv.workloads {
+                        step += 1;
+                        sink.progress(
+                            step,
+                            total,
+                            &format!("boot {boot} round {round}: rocksdb {} {vs} B", w.name()),
+                        );
+                        let dir = if w == Workload::DurablePut {
+                            mnt.join("db-sync")
+                        } else {
+                            db.clone()
+                        };
+                        let (ops_per_s, latency, ops) =
+                            kv::db_bench(Path::new(&kv.db_bench), w, &spec, &dir, true, Some(0))?;
+                        sink.kv(kv::KvMeasurement {
+                            system: "rocksdb".into(),
+                            workload: w.name(),
+                            path: path.clone(),
+                            key_size: spec.key_size,
+                            value_size: vs,
+                            keys: spec.keys,
+                            threads: if w == Workload::DurablePut {
+                                1
+                            } else {
+                                spec.threads
+                            },
+                            ops,
+                            seconds: ops as f64 / ops_per_s.max(1e-9),
+                            ops_per_s,
+                            latency,
+                            boot,
+                            round,
+                        });
+                    }
+                    let _ = std::process::Command::new("umount").arg("/mnt").status();
+                }
+            }
+        }
+    }
+    to_vfio(&kv.device)
+}
+
+/// Fewer keys for large values, so a run fits the guest's device and time.
+fn keys_for(keys: u64, value_size: usize) -> u64 {
+    if value_size >= 1024 {
+        (keys / 4).max(100)
+    } else {
+        keys
+    }
 }

@@ -12,6 +12,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("fio", "/usr/bin/fio"),
     ("nvme-cli", "/usr/sbin/nvme"),
     ("cpio", "/usr/bin/cpio"),
+    // The key-value peer of the bench (db_bench) and the ext4 it runs on in the guest.
+    ("rocksdb-tools", "/usr/bin/db_bench"),
+    ("e2fsprogs", "/usr/sbin/mke2fs"),
 ];
 
 /// VFIO modules, in load order (from `../shared/QEMU.md`).

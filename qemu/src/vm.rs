@@ -168,6 +168,7 @@ pub struct VmBuilder {
     echo: bool,
     on_line: Option<LineCallback>,
     expect_power_off: bool,
+    extra_modules: Vec<String>,
 }
 
 /// Called with every console line as it arrives (for progress reports).
@@ -217,6 +218,7 @@ impl Vm {
             echo: std::env::var("NVKV_VM_ECHO").is_ok_and(|v| v == "1"),
             on_line: None,
             expect_power_off: false,
+            extra_modules: Vec::new(),
         }
     }
 }
@@ -301,6 +303,14 @@ impl VmBuilder {
         self
     }
 
+    /// More kernel modules of the guest kernel to load at boot, after the NVMe modules, in this order
+    /// (e.g. `["crc32c_generic", "crc16", "mbcache", "jbd2", "ext4"]` for an ext4 mount).
+    pub fn modules(mut self, names: &[&str]) -> Self {
+        self.extra_modules
+            .extend(names.iter().map(|n| n.to_string()));
+        self
+    }
+
     /// The guest command may end by powering the machine off itself (a simulated power loss): then a QEMU exit
     /// without the exit marker is a result (`exit_code` -1), not an error.
     pub fn expect_power_off(mut self, on: bool) -> Self {
@@ -342,7 +352,7 @@ impl VmBuilder {
         }
         for (name, args) in kernel_modules
             .iter()
-            .filter(|(n, _)| host::NVME_MODULES.contains(&n.as_str()))
+            .filter(|(n, _)| !host::VFIO_MODULES.contains(&n.as_str()))
         {
             s += &format!("insmod /lib/modules/nvkv/{name}.ko {args} || echo 'nvkv-init: insmod {name} failed'\n");
         }
@@ -377,6 +387,11 @@ impl VmBuilder {
                 String::new()
             };
             mods.push((m.to_string(), args));
+        }
+        for m in &self.extra_modules {
+            let p = kernel.module(m)?;
+            a.add_host_file(&p, &format!("/lib/modules/nvkv/{m}.ko"))?;
+            mods.push((m.to_string(), String::new()));
         }
         for (host_path, name) in &self.binaries {
             let data = initramfs::stripped_bytes(host_path)?;
