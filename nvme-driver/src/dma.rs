@@ -16,7 +16,32 @@ const HUGE_PAGE: usize = 2 << 20;
 pub struct Iommu {
     kind: Kind,
     iova: Mutex<IovaAllocator>,
+    /// Mappings given back by dropped buffers, reused by the next allocation of the same size: mapping and
+    /// unmapping cost ioctls and IOTLB invalidations (about a millisecond each behind QEMU's vIOMMU under
+    /// TCG), so code that allocates per request (the engine's reads) must not pay them every time.
+    pool: Mutex<Pool>,
+    /// Whether the system had hugepages when this address space was made.
+    hugepages: bool,
 }
+
+/// Cached mappings by mapped length, up to [`POOL_LIMIT`] bytes in all.
+#[derive(Debug, Default)]
+struct Pool {
+    free: std::collections::HashMap<usize, Vec<Mapping>>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Mapping {
+    ptr: *mut u8,
+    map_len: usize,
+    iova: u64,
+}
+
+// SAFETY: a cached mapping is plain memory owned by the pool; nothing else refers to it.
+unsafe impl Send for Mapping {}
+
+const POOL_LIMIT: usize = 64 << 20;
 
 #[derive(Debug)]
 enum Kind {
@@ -35,6 +60,8 @@ impl Iommu {
         Ok(Arc::new(Self {
             kind: Kind::Vfio(container),
             iova: Mutex::new(IovaAllocator::new(&ranges)),
+            pool: Mutex::default(),
+            hugepages: hugepages_available(),
         }))
     }
 
@@ -43,6 +70,8 @@ impl Iommu {
         Arc::new(Self {
             kind: Kind::Identity,
             iova: Mutex::new(IovaAllocator::new(&[])),
+            pool: Mutex::default(),
+            hugepages: hugepages_available(),
         })
     }
 
@@ -51,7 +80,28 @@ impl Iommu {
         if len == 0 {
             return Err(Error::InvalidArgument("zero-length DMA buffer".into()));
         }
-        let (ptr, map_len, huge) = map_memory(len)?;
+        let want = if len >= HUGE_PAGE && self.hugepages {
+            len.div_ceil(HUGE_PAGE) * HUGE_PAGE
+        } else {
+            len.div_ceil(PAGE_SIZE) * PAGE_SIZE
+        };
+        let cached = self.pool.lock().ok().and_then(|mut p| {
+            let m = p.free.get_mut(&want)?.pop()?;
+            p.bytes -= m.map_len;
+            Some(m)
+        });
+        if let Some(m) = cached {
+            // SAFETY: the mapping is map_len >= len bytes of memory owned by the pool until now.
+            unsafe { core::ptr::write_bytes(m.ptr, 0, len) };
+            return Ok(DmaBuf {
+                ptr: m.ptr,
+                len,
+                map_len: m.map_len,
+                iova: m.iova,
+                iommu: self.clone(),
+            });
+        }
+        let (ptr, map_len, huge) = map_memory(len, self.hugepages)?;
         let iova = match &self.kind {
             Kind::Identity => ptr as u64,
             Kind::Vfio(c) => {
@@ -148,16 +198,43 @@ impl std::fmt::Debug for DmaBuf {
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
-        if let Kind::Vfio(c) = &self.iommu.kind {
-            // If unmapping failed the device could still reach the memory: leak it rather than free it.
-            if c.unmap_dma(self.iova, self.map_len).is_err() {
+        if let Ok(mut p) = self.iommu.pool.lock() {
+            if p.bytes + self.map_len <= POOL_LIMIT {
+                p.bytes += self.map_len;
+                p.free.entry(self.map_len).or_default().push(Mapping {
+                    ptr: self.ptr,
+                    map_len: self.map_len,
+                    iova: self.iova,
+                });
                 return;
             }
-            if let Ok(mut a) = self.iommu.iova.lock() {
-                a.free(self.iova, self.map_len as u64);
+        }
+        release(&self.iommu, self.ptr, self.map_len, self.iova);
+    }
+}
+
+/// Unmaps a mapping from the IOMMU, gives its IOVA back and frees the memory.
+fn release(iommu: &Iommu, ptr: *mut u8, map_len: usize, iova: u64) {
+    {
+        if let Kind::Vfio(c) = &iommu.kind {
+            // If unmapping failed the device could still reach the memory: leak it rather than free it.
+            if c.unmap_dma(iova, map_len).is_err() {
+                return;
+            }
+            if let Ok(mut a) = iommu.iova.lock() {
+                a.free(iova, map_len as u64);
             }
         }
-        unmap_memory(self.ptr, self.map_len);
+        unmap_memory(ptr, map_len);
+    }
+}
+
+impl Drop for Iommu {
+    fn drop(&mut self) {
+        let pool = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|p| p.into_inner()));
+        for m in pool.free.into_values().flatten() {
+            release(self, m.ptr, m.map_len, m.iova);
+        }
     }
 }
 
@@ -168,8 +245,8 @@ fn hugepages_available() -> bool {
         .is_some_and(|n| n > 0)
 }
 
-fn map_memory(len: usize) -> Result<(*mut u8, usize, bool)> {
-    if len >= HUGE_PAGE && hugepages_available() {
+fn map_memory(len: usize, hugepages: bool) -> Result<(*mut u8, usize, bool)> {
+    if len >= HUGE_PAGE && hugepages {
         let map_len = len.div_ceil(HUGE_PAGE) * HUGE_PAGE;
         // SAFETY: anonymous private mapping, no fd; the result is checked.
         let p = unsafe {
@@ -301,6 +378,25 @@ mod tests {
         assert_eq!(a.free.len(), 2, "freed extents merge back: {:?}", a.free);
         // Too big for anything.
         assert_eq!(a.alloc(1 << 40, 4096), None);
+    }
+
+    #[test]
+    fn freed_buffers_are_reused_and_zeroed() {
+        let io = Iommu::identity();
+        let mut a = io.alloc(8192).expect("alloc");
+        a.fill(9);
+        let (p, iova) = (a.as_ptr(), a.iova());
+        drop(a);
+        let b = io.alloc(5000).expect("alloc");
+        assert_eq!(
+            (b.as_ptr(), b.iova()),
+            (p, iova),
+            "the 8 KiB mapping is reused"
+        );
+        assert_eq!(b.len(), 5000);
+        assert!(b.iter().all(|&x| x == 0), "a reused buffer is zeroed");
+        let c = io.alloc(8192).expect("alloc");
+        assert_ne!(c.as_ptr(), p, "a buffer in use is not handed out twice");
     }
 
     #[test]
