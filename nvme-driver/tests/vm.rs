@@ -898,8 +898,8 @@ fn deep_queues_verified_with_wraparound() -> R {
                 w.copy_from_slice(&((slot as u32) << 20 ^ g << 12 ^ k as u32).to_le_bytes());
             }
         };
-        for slot in 0..qd {
-            let mut b = wbufs[slot].take().ok_or("buffer")?;
+        for (slot, w) in wbufs.iter_mut().enumerate() {
+            let mut b = w.take().ok_or("buffer")?;
             fill(&mut b, slot, 0);
             qp.write(&ns, 100 + slot as u64, b, 0..4096, (slot as u64) << 1)
                 .map_err(|e| e.to_string())?;
