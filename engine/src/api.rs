@@ -380,7 +380,8 @@ impl Db {
                             break i.clone();
                         }
                         // Only this thread holds the slot and it is still empty: open failed elsewhere.
-                        if Arc::strong_count(&slot) == 1 {
+                        // (Re-checked: the slot may have been filled just before the others let go.)
+                        if Arc::strong_count(&slot) == 1 && slot.get().is_none() {
                             return Ok(shard.stats());
                         }
                         std::thread::park_timeout(Duration::from_millis(1));

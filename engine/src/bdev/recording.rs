@@ -9,7 +9,7 @@ use super::{BlockDevice, Completion, DeviceFactory, IoError, SubmitError};
 /// One recorded event.
 #[derive(Debug, Clone)]
 pub enum WriteEvent {
-    /// A write was submitted (ids count writes from 0 in submission order).
+    /// A write was submitted (ids are unique and increase in submission order per instance).
     Write {
         /// Write id.
         id: usize,
@@ -35,7 +35,9 @@ pub struct Recorder {
 struct Log {
     events: Vec<WriteEvent>,
     writes: usize,
-    /// Writes completed and not yet covered by a submitted flush.
+    /// Writes completed and not yet made durable by a completed flush. A flush (NVMe's is namespace-wide,
+    /// whichever queue it is sent on) covers every write completed before it was submitted, even one
+    /// another flush in flight also covers.
     completed_uncovered: Vec<usize>,
 }
 
@@ -47,6 +49,14 @@ impl Recorder {
 
     fn log(&self) -> MutexGuard<'_, Log> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh write id (ids are unique across the instances sharing this record; a refused submission
+    /// leaves a gap).
+    fn next_id(&self) -> usize {
+        let mut log = self.log();
+        log.writes += 1;
+        log.writes - 1
     }
 
     /// Number of events so far: a position tests use to say "this was acknowledged here".
@@ -161,14 +171,15 @@ impl<D: BlockDevice> BlockDevice for RecordingBdev<D> {
         let data = buf
             .get(buf_offset..buf_offset + n)
             .map(|d| Arc::new(d.to_vec()));
-        let id = self.rec.log().writes;
+        let id = self.rec.next_id();
         let t = self.tag(tag, Kind::Write(id));
         let r = self.inner.submit_write(lba, nblocks, buf, buf_offset, t);
         match (&r, data) {
             (Ok(()), Some(data)) => {
-                let mut log = self.rec.log();
-                log.writes += 1;
-                log.events.push(WriteEvent::Write { id, lba, data });
+                self.rec
+                    .log()
+                    .events
+                    .push(WriteEvent::Write { id, lba, data });
             }
             _ => {
                 self.pending.remove(&t);
@@ -178,25 +189,13 @@ impl<D: BlockDevice> BlockDevice for RecordingBdev<D> {
     }
 
     fn submit_flush(&mut self, tag: u64) -> Result<(), SubmitError<Self::Buf>> {
-        let covers = std::mem::take(&mut self.rec.log().completed_uncovered);
-        let t = self.tag(tag, Kind::Flush(Vec::new()));
-        match self.inner.submit_flush(t) {
-            Ok(()) => {
-                if let Some(p) = self.pending.get_mut(&t) {
-                    p.1 = Kind::Flush(covers);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.pending.remove(&t);
-                // Not submitted: those writes remain uncovered.
-                let mut log = self.rec.log();
-                let mut c = covers;
-                c.append(&mut log.completed_uncovered);
-                log.completed_uncovered = c;
-                Err(e)
-            }
+        let covers = self.rec.log().completed_uncovered.clone();
+        let t = self.tag(tag, Kind::Flush(covers));
+        let r = self.inner.submit_flush(t);
+        if r.is_err() {
+            self.pending.remove(&t);
         }
+        r
     }
 
     fn submit_write_zeroes(
@@ -207,12 +206,11 @@ impl<D: BlockDevice> BlockDevice for RecordingBdev<D> {
     ) -> Result<(), SubmitError<Self::Buf>> {
         // Recorded as a write of zeroes so images replay it.
         let n = nblocks as usize * self.inner.block_size() as usize;
-        let id = self.rec.log().writes;
+        let id = self.rec.next_id();
         let t = self.tag(tag, Kind::Write(id));
         let r = self.inner.submit_write_zeroes(lba, nblocks, t);
         if r.is_ok() {
             let mut log = self.rec.log();
-            log.writes += 1;
             log.events.push(WriteEvent::Write {
                 id,
                 lba,
@@ -247,7 +245,9 @@ impl<D: BlockDevice> BlockDevice for RecordingBdev<D> {
                 match kind {
                     Kind::Write(id) if c.result.is_ok() => rec.log().completed_uncovered.push(id),
                     Kind::Flush(covers) if c.result.is_ok() => {
-                        rec.log().events.push(WriteEvent::FlushDone { covers })
+                        let mut log = rec.log();
+                        log.completed_uncovered.retain(|id| !covers.contains(id));
+                        log.events.push(WriteEvent::FlushDone { covers });
                     }
                     _ => {}
                 }
