@@ -269,6 +269,8 @@ struct ShardLink {
     queue: ArrayQueue<Request>,
     bell: Arc<Doorbell>,
     depth: AtomicU64,
+    /// The shard thread died (a bug): requests are refused instead of waiting forever.
+    dead: AtomicBool,
 }
 
 struct Inner {
@@ -387,7 +389,24 @@ impl Db {
                         std::thread::park_timeout(Duration::from_millis(1));
                     };
                     drop(slot);
-                    run_shard(shard, inner, id, busy)
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_shard(shard, inner.clone(), id, busy)
+                    }));
+                    match outcome {
+                        Ok(r) => r,
+                        Err(_) => {
+                            // Answer what is queued (and whatever races in) so no client hangs.
+                            let link = &inner.shards[id];
+                            link.dead.store(true, Ordering::SeqCst);
+                            for _ in 0..3 {
+                                while let Some(r) = link.queue.pop() {
+                                    r.reply.post(r.id, Err(Error::Closed));
+                                }
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                            Err(Error::Config(format!("shard {id} thread panicked")))
+                        }
+                    }
                 })
                 .map_err(|e| Error::Config(format!("spawn: {e}")))?;
             threads.push(t);
@@ -425,6 +444,7 @@ impl Db {
                 queue,
                 bell,
                 depth: AtomicU64::new(0),
+                dead: AtomicBool::new(false),
             })
             .collect();
         let inner = Arc::new(Inner {
@@ -616,7 +636,14 @@ fn handle<D: BlockDevice>(
             st.durable_waiters = waiting.len() as u64;
             reply.post(id, Ok(Reply::Stats(Box::new(st))))
         }
-        Op::Run(f) => reply.post(id, Ok(Reply::Any(f(shard)))),
+        Op::Run(f) => {
+            // A panicking closure fails its call, not the shard.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(shard)));
+            let a = r
+                .map(Reply::Any)
+                .map_err(|_| Error::Config("closure panicked on the shard".into()));
+            reply.post(id, a)
+        }
     }
 }
 
@@ -674,6 +701,9 @@ impl DbHandle {
             .shards
             .get(shard)
             .ok_or(Error::Config("no such shard".into()))?;
+        if link.dead.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
         let mut req = Request {
             op,
             id,

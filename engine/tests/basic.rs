@@ -232,6 +232,8 @@ fn db_roundtrip(opts: Options) {
         .run_on(shard, |ctx| ctx.get(b"k001").map(|v| v.map(|x| x.0)))
         .expect("run_on");
     assert_eq!(local.expect("get"), Some(b"v1".to_vec()));
+    let boom = db.run_on(shard, |_ctx| -> u32 { panic!("closure bug") });
+    assert!(boom.is_err());
     let stats = h.stats().expect("stats");
     assert_eq!(stats.iter().map(|s| s.keys).sum::<u64>(), 302);
     db.close().expect("close");
