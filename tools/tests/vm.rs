@@ -5,6 +5,7 @@
 //! | --- | --- | --- |
 //! | K | 0000:00:10.0 | serial NVKV-TOOLS-K, on the kernel nvme driver at boot; ns 1: 16 MiB file, 4 KiB LBAs; ns 2: 32 MiB file, 512 B LBAs (swap and a minix file system go there: minix needs 1 KiB blocks) |
 //! | V | 0000:00:11.0 | serial NVKV-TOOLS-V, on vfio-pci at boot; ns 1: 16 MiB null-co, 4 KiB LBAs |
+//! | D | 0000:00:12.0 | serial NVKV-TOOLS-D, on vfio-pci at boot; ns 1: 64 MiB file, 4 KiB LBAs (the `nvkv` shell's database) |
 //!
 //! The tests run in order and each leaves K on the kernel driver and V on vfio-pci.
 
@@ -21,6 +22,7 @@ type R = Result<(), Box<dyn StdError>>;
 
 const K: &str = "0000:00:10.0";
 const V: &str = "0000:00:11.0";
+const D: &str = "0000:00:12.0";
 
 macro_rules! check {
     ($cond:expr, $($fmt:tt)+) => {
@@ -80,6 +82,10 @@ fn main() {
             name: "hugepages_reserved_and_mounted",
             run: hugepages_reserved_and_mounted,
         },
+        GuestTest {
+            name: "kv_shell_round_trip_on_nvme",
+            run: kv_shell_round_trip_on_nvme,
+        },
     ];
     suite::main(&tests, || {
         let dir = std::env::temp_dir().join(format!("nvkv-tools-vm-{}", std::process::id()));
@@ -93,8 +99,16 @@ fn main() {
             .controller(
                 NvmeController::new("NVKV-TOOLS-V").namespace(NvmeNamespace::null(16 << 20, 4096)),
             )
+            .controller(
+                NvmeController::new("NVKV-TOOLS-D").namespace(NvmeNamespace::file(
+                    dir.join("d1.img"),
+                    64 << 20,
+                    4096,
+                )),
+            )
             .binary(env!("CARGO_BIN_EXE_nvkv-setup"), "nvkv-setup")
             .binary(env!("CARGO_BIN_EXE_nvkv-identify"), "nvkv-identify")
+            .binary(env!("CARGO_BIN_EXE_nvkv"), "nvkv")
             .binary("/usr/sbin/nvme", "nvme")
             .file(MINIX_KO, kernel_module("minix"))
             .file(MD_KO, kernel_module("md-mod"))
@@ -770,5 +784,81 @@ fn hugepages_reserved_and_mounted() -> R {
     check!(out.contains("already on /dev/hugepages"), "{out}");
     let out = run_ok("nvkv-setup", &["check"])?;
     check!(out.contains("[ok  ] hugepages"), "{out}");
+    Ok(())
+}
+
+/// The `nvkv` shell on nvkv's driver: format, put, get, scan, delete, stats, check, each a separate process
+/// (so every command reopens and recovers the database from the device); refusals have their exit codes.
+fn kv_shell_round_trip_on_nvme() -> R {
+    let kv = |args: &[&str]| {
+        let mut a = vec!["--nvme", D, "--shards", "2"];
+        a.extend_from_slice(args);
+        run("nvkv", &a)
+    };
+    let out = kv(&["format", "--force"])?;
+    check!(
+        out.ok && out.stdout.contains("formatted"),
+        "format: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    for (k, v) in [("alpha", "1"), ("beta", "two"), ("gamma", "3 3 3")] {
+        let o = kv(&["put", k, v])?;
+        check!(o.ok, "put {k}: {}", o.stderr);
+    }
+    let o = kv(&["get", "beta"])?;
+    check!(
+        o.ok && o.stdout == "two\n",
+        "get beta: {:?} {}",
+        o.stdout,
+        o.stderr
+    );
+    let o = kv(&["scan"])?;
+    check!(
+        o.stdout == "alpha\t1\nbeta\ttwo\ngamma\t3 3 3\n",
+        "scan: {:?}",
+        o.stdout
+    );
+    let o = kv(&["scan", "b", "c"])?;
+    check!(o.stdout == "beta\ttwo\n", "bounded scan: {:?}", o.stdout);
+    check!(kv(&["delete", "alpha"])?.ok, "delete alpha failed");
+    let o = kv(&["get", "alpha"])?;
+    check!(
+        !o.ok && o.stderr.contains("not found"),
+        "get after delete: {:?} {}",
+        o.stdout,
+        o.stderr
+    );
+    let o = kv(&["stats"])?;
+    check!(
+        o.ok && o.stdout.lines().filter(|l| l.starts_with("shard ")).count() == 2,
+        "stats: {}",
+        o.stdout
+    );
+    let o = kv(&["check"])?;
+    check!(
+        o.ok && o.stdout.contains("2 records verified, 0 bad"),
+        "check: {}{}",
+        o.stdout,
+        o.stderr
+    );
+    let o = kv(&["format"])?;
+    check!(
+        !o.ok && o.stderr.contains("--force") && o.stderr.contains("2 keys"),
+        "format over data: {}",
+        o.stderr
+    );
+    let o = run("nvkv", &["--nvme", "0000:00:1e.0", "get", "x"])?;
+    check!(
+        !o.ok && o.stderr.contains("0000:00:1e.0"),
+        "bad address: {}",
+        o.stderr
+    );
+    let o = run("nvkv", &["--nvme", K, "get", "x"])?;
+    check!(
+        !o.ok && o.stderr.contains("vfio-pci"),
+        "kernel-bound controller: {}",
+        o.stderr
+    );
     Ok(())
 }

@@ -1,0 +1,280 @@
+//! `nvkv`: a shell over the nvkv engine, on nvkv's own NVMe driver (`--nvme ADDR`) or on a file or block
+//! device (`--file PATH`).
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use nvkv::bdev::{BlockDevice, DeviceFactory, FileDisk, NvmeFactory};
+use nvkv::{Db, Options};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "The nvkv key-value shell: format, put, get, delete, scan, stats, check"
+)]
+struct Cli {
+    /// PCI address of an NVMe controller bound to vfio-pci (see `nvkv-setup bind`).
+    #[arg(long, conflicts_with = "file")]
+    nvme: Option<String>,
+    /// Namespace on the controller.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// A file or block device to hold the database instead.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Size to give a new file (e.g. 256M, 4G).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Shards (fixed when the database is formatted).
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Zero the whole device and create an empty database on it.
+    Format {
+        /// Format even when the device holds a database.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Store VALUE under KEY (durable when the command returns).
+    Put { key: String, value: String },
+    /// Print the value of KEY (exit status 1 when absent).
+    Get { key: String },
+    /// Delete KEY.
+    Delete { key: String },
+    /// Print keys and values in order from START (inclusive) to END (exclusive).
+    Scan {
+        #[arg(default_value = "")]
+        start: String,
+        end: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Per-shard statistics.
+    Stats,
+    /// Recover, then read back and verify every record; report what recovery found and dropped.
+    Check,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, m) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    n.parse::<u64>()
+        .map(|v| v * m)
+        .map_err(|e| format!("bad size {s:?}: {e}"))
+}
+
+/// The device the database lives on.
+enum Device {
+    Nvme(Arc<NvmeFactory>),
+    File(Arc<FileDisk>),
+}
+
+impl Cli {
+    fn device(&self) -> Result<Device> {
+        match (&self.nvme, &self.file) {
+            (Some(addr), None) => Ok(Device::Nvme(Arc::new(
+                NvmeFactory::open(addr, self.nsid).map_err(|e| anyhow!("{e}"))?,
+            ))),
+            (None, Some(path)) => Ok(Device::File(Arc::new(
+                FileDisk::open(path, self.size)
+                    .with_context(|| format!("opening {}", path.display()))?,
+            ))),
+            _ => bail!("say where the database is: --nvme PCI_ADDR or --file PATH"),
+        }
+    }
+
+    fn options(&self, create: bool) -> Options {
+        let mut o = Options::file("/dev/null", None);
+        o.shards = self.shards.max(1);
+        o.create = create;
+        o
+    }
+}
+
+fn open(dev: &Device, opts: Options) -> Result<Db> {
+    let r = match dev {
+        Device::Nvme(f) => Db::open_with(opts, f.clone()),
+        Device::File(f) => Db::open_with(opts, f.clone()),
+    };
+    r.map_err(|e| anyhow!("opening the database: {e}"))
+}
+
+/// Zeroes every block with Write Zeroes, in pieces, waiting for each.
+fn zero_device<F: DeviceFactory>(f: &F) -> Result<u64> {
+    let mut d = f.open(0).map_err(|e| anyhow!("opening the device: {e}"))?;
+    let total = d.num_blocks();
+    let mut lba = 0u64;
+    while lba < total {
+        let n = (total - lba).min(1 << 20) as u32;
+        d.submit_write_zeroes(lba, n, lba)
+            .map_err(|_| anyhow!("write zeroes at block {lba} refused"))?;
+        let mut done = None;
+        while done.is_none() {
+            d.poll(1, |c| done = Some(c.result));
+        }
+        if let Some(Err(e)) = done {
+            bail!("write zeroes at block {lba}: {e}");
+        }
+        lba += n as u64;
+    }
+    Ok(total)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("nvkv: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let dev = cli.device()?;
+    match &cli.cmd {
+        Cmd::Format { force } => {
+            if !force {
+                if let Ok(db) = open(&dev, cli.options(false)) {
+                    let keys: u64 = db.recovery_reports().iter().map(|r| r.keys).sum();
+                    db.close().map_err(|e| anyhow!("{e}"))?;
+                    bail!("the device holds an nvkv database with {keys} keys: add --force to erase it");
+                }
+            }
+            let blocks = match &dev {
+                Device::Nvme(f) => zero_device(f.as_ref())?,
+                Device::File(f) => zero_device(f.as_ref())?,
+            };
+            let db = open(&dev, cli.options(true))?;
+            db.close().map_err(|e| anyhow!("{e}"))?;
+            println!(
+                "formatted: {blocks} blocks zeroed, {} shard(s)",
+                cli.shards.max(1)
+            );
+        }
+        Cmd::Put { key, value } => {
+            let db = open(&dev, cli.options(false))?;
+            db.handle()
+                .put_opts(
+                    key.as_bytes(),
+                    value.as_bytes(),
+                    nvkv::WriteOpts {
+                        ts: None,
+                        durable: true,
+                    },
+                )
+                .map_err(|e| anyhow!("put: {e}"))?;
+            db.close().map_err(|e| anyhow!("{e}"))?;
+        }
+        Cmd::Get { key } => {
+            let db = open(&dev, cli.options(false))?;
+            let v = db.get(key.as_bytes()).map_err(|e| anyhow!("get: {e}"))?;
+            db.close().map_err(|e| anyhow!("{e}"))?;
+            match v {
+                Some(v) => println!("{}", String::from_utf8_lossy(&v)),
+                None => {
+                    eprintln!("nvkv: {key:?} not found");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Cmd::Delete { key } => {
+            let db = open(&dev, cli.options(false))?;
+            let r = db
+                .handle()
+                .delete_opts(
+                    key.as_bytes(),
+                    nvkv::WriteOpts {
+                        ts: None,
+                        durable: true,
+                    },
+                )
+                .map_err(|e| anyhow!("delete: {e}"))?;
+            db.close().map_err(|e| anyhow!("{e}"))?;
+            if !r.applied {
+                eprintln!("nvkv: {key:?} not found");
+                std::process::exit(1);
+            }
+        }
+        Cmd::Scan { start, end, limit } => {
+            let db = open(&dev, cli.options(false))?;
+            let pairs = db
+                .handle()
+                .scan(start.as_bytes(), end.as_deref().map(str::as_bytes), *limit)
+                .map_err(|e| anyhow!("scan: {e}"))?;
+            db.close().map_err(|e| anyhow!("{e}"))?;
+            for (k, v) in pairs {
+                println!(
+                    "{}\t{}",
+                    String::from_utf8_lossy(&k),
+                    String::from_utf8_lossy(&v)
+                );
+            }
+        }
+        Cmd::Stats => {
+            let db = open(&dev, cli.options(false))?;
+            let stats = db.handle().stats().map_err(|e| anyhow!("stats: {e}"))?;
+            db.close().map_err(|e| anyhow!("{e}"))?;
+            for s in stats {
+                println!(
+                    "shard {}: {} keys, {} live bytes, {} dead bytes, {} free blocks in {} extents, {} segments",
+                    s.shard, s.keys, s.live_bytes, s.dead_bytes, s.free_blocks, s.free_extents, s.segments
+                );
+            }
+        }
+        Cmd::Check => {
+            let db = open(&dev, cli.options(false))?;
+            let mut problems = 0;
+            for r in db.recovery_reports() {
+                println!(
+                    "shard {}: superblock seq {}, checkpoint {} ({} keys), {} segments / {} records replayed, stopped: {}, {} index entries dropped, {} keys",
+                    r.shard,
+                    r.superblock_seq,
+                    if r.checkpoint_loaded { "loaded" } else { "none" },
+                    r.checkpoint_keys,
+                    r.segments_replayed,
+                    r.records_replayed,
+                    r.replay_stop,
+                    r.entries_dropped,
+                    r.keys
+                );
+                for e in r.superblock_errors.iter().chain(&r.checkpoint_errors) {
+                    println!("shard {}: warning: {e}", r.shard);
+                }
+                problems += r.entries_dropped;
+            }
+            // Reading every value checks its record: header and payload checksums, key, length and version
+            // against the index.
+            let h = db.handle();
+            let all = h
+                .scan(b"", None, usize::MAX)
+                .map_err(|e| anyhow!("scan: {e}"))?;
+            let mut bad = 0u64;
+            for (k, _) in &all {
+                if let Err(e) = h.get(k) {
+                    println!("bad record for key {:?}: {e}", String::from_utf8_lossy(k));
+                    bad += 1;
+                }
+            }
+            let stats = h.stats().map_err(|e| anyhow!("stats: {e}"))?;
+            db.close().map_err(|e| anyhow!("{e}"))?;
+            let free: u64 = stats.iter().map(|s| s.free_blocks).sum();
+            println!(
+                "{} records verified, {bad} bad; {free} free blocks",
+                all.len()
+            );
+            if bad > 0 || problems > 0 {
+                bail!("check found {bad} bad records and {problems} dropped index entries");
+            }
+        }
+    }
+    Ok(())
+}
