@@ -63,11 +63,58 @@ pub fn args(
 }
 
 /// Runs fio and parses its JSON report.
-pub fn run(fio: &Path, args: &[String]) -> Result<FioRun> {
-    let out = std::process::Command::new(fio)
+/// fio is killed if it runs `limit` past its own runtime (a polled passthrough job was seen to hang).
+pub fn run(fio: &Path, args: &[String], limit: std::time::Duration) -> Result<FioRun> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(fio)
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .with_context(|| format!("running {}", fio.display()))?;
+    let mut so = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no fio stdout"))?;
+    let mut se = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow!("no fio stderr"))?;
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(anyhow!(
+                "fio did not finish within {} s and was killed",
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    struct Out {
+        status: std::process::ExitStatus,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    }
+    let out = Out {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    };
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(anyhow!(

@@ -429,7 +429,7 @@ fn run_vm(a: &RunArgs, plan: &Plan) -> Result<(Collect, Conditions)> {
 fn notes(plan: &Plan) -> Vec<String> {
     let mut n =
         vec![format!(
-        "kernel path: nvme.ko with poll_queues=1; IOMMU group type {} for the kernel driver ({})",
+        "kernel path: nvme.ko with poll_queues=2; IOMMU group type {} for the kernel driver ({})",
         if plan.kernel_identity_domain { "identity" } else { "DMA" },
         if plan.kernel_identity_domain { "the fair baseline" } else { "the naive baseline" }
     )];

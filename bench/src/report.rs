@@ -334,6 +334,9 @@ pub fn table(r: &Report) -> String {
     for n in &c.notes {
         t += &format!("note: {n}\n");
     }
+    for (k, v) in r.info.iter().filter(|(k, _)| k.starts_with("failed")) {
+        t += &format!("{k}: {v}\n");
+    }
     t += &kv_table(r);
     t
 }

@@ -184,7 +184,23 @@ pub fn run(plan: &Plan, boot: usize, fio_bin: &Path, sink: &mut dyn Sink) -> Res
                         );
                         let args =
                             fio::args(c, w, &block, &generic, plan.warmup_s, plan.duration_s);
-                        let r = fio::run(fio_bin, &args)?;
+                        let limit = Duration::from_secs_f64(plan.warmup_s + plan.duration_s + 60.0);
+                        // A failed run is reported and skipped; the others still count.
+                        let r = match fio::run(fio_bin, &args, limit) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                let what = format!(
+                                    "boot {boot} round {round} {} {}",
+                                    c.label(),
+                                    w.label()
+                                );
+                                sink.info(
+                                    &format!("failed: {what}"),
+                                    &e.to_string().replace('\n', " "),
+                                );
+                                continue;
+                            }
+                        };
                         sink.measurement(Measurement {
                             contender: c,
                             workload: w.clone(),

@@ -212,7 +212,7 @@ impl Vm {
             env: Vec::new(),
             timeout: Duration::from_secs(1200),
             boot_timeout: Duration::from_secs(120),
-            nvme_params: "poll_queues=1".into(),
+            nvme_params: "poll_queues=2".into(),
             hugepages: 0,
             append: String::new(),
             echo: std::env::var("NVKV_VM_ECHO").is_ok_and(|v| v == "1"),
@@ -282,7 +282,8 @@ impl VmBuilder {
         self.timeout = t;
         self
     }
-    /// Parameters for the kernel `nvme` module (default `poll_queues=1`, see QEMU.md trap 1).
+    /// Parameters for the kernel `nvme` module (default `poll_queues=2`: one per vCPU, so two polled fio jobs do
+    /// not share one; see QEMU.md trap 1).
     pub fn nvme_params(mut self, p: &str) -> Self {
         self.nvme_params = p.into();
         self
