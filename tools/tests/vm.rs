@@ -282,10 +282,12 @@ fn restore_k() {
 fn list_shows_controllers_drivers_and_namespaces() -> R {
     let l = list()?;
     check!(
-        l.len() == 2,
-        "expected 2 controllers, got {}: {l:?}",
+        l.len() == 3,
+        "expected 3 controllers (K, V, D), got {}: {l:?}",
         l.len()
     );
+    let d = entry(&l, D)?;
+    check!(d["driver"] == "vfio-pci", "D driver: {}", d["driver"]);
     let k = entry(&l, K)?;
     check!(k["driver"] == "nvme", "K driver: {}", k["driver"]);
     check!(k["vendor"] == 0x1b36 && k["device"] == 0x0010, "K id: {k}");
