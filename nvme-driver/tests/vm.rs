@@ -750,7 +750,7 @@ fn shadow_doorbells_on_and_off() -> R {
 }
 
 fn controller_reset_mid_run() -> R {
-    let c = Controller::open(C_FAULT)?;
+    let c = Controller::open(C_512)?;
     let ns = c.namespace(1)?;
     let worker = {
         let c = c.clone();
