@@ -323,14 +323,7 @@ impl BlockDevice for FileBdev {
     }
 
     fn poll(&mut self, max: usize, mut f: impl FnMut(Completion<AlignedBuf>)) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Some(c) = self.done.pop_front() else {
-                break;
-            };
-            f(c);
-            n += 1;
-        }
+        let mut n = super::drain_completed(&mut self.done, max, &mut f);
         if let Some(ring) = &mut self.ring {
             n += ring.poll(max - n, &mut f);
         }

@@ -301,16 +301,8 @@ impl BlockDevice for MemBdev {
         Ok(())
     }
 
-    fn poll(&mut self, max: usize, mut f: impl FnMut(Completion<AlignedBuf>)) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Some(c) = self.done.pop_front() else {
-                break;
-            };
-            f(c);
-            n += 1;
-        }
-        n
+    fn poll(&mut self, max: usize, f: impl FnMut(Completion<AlignedBuf>)) -> usize {
+        super::drain_completed(&mut self.done, max, f)
     }
 }
 

@@ -144,3 +144,20 @@ pub(crate) fn check_range(
     }
     Ok(())
 }
+
+/// Hands up to `max` completions already finished (kept in submission order) to `f`; returns how many.
+pub(crate) fn drain_completed<B>(
+    done: &mut std::collections::VecDeque<Completion<B>>,
+    max: usize,
+    mut f: impl FnMut(Completion<B>),
+) -> usize {
+    let mut n = 0;
+    while n < max {
+        let Some(c) = done.pop_front() else {
+            break;
+        };
+        f(c);
+        n += 1;
+    }
+    n
+}
