@@ -686,6 +686,33 @@ impl Batch {
     }
 }
 
+/// Requests whose answers are taken one at a time without blocking, for callers that run their own
+/// loop (the C API's asynchronous form). Unlike [`Batch`] it has a mailbox of its own rather than the
+/// thread's, so it can stay open while the same thread makes synchronous calls. Answers wake the thread
+/// that created it.
+#[derive(Debug)]
+pub struct Pipeline {
+    handle: DbHandle,
+    inbox: Inbox,
+}
+
+impl Pipeline {
+    /// Queues `op` for shard `shard`; its answer comes back tagged with `id`.
+    pub fn submit(&self, shard: usize, op: Op, id: u64) -> Result<(), Error> {
+        self.handle.send(shard, op, id, &self.inbox)
+    }
+
+    /// Queues an operation on `key`, routed to its shard.
+    pub fn submit_key(&self, key: &[u8], op: Op, id: u64) -> Result<(), Error> {
+        self.submit(shard_of(key, self.handle.shards()), op, id)
+    }
+
+    /// Takes one answer (its id and result) if one has arrived.
+    pub fn try_next(&self) -> Option<(u64, Result<Reply, Error>)> {
+        self.inbox.try_recv()
+    }
+}
+
 impl DbHandle {
     /// Number of shards.
     pub fn shards(&self) -> usize {
@@ -737,6 +764,14 @@ impl DbHandle {
             handle: self.clone(),
             inbox: inbox(),
             sent: 0,
+        }
+    }
+
+    /// Starts a pipeline (answers taken without blocking; see [`Pipeline`]).
+    pub fn pipeline(&self) -> Pipeline {
+        Pipeline {
+            handle: self.clone(),
+            inbox: Arc::new(Mailbox::new()),
         }
     }
 
