@@ -1,0 +1,303 @@
+//! The safe half of the C ABI: what each entry point does once its pointers have become slices and
+//! values. No `unsafe` here.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use engine::api::{Op, Pipeline, Reply};
+use engine::bdev::{MemDisk, NvmeFactory};
+use engine::{Db, DbHandle, Meta, Options, ShardStats, WriteOpts, WriteResult};
+
+use crate::abi::Callback;
+use crate::error::CapiError;
+
+/// Where the database lives.
+#[derive(Debug)]
+pub enum BackendSpec {
+    /// A RAM disk of `size` bytes (gone at close).
+    Memory {
+        /// Bytes.
+        size: u64,
+        /// Block size.
+        block_size: u32,
+    },
+    /// A file or block device.
+    File {
+        /// Path.
+        path: PathBuf,
+        /// Size to extend a regular file to.
+        size: Option<u64>,
+    },
+    /// A controller bound to vfio-pci, through nvkv's driver.
+    Nvme {
+        /// PCI address.
+        addr: String,
+        /// Namespace.
+        nsid: u32,
+    },
+}
+
+/// An open database: the handle every call uses, and the `Db` that `nvkv_close` takes to close it.
+#[derive(Debug)]
+pub struct DbObj {
+    /// Clones of it stay usable (they fail with `Closed`) after the database is closed.
+    pub handle: DbHandle,
+    db: Mutex<Option<Db>>,
+}
+
+/// Opens the database; `tune` sets the options beyond the backend.
+pub fn open(spec: BackendSpec, tune: impl FnOnce(&mut Options)) -> Result<DbObj, CapiError> {
+    let db = match spec {
+        BackendSpec::Memory { size, block_size } => {
+            if block_size < 512 || !block_size.is_power_of_two() {
+                return Err(CapiError::Invalid(format!(
+                    "block size {block_size} (a power of two >= 512)"
+                )));
+            }
+            let blocks = size / u64::from(block_size);
+            if blocks == 0 {
+                return Err(CapiError::Invalid(
+                    "memory backend needs a size of at least one block".into(),
+                ));
+            }
+            let mut o = Options::memory(MemDisk::new(block_size, blocks));
+            tune(&mut o);
+            Db::open(o)?
+        }
+        BackendSpec::File { path, size } => {
+            let mut o = Options::file(path, size);
+            tune(&mut o);
+            Db::open(o)?
+        }
+        BackendSpec::Nvme { addr, nsid } => {
+            let factory = NvmeFactory::open(&addr, nsid).map_err(|e| CapiError::Device {
+                addr: addr.clone(),
+                why: e.to_string(),
+            })?;
+            // The backend field is not read by open_with: the factory is the device.
+            let mut o = Options::file(format!("nvme:{addr}"), None);
+            tune(&mut o);
+            Db::open_with(o, Arc::new(factory))?
+        }
+    };
+    Ok(DbObj {
+        handle: db.handle(),
+        db: Mutex::new(Some(db)),
+    })
+}
+
+impl DbObj {
+    /// Persists, checkpoints and stops the shards. Other threads' calls in flight end with `Closed`.
+    pub fn close(&self) -> Result<(), CapiError> {
+        let db = self.db.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match db {
+            Some(db) => {
+                db.close()?;
+                Ok(())
+            }
+            None => Err(CapiError::Closed("database")),
+        }
+    }
+}
+
+/// One request on `key`'s shard, waited for.
+fn call(h: &DbHandle, key: &[u8], op: Op) -> Result<Reply, CapiError> {
+    let mut b = h.batch();
+    b.submit_key(key, op)?;
+    Ok(b.wait().pop().unwrap_or(Err(engine::Error::Closed))?)
+}
+
+fn unexpected(r: &Reply) -> CapiError {
+    CapiError::Panic(format!("unexpected engine reply {r:?}"))
+}
+
+/// The value and its metadata.
+pub fn get(h: &DbHandle, key: &[u8]) -> Result<(Vec<u8>, Meta), CapiError> {
+    match call(h, key, Op::Get(key.to_vec()))? {
+        Reply::Value(Some(v)) => Ok(v),
+        Reply::Value(None) => Err(CapiError::NotFound),
+        r => Err(unexpected(&r)),
+    }
+}
+
+fn write(h: &DbHandle, key: &[u8], op: Op) -> Result<WriteResult, CapiError> {
+    match call(h, key, op)? {
+        Reply::Write(w) => Ok(w),
+        r => Err(unexpected(&r)),
+    }
+}
+
+/// Stores a value.
+pub fn put(h: &DbHandle, key: &[u8], value: &[u8], o: WriteOpts) -> Result<WriteResult, CapiError> {
+    write(h, key, Op::Put(key.to_vec(), value.to_vec(), o))
+}
+
+/// Deletes a key.
+pub fn delete(h: &DbHandle, key: &[u8], o: WriteOpts) -> Result<WriteResult, CapiError> {
+    write(h, key, Op::Delete(key.to_vec(), o))
+}
+
+/// Compare-and-swap (`new` None deletes).
+pub fn cas(
+    h: &DbHandle,
+    key: &[u8],
+    expected: Option<u64>,
+    new: Option<&[u8]>,
+    o: WriteOpts,
+) -> Result<WriteResult, CapiError> {
+    write(
+        h,
+        key,
+        Op::Cas(key.to_vec(), expected, new.map(<[u8]>::to_vec), o),
+    )
+}
+
+/// Increment; the new value.
+pub fn incr(h: &DbHandle, key: &[u8], delta: i64, o: WriteOpts) -> Result<i64, CapiError> {
+    match call(h, key, Op::Incr(key.to_vec(), delta, o))? {
+        Reply::Incr(n, _) => Ok(n),
+        r => Err(unexpected(&r)),
+    }
+}
+
+/// Every shard's statistics.
+pub fn stats(h: &DbHandle) -> Result<Vec<ShardStats>, CapiError> {
+    Ok(h.stats()?)
+}
+
+/// The sum over shards (`shard` holds the number of shards).
+pub fn total(all: &[ShardStats]) -> ShardStats {
+    let mut t = ShardStats {
+        shard: all.len() as u32,
+        ..ShardStats::default()
+    };
+    for s in all {
+        t.keys += s.keys;
+        t.live_bytes += s.live_bytes;
+        t.dead_bytes += s.dead_bytes;
+        t.free_blocks += s.free_blocks;
+        t.free_extents += s.free_extents;
+        t.segments += s.segments;
+        t.cycles += s.cycles;
+        t.checkpoints += s.checkpoints;
+        t.checkpoints_skipped += s.checkpoints_skipped;
+        t.gc_segments += s.gc_segments;
+        t.gc_bytes_moved += s.gc_bytes_moved;
+        t.buffer_bytes_saved += s.buffer_bytes_saved;
+        t.queue_depth += s.queue_depth;
+        t.durable_waiters += s.durable_waiters;
+    }
+    t
+}
+
+/// Pairs fetched per scan request: bounds the memory of an iterator over a large range.
+const PAGE: usize = 256;
+
+/// A scan in pages: each page is one ordered scan starting just after the last key seen, so the iterator
+/// holds at most a page of pairs. Not a snapshot: a key written during the iteration may or may not appear.
+#[derive(Debug)]
+pub struct IterState {
+    db: DbHandle,
+    /// Where the next page starts (None: no more pages).
+    next: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    /// Pairs the caller still wants.
+    left: usize,
+    page: VecDeque<(Vec<u8>, Vec<u8>)>,
+    /// The pair the last `advance` returned; the caller's pointers point into it.
+    pub cur: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl IterState {
+    /// An iterator over `start <= key < end`, at most `limit` pairs.
+    pub fn new(db: DbHandle, start: &[u8], end: Option<&[u8]>, limit: usize) -> Self {
+        IterState {
+            db,
+            next: Some(start.to_vec()),
+            end: end.map(<[u8]>::to_vec),
+            left: limit,
+            page: VecDeque::new(),
+            cur: None,
+        }
+    }
+
+    /// Moves to the next pair (into `cur`), or fails with `End`.
+    pub fn advance(&mut self) -> Result<(), CapiError> {
+        self.cur = None;
+        if self.left == 0 {
+            return Err(CapiError::End);
+        }
+        if self.page.is_empty() {
+            let Some(start) = self.next.take() else {
+                return Err(CapiError::End);
+            };
+            let want = self.left.min(PAGE);
+            let got = self.db.scan(&start, self.end.as_deref(), want)?;
+            if got.len() == want {
+                // The smallest key after the last one: the last key with a zero byte appended.
+                if let Some((k, _)) = got.last() {
+                    let mut n = k.clone();
+                    n.push(0);
+                    self.next = Some(n);
+                }
+            }
+            self.page = got.into();
+        }
+        let pair = self.page.pop_front().ok_or(CapiError::End)?;
+        self.left -= 1;
+        self.cur = Some(pair);
+        Ok(())
+    }
+}
+
+/// An asynchronous context: a pipeline and the callbacks of the requests in flight.
+#[derive(Debug)]
+pub struct AsyncState {
+    pipe: Pipeline,
+    next_id: u64,
+    pending: HashMap<u64, Callback>,
+}
+
+/// A finished asynchronous request.
+pub type Done = (u64, Callback, Result<Reply, engine::Error>);
+
+impl AsyncState {
+    /// A context on `db`.
+    pub fn new(db: &DbHandle) -> Self {
+        AsyncState {
+            pipe: db.pipeline(),
+            next_id: 1,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Queues `op` on `key`'s shard; its id.
+    pub fn submit(&mut self, key: &[u8], op: Op, cb: Callback) -> Result<u64, CapiError> {
+        let id = self.next_id;
+        self.pipe.submit_key(key, op, id)?;
+        self.next_id += 1;
+        self.pending.insert(id, cb);
+        Ok(id)
+    }
+
+    /// Requests in flight.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Up to `max` finished requests, with their callbacks.
+    pub fn take(&mut self, max: usize) -> Vec<Done> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some((id, r)) = self.pipe.try_next() else {
+                break;
+            };
+            // Ids are ours and unique; an unknown one would be an engine bug and is dropped.
+            if let Some(cb) = self.pending.remove(&id) {
+                out.push((id, cb, r));
+            }
+        }
+        out
+    }
+}
