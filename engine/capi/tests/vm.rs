@@ -1,0 +1,2 @@
+//! Placeholder until the VM test of the C programs lands.
+fn main() {}
