@@ -387,8 +387,8 @@ enum nvkv_result nvkv_shard_count(const struct nvkv_db *db,
                                   size_t *count);
 
 // Statistics summed over all shards (`total->shard` is the number of shards).
-enum nvkv_result nvkv_stats(const struct nvkv_db *db,
-                            struct nvkv_stats *total);
+enum nvkv_result nvkv_db_stats(const struct nvkv_db *db,
+                               struct nvkv_stats *total);
 
 // Statistics of shard `shard` (< `nvkv_shard_count`).
 enum nvkv_result nvkv_shard_stats(const struct nvkv_db *db,

@@ -901,7 +901,7 @@ pub unsafe extern "C" fn nvkv_shard_count(db: *const nvkv_db, count: *mut usize)
 
 /// Statistics summed over all shards (`total->shard` is the number of shards).
 #[no_mangle]
-pub unsafe extern "C" fn nvkv_stats(db: *const nvkv_db, total: *mut nvkv_stats) -> nvkv_result {
+pub unsafe extern "C" fn nvkv_db_stats(db: *const nvkv_db, total: *mut nvkv_stats) -> nvkv_result {
     guard(|| {
         let d = self::db(db)?;
         let p = out(total, "total")?;

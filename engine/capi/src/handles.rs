@@ -47,7 +47,9 @@ fn token(idx: usize, gen: usize) -> usize {
 fn split(token: usize) -> Option<(usize, usize)> {
     let i = token & IDX_MASK;
     // Index 0 is never handed out, so small integers and NULL-ish values are rejected.
-    (i != 0).then(|| (i - 1, token >> IDX_BITS))
+    // Generation 0 is never handed out either (see `remove`), so 1, 2, ... are foreign values too.
+    let gen = token >> IDX_BITS;
+    (i != 0 && gen != 0).then(|| (i - 1, gen))
 }
 
 // No code panics while holding the lock, but a poisoned lock must not turn every later call into a panic.
@@ -106,7 +108,10 @@ pub fn remove(handle: usize, kind: &'static str) -> Result<Object, CapiError> {
         });
     }
     let obj = slot.obj.take().ok_or(CapiError::Closed(kind))?;
-    slot.gen = slot.gen.wrapping_add(1) & GEN_MASK;
+    slot.gen = match slot.gen.wrapping_add(1) & GEN_MASK {
+        0 => 1,
+        g => g,
+    };
     t.free.push(idx);
     Ok(obj)
 }
@@ -144,5 +149,6 @@ mod tests {
         assert_eq!(split(token(5, 7)), Some((5, 7)));
         assert_eq!(split(0), None);
         assert_eq!(split(1 << IDX_BITS), None);
+        assert_eq!(split(1), None, "generation 0 is never issued");
     }
 }
