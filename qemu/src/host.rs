@@ -15,6 +15,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     // The key-value peer of the bench (db_bench) and the ext4 it runs on in the guest.
     ("rocksdb-tools", "/usr/bin/db_bench"),
     ("e2fsprogs", "/usr/sbin/mke2fs"),
+    // The C API's tests compile C programs against libnvkv with cc and pkg-config.
+    ("gcc", "/usr/bin/gcc"),
+    ("pkg-config", "/usr/bin/pkg-config"),
 ];
 
 /// VFIO modules, in load order (from `../shared/QEMU.md`).
