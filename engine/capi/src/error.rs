@@ -221,4 +221,17 @@ mod tests {
         assert_eq!(strerror(-1), b"unknown result code\0");
         assert_eq!(strerror(NVKV_PANIC as i32 + 1), b"unknown result code\0");
     }
+
+    #[test]
+    fn guard_turns_panics_and_errors_into_codes() {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let r = guard(|| panic!("boom"));
+        std::panic::set_hook(prev);
+        assert_eq!(r, NVKV_PANIC);
+        let msg = LAST.with(|l| l.borrow().to_string_lossy().into_owned());
+        assert!(msg.contains("boom"), "{msg}");
+        assert_eq!(guard(|| Err(CapiError::Null("key"))), NVKV_NULL_POINTER);
+        assert_eq!(guard(|| Ok(())), NVKV_OK);
+    }
 }
