@@ -166,6 +166,14 @@ fn one_thread(
         ));
     }
     let cq = (4 * sq).min(mqes).max(sq);
+    // The buffers stay here (SPDK's model: the driver borrows them per I/O) and are declared before the
+    // queue pair so that they outlive it on every path out of this function.
+    let mut bufs: Vec<DmaBuf> = Vec::with_capacity(w.qd);
+    for _ in 0..w.qd {
+        let mut b = ctrl.alloc(w.bs)?;
+        b.fill(0x5a);
+        bufs.push(b);
+    }
     let mut qp = ctrl
         .queue_pair_with(QueueConfig {
             sq_entries: sq as u16,
@@ -175,12 +183,6 @@ fn one_thread(
         .context("creating the benchmark queue pair")?;
     let blocks_per_io = (w.bs as u64 / ns.lba_size as u64).max(1);
     let span = ns.blocks - blocks_per_io;
-    let mut bufs: Vec<Option<DmaBuf>> = Vec::with_capacity(w.qd);
-    for _ in 0..w.qd {
-        let mut b = ctrl.alloc(w.bs)?;
-        b.fill(0x5a);
-        bufs.push(Some(b));
-    }
     let mut free: Vec<usize> = (0..w.qd).collect();
     let mut started = vec![Instant::now(); w.qd];
     let mut hist =
@@ -210,15 +212,17 @@ fn one_thread(
                     seq = (seq + blocks_per_io) % span;
                     seq
                 };
-                let buf = bufs[slot].take().ok_or_else(|| anyhow!("buffer missing"))?;
                 started[slot] = now;
-                let r = if w.rw.is_write() {
-                    qp.write(ns, lba, buf, 0..w.bs, slot as u64)
-                } else {
-                    qp.read(ns, lba, buf, 0..w.bs, slot as u64)
+                // SAFETY: buffer `slot` is not touched again until the completion tagged `slot` comes back,
+                // and `bufs` outlives the queue pair (declared before it).
+                let r = unsafe {
+                    if w.rw.is_write() {
+                        qp.write_borrowed(ns, lba, &bufs[slot], 0..w.bs, slot as u64)
+                    } else {
+                        qp.read_borrowed(ns, lba, &bufs[slot], 0..w.bs, slot as u64)
+                    }
                 };
-                if let Err(e) = r {
-                    bufs[slot] = e.buf;
+                if r.is_err() {
                     free.push(slot);
                     break;
                 }
@@ -237,7 +241,6 @@ fn one_thread(
                 let _ = interval.record(ns.max(1));
                 ios += 1;
             }
-            bufs[slot] = c.buf;
             free.push(slot);
         });
         if let Some(e) = failed {

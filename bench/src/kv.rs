@@ -26,6 +26,10 @@ pub struct KvMeasurement {
     pub ops: u64,
     pub seconds: f64,
     pub ops_per_s: f64,
+    /// Bytes per second of user data (keys and values) for write-throughput workloads; of the device's
+    /// data for raw device runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mb_per_s: Option<f64>,
     pub latency: Latency,
     pub boot: usize,
     pub round: usize,
@@ -123,6 +127,9 @@ pub enum Workload {
     Mix { read_percent: u32 },
     /// One client, each put acknowledged only once durable (RocksDB `--sync=1`).
     DurablePut,
+    /// Durable-write throughput: one client keeps [`DURABLE_WINDOW`] durable puts in flight (a batch through
+    /// the handle, answered when the persistence cycle covering it completes: group commit).
+    DurableThroughput,
     /// YCSB core workload A–F.
     Ycsb { which: char, dist: Dist },
 }
@@ -134,6 +141,7 @@ impl Workload {
             Workload::ReadRandom => "readrandom".into(),
             Workload::Mix { read_percent } => format!("mix{read_percent}"),
             Workload::DurablePut => "durable_put".into(),
+            Workload::DurableThroughput => "durable_throughput".into(),
             Workload::Ycsb { which, dist } => {
                 format!(
                     "ycsb-{}-{}",
@@ -275,7 +283,50 @@ pub fn nvkv_run(h: &DbHandle, w: Workload, s: &KvSpec) -> Result<(u64, f64, Hist
             Ok(())
         }),
         Workload::Ycsb { which, dist } => ycsb(h, which, dist, s),
+        Workload::DurableThroughput => durable_throughput(h, s, limit),
     }
+}
+
+/// Durable puts in flight per batch in [`Workload::DurableThroughput`].
+pub const DURABLE_WINDOW: u64 = 64;
+
+/// Batches of [`DURABLE_WINDOW`] durable puts of new keys until `limit`; every put's latency is its
+/// batch's (the batch is answered as a whole).
+fn durable_throughput(
+    h: &DbHandle,
+    s: &KvSpec,
+    limit: Duration,
+) -> Result<(u64, f64, Histogram<u64>)> {
+    let mut hist = hist()?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < limit {
+        let mut b = h.batch();
+        let t0 = Instant::now();
+        for j in 0..DURABLE_WINDOW {
+            // Keys past the loaded range (and past durable_put's): fresh inserts.
+            let k = 2 * s.keys + 1_000_000_000 + n + j;
+            let key = key(k, s.key_size);
+            b.submit_key(
+                &key.clone(),
+                nvkv::api::Op::Put(
+                    key,
+                    value(k, s.value_size),
+                    WriteOpts {
+                        ts: None,
+                        durable: true,
+                    },
+                ),
+            )?;
+        }
+        for a in b.wait() {
+            a?;
+        }
+        let ns = (t0.elapsed().as_nanos() as u64).max(1);
+        let _ = hist.record_n(ns, DURABLE_WINDOW);
+        n += DURABLE_WINDOW;
+    }
+    Ok((n, start.elapsed().as_secs_f64(), hist))
 }
 
 /// YCSB core workloads on nvkv: A 50/50 read/update, B 95/5, C read only, D 95 read latest / 5 insert,
@@ -382,6 +433,8 @@ pub fn measurement(
         ops,
         seconds,
         ops_per_s: ops as f64 / seconds.max(1e-9),
+        mb_per_s: (w == Workload::DurableThroughput)
+            .then(|| ops as f64 * (s.key_size + s.value_size) as f64 / seconds.max(1e-9) / 1e6),
         latency: latency_of(&h),
         boot,
         round,
@@ -407,6 +460,9 @@ pub fn db_bench_args(w: Workload, s: &KvSpec, db_dir: &Path, wal: bool) -> Resul
             vec!["--use_existing_db=0".into(), "--sync=1".into()],
         ),
         Workload::Ycsb { .. } => bail!("YCSB runs on nvkv only (db_bench has no YCSB mixes)"),
+        Workload::DurableThroughput => {
+            bail!("durable throughput runs on nvkv only (compared with the raw device)")
+        }
     };
     let mut a = vec![
         format!("--benchmarks={bench}"),
@@ -630,6 +686,7 @@ pub fn rocksdb_tmpfs(bin: &Path, value_size: usize, keys: u64) -> Result<Vec<KvM
                 ops,
                 seconds: ops as f64 / ops_per_s.max(1e-9),
                 ops_per_s,
+                mb_per_s: None,
                 latency,
                 boot: 0,
                 round: 0,

@@ -11,10 +11,31 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
 
+/// How the benchmark hands buffers to the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BufferPath {
+    /// `QueuePair::read`: the buffer moves into the queue pair and comes back in the completion.
+    Owned,
+    /// `QueuePair::read_borrowed`: the caller keeps its buffers (SPDK's model); the tag names the buffer.
+    Borrowed,
+}
+
+impl BufferPath {
+    fn name(self) -> &'static str {
+        match self {
+            BufferPath::Owned => "owned",
+            BufferPath::Borrowed => "borrowed",
+        }
+    }
+}
+
 /// One loopback measurement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoopbackResult {
     pub qd: usize,
+    /// Which submission API the loop used.
+    pub path: BufferPath,
     pub ios: u64,
     /// Wall time per I/O of the whole loop (driver submit + ring + poll, and the loopback's execution).
     pub ns_per_io: f64,
@@ -32,7 +53,7 @@ pub struct LoopbackResult {
 }
 
 /// Runs `ios` 4 KiB reads at queue depth `qd`; returns (seconds, mmio writes, sq doorbells, cq doorbells).
-pub fn measure(qd: usize, ios: u64) -> Result<(f64, u64, u64, u64)> {
+pub fn measure(qd: usize, ios: u64, path: BufferPath) -> Result<(f64, u64, u64, u64)> {
     let mut lb = Loopback::new(1 << 20, 4096, false, 128 << 10).map_err(|e| anyhow!("{e}"))?;
     let ns = lb.namespace();
     let sq = (qd + 1).max(2);
@@ -47,29 +68,65 @@ pub fn measure(qd: usize, ios: u64) -> Result<(f64, u64, u64, u64)> {
             ..QueueConfig::default()
         })
         .map_err(|e| anyhow!("{e}"))?;
-    let mut free: Vec<DmaBuf> = Vec::with_capacity(qd);
+    let mut bufs: Vec<DmaBuf> = Vec::with_capacity(qd);
     for _ in 0..qd {
-        free.push(lb.dma().alloc(4096).map_err(|e| anyhow!("{e}"))?);
+        bufs.push(lb.dma().alloc(4096).map_err(|e| anyhow!("{e}"))?);
     }
     let (mut submitted, mut done) = (0u64, 0u64);
     let start = Instant::now();
-    while done < ios {
-        while submitted < ios {
-            let Some(b) = free.pop() else { break };
-            if let Err(e) = qp.read(&ns, submitted & 0xffff, b, 0..4096, submitted) {
-                free.push(e.buf.ok_or_else(|| anyhow!("buffer lost"))?);
-                break;
+    match path {
+        BufferPath::Owned => {
+            let mut free = bufs;
+            while done < ios {
+                while submitted < ios {
+                    let Some(b) = free.pop() else { break };
+                    if let Err(e) = qp.read(&ns, submitted & 0xffff, b, 0..4096, submitted) {
+                        free.push(e.buf.ok_or_else(|| anyhow!("buffer lost"))?);
+                        break;
+                    }
+                    submitted += 1;
+                }
+                qp.ring();
+                lb.step();
+                qp.poll(usize::MAX, |c| {
+                    if let Some(b) = c.buf {
+                        free.push(b);
+                    }
+                    done += 1;
+                });
             }
-            submitted += 1;
         }
-        qp.ring();
-        lb.step();
-        qp.poll(usize::MAX, |c| {
-            if let Some(b) = c.buf {
-                free.push(b);
+        BufferPath::Borrowed => {
+            // Free buffer indices; a request's tag is its buffer's index.
+            let mut free: Vec<u32> = (0..qd as u32).collect();
+            while done < ios {
+                while submitted < ios {
+                    let Some(&i) = free.last() else { break };
+                    // SAFETY: buffer i is not touched again until its completion comes back (the tag), and
+                    // `bufs` outlives the queue pair's use (the loop drains every request before it ends).
+                    let r = unsafe {
+                        qp.read_borrowed(
+                            &ns,
+                            submitted & 0xffff,
+                            &bufs[i as usize],
+                            0..4096,
+                            i.into(),
+                        )
+                    };
+                    if r.is_err() {
+                        break;
+                    }
+                    free.pop();
+                    submitted += 1;
+                }
+                qp.ring();
+                lb.step();
+                qp.poll(usize::MAX, |c| {
+                    free.push(c.tag as u32);
+                    done += 1;
+                });
             }
-            done += 1;
-        });
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     let s = qp.stats();
@@ -83,10 +140,11 @@ pub fn measure(qd: usize, ios: u64) -> Result<(f64, u64, u64, u64)> {
 }
 
 /// Total instructions and the loopback's inclusive instructions of one run under callgrind.
-fn callgrind(exe: &Path, qd: usize, ios: u64) -> Result<(f64, f64)> {
+fn callgrind(exe: &Path, qd: usize, ios: u64, path: BufferPath) -> Result<(f64, f64)> {
     let out = std::env::temp_dir().join(format!(
-        "nvkv-callgrind-{}-{qd}-{ios}.out",
-        std::process::id()
+        "nvkv-callgrind-{}-{qd}-{ios}-{}.out",
+        std::process::id(),
+        path.name()
     ));
     let status = std::process::Command::new("valgrind")
         .args(["--tool=callgrind", "--quiet"])
@@ -98,6 +156,8 @@ fn callgrind(exe: &Path, qd: usize, ios: u64) -> Result<(f64, f64)> {
             &qd.to_string(),
             "--ios",
             &ios.to_string(),
+            "--path",
+            path.name(),
         ])
         .status()
         .context("running valgrind (install Debian's valgrind)")?;
@@ -127,7 +187,12 @@ fn callgrind(exe: &Path, qd: usize, ios: u64) -> Result<(f64, f64)> {
 }
 
 /// Measures every queue depth; with `instructions`, also under callgrind.
-pub fn run(qds: &[usize], ios: u64, instructions: bool) -> Result<Vec<LoopbackResult>> {
+pub fn run(
+    qds: &[usize],
+    paths: &[BufferPath],
+    ios: u64,
+    instructions: bool,
+) -> Result<Vec<LoopbackResult>> {
     let exe = std::env::current_exe()?;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -138,14 +203,14 @@ pub fn run(qds: &[usize], ios: u64, instructions: bool) -> Result<Vec<LoopbackRe
         })
         .unwrap_or_default();
     let mut out = Vec::new();
-    for &qd in qds {
+    for (&qd, &path) in qds.iter().flat_map(|q| paths.iter().map(move |p| (q, p))) {
         crate::driver_perf::pin_to_cpu(0);
         // Warm up, then take the best of three runs (the least disturbed by the other core's load).
-        measure(qd, ios / 10)?;
+        measure(qd, ios / 10, path)?;
         let mut best = f64::MAX;
         let mut db = (0, 0, 0);
         for _ in 0..3 {
-            let (secs, mmio, sqd, cqd) = measure(qd, ios)?;
+            let (secs, mmio, sqd, cqd) = measure(qd, ios, path)?;
             if secs < best {
                 best = secs;
                 db = (mmio, sqd, cqd);
@@ -153,8 +218,8 @@ pub fn run(qds: &[usize], ios: u64, instructions: bool) -> Result<Vec<LoopbackRe
         }
         let (ins, lbins, src) = if instructions {
             let (n1, n2) = (20_000u64, 120_000u64);
-            let (t1, s1) = callgrind(&exe, qd, n1)?;
-            let (t2, s2) = callgrind(&exe, qd, n2)?;
+            let (t1, s1) = callgrind(&exe, qd, n1, path)?;
+            let (t2, s2) = callgrind(&exe, qd, n2, path)?;
             let d = (n2 - n1) as f64;
             (
                 Some((t2 - t1) / d),
@@ -167,6 +232,7 @@ pub fn run(qds: &[usize], ios: u64, instructions: bool) -> Result<Vec<LoopbackRe
         let n = ios as f64;
         out.push(LoopbackResult {
             qd,
+            path,
             ios,
             ns_per_io: best * 1e9 / n,
             instructions_per_io: ins,

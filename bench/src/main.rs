@@ -88,6 +88,10 @@ enum Cmd {
         /// Also count instructions per I/O with valgrind's callgrind (slow).
         #[arg(long)]
         instructions: bool,
+        /// Submission APIs to measure: owned (buffers move through the queue pair) and borrowed (the caller
+        /// keeps its buffers, as with SPDK).
+        #[arg(long, value_delimiter = ',', default_value = "owned,borrowed")]
+        path: Vec<nvkv_bench::loopback::BufferPath>,
         /// Print one JSON object per queue depth instead of a table.
         #[arg(long)]
         json: bool,
@@ -110,6 +114,8 @@ enum Cmd {
         qd: usize,
         #[arg(long)]
         ios: u64,
+        #[arg(long, value_enum, default_value = "owned")]
+        path: nvkv_bench::loopback::BufferPath,
     },
     /// Runs a plan where the device is (used inside the VM; also usable by hand on bare metal).
     #[command(hide = true)]
@@ -499,9 +505,10 @@ fn main() -> Result<()> {
             qd,
             ios,
             instructions,
+            path,
             json,
         } => {
-            let rs = nvkv_bench::loopback::run(&qd, ios, instructions)?;
+            let rs = nvkv_bench::loopback::run(&qd, &path, ios, instructions)?;
             if json {
                 for r in &rs {
                     println!("{}", serde_json::to_string(r)?);
@@ -512,14 +519,21 @@ fn main() -> Result<()> {
                     rs.first().map(|r| r.conditions.as_str()).unwrap_or("")
                 );
                 println!(
-                    "{:>5} {:>10} {:>12} {:>14} {:>14} {:>10}",
-                    "QD", "ns/IO", "instr/IO", "driver instr", "loopback instr", "MMIO/IO"
+                    "{:>5} {:>9} {:>10} {:>12} {:>14} {:>14} {:>10}",
+                    "QD",
+                    "buffers",
+                    "ns/IO",
+                    "instr/IO",
+                    "driver instr",
+                    "loopback instr",
+                    "MMIO/IO"
                 );
                 let f = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
                 for r in &rs {
                     println!(
-                        "{:>5} {:>10.1} {:>12} {:>14} {:>14} {:>10.4}",
+                        "{:>5} {:>9} {:>10.1} {:>12} {:>14} {:>14} {:>10.4}",
                         r.qd,
+                        format!("{:?}", r.path).to_lowercase(),
                         r.ns_per_io,
                         f(r.instructions_per_io),
                         f(r.driver_instructions_per_io),
@@ -543,8 +557,8 @@ fn main() -> Result<()> {
                 print!("{}", report::kv_host_table(&ms));
             }
         }
-        Cmd::LoopbackRun { qd, ios } => {
-            nvkv_bench::loopback::measure(qd, ios)?;
+        Cmd::LoopbackRun { qd, ios, path } => {
+            nvkv_bench::loopback::measure(qd, ios, path)?;
         }
         Cmd::Run(a) => {
             let device = a

@@ -4,7 +4,7 @@
 
 use crate::driver_perf;
 use crate::fio;
-use crate::plan::{Contender, Measurement, Plan};
+use crate::plan::{Contender, Measurement, Plan, Rw};
 use anyhow::{anyhow, Context, Result};
 use nvkv_qemu::guest;
 use nvme_driver::{Controller, ControllerOptions};
@@ -269,7 +269,10 @@ pub fn run_kv(
     sink: &mut dyn Sink,
 ) -> Result<()> {
     use crate::kv::{self, Workload};
-    let per_round = kv.value_sizes.len() * (2 * kv.workloads.len() + if kv.ycsb { 6 } else { 0 });
+    // Per value size: each workload on both systems, YCSB and durable throughput on nvkv; plus the raw
+    // sequential write of each nvkv turn.
+    let per_round =
+        kv.value_sizes.len() * (2 * kv.workloads.len() + 1 + if kv.ycsb { 6 } else { 0 }) + 1;
     let total = kv.rounds * per_round;
     let mut step = 0;
     for round in 0..kv.rounds {
@@ -280,6 +283,18 @@ pub fn run_kv(
         for nvkv_turn in order {
             if nvkv_turn {
                 to_vfio(&kv.device)?;
+                step += 1;
+                sink.progress(
+                    step,
+                    total,
+                    &format!("boot {boot} round {round}: raw sequential write"),
+                );
+                sink.kv(raw_sequential_write(
+                    &kv.device,
+                    Duration::from_secs_f64(kv.spec.duration_s.clamp(1.0, 5.0)),
+                    boot,
+                    round,
+                )?);
                 for &vs in &kv.value_sizes {
                     let spec = kv::KvSpec {
                         value_size: vs,
@@ -304,6 +319,7 @@ pub fn run_kv(
                             dist: kv::Dist::Zipfian,
                         }));
                     }
+                    all.push(Workload::DurableThroughput);
                     for w in all {
                         step += 1;
                         sink.progress(
@@ -312,11 +328,12 @@ pub fn run_kv(
                             &format!("boot {boot} round {round}: nvkv {} {vs} B", w.name()),
                         );
                         let r = kv::nvkv_run(&h, w, &spec)?;
-                        let threads = if w == Workload::DurablePut {
-                            1
-                        } else {
-                            spec.threads
-                        };
+                        let threads =
+                            if matches!(w, Workload::DurablePut | Workload::DurableThroughput) {
+                                1
+                            } else {
+                                spec.threads
+                            };
                         sink.kv(kv::measurement(
                             "nvkv",
                             w,
@@ -370,6 +387,7 @@ pub fn run_kv(
                             ops,
                             seconds: ops as f64 / ops_per_s.max(1e-9),
                             ops_per_s,
+                            mb_per_s: None,
                             latency,
                             boot,
                             round,
@@ -384,6 +402,51 @@ pub fn run_kv(
 }
 
 /// Fewer keys for large values, so a run fits the guest's device and time.
+/// The device's raw sequential write bandwidth through nvkv's driver (the ceiling of durable-write
+/// throughput), measured on the KV device in the same boot; the database is formatted again afterwards.
+fn raw_sequential_write(
+    device: &str,
+    duration: Duration,
+    boot: usize,
+    round: usize,
+) -> Result<crate::kv::KvMeasurement> {
+    let ctrl = Controller::open(device).map_err(|e| anyhow!("{e}"))?;
+    let ns = ctrl.namespace(1).map_err(|e| anyhow!("{e}"))?;
+    let w = crate::plan::Workload {
+        rw: Rw::Write,
+        bs: RAW_WRITE_BS,
+        qd: RAW_WRITE_QD,
+        threads: 1,
+    };
+    let r = driver_perf::run(&ctrl, &ns, &w, Duration::from_millis(300), duration)?;
+    let lat = r.latency();
+    Ok(crate::kv::KvMeasurement {
+        system: "device".into(),
+        workload: "raw_seq_write".into(),
+        path: format!(
+            "nvkv driver, sequential {} KiB writes at QD {}, one queue pair",
+            RAW_WRITE_BS / 1024,
+            RAW_WRITE_QD
+        ),
+        key_size: 0,
+        value_size: RAW_WRITE_BS,
+        keys: 0,
+        threads: 1,
+        ops: r.ios,
+        seconds: r.seconds,
+        ops_per_s: r.ios as f64 / r.seconds.max(1e-9),
+        mb_per_s: Some(r.ios as f64 * RAW_WRITE_BS as f64 / r.seconds.max(1e-9) / 1e6),
+        latency: lat,
+        boot,
+        round,
+    })
+}
+
+/// Block size and queue depth of the raw sequential write (large writes, several in flight: the way the
+/// engine writes its segments).
+const RAW_WRITE_BS: usize = 128 << 10;
+const RAW_WRITE_QD: usize = 8;
+
 fn keys_for(keys: u64, value_size: usize) -> u64 {
     if value_size >= 1024 {
         (keys / 4).max(100)

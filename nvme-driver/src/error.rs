@@ -115,3 +115,10 @@ pub struct SubmitError {
     pub kind: SubmitErrorKind,
     pub buf: Option<crate::dma::DmaBuf>,
 }
+
+impl SubmitError {
+    /// An error for a request that carried no buffer.
+    pub fn without_buffer(kind: SubmitErrorKind) -> Self {
+        SubmitError { kind, buf: None }
+    }
+}

@@ -128,7 +128,8 @@ pub struct QueuePair {
     sq_rung: u16,
     cq_head: u16,
     phase: u16,
-    cq_unreported: u16,
+    /// The CQ head at which the head doorbell is written next (`cq_threshold` entries after the last write).
+    cq_ring_at: u16,
     cq_threshold: u16,
     sq_db: Doorbell,
     cq_db: Doorbell,
@@ -141,7 +142,12 @@ pub struct QueuePair {
     reqs: Vec<Request>,
     prp_lists: DmaBuf,
     max_transfer: usize,
+    /// Counters; `commands` and `completions` are derived in [`QueuePair::stats`] (fewer stores per I/O).
     stats: QueueStats,
+    /// Commands beyond the first of split requests.
+    split_commands: u64,
+    /// Commands failed by a controller reset, without a completion from the device.
+    unanswered: u64,
     generation: u64,
     empty_polls: u32,
     stall_since: Option<Instant>,
@@ -229,7 +235,7 @@ impl QueuePair {
             sq_rung: 0,
             cq_head: 0,
             phase: 1,
-            cq_unreported: 0,
+            cq_ring_at: (cq_entries - sq_entries).max(1) % cq_entries,
             cq_threshold: (cq_entries - sq_entries).max(1),
             sq_db,
             cq_db,
@@ -247,6 +253,8 @@ impl QueuePair {
                 .collect(),
             prp_lists,
             max_transfer,
+            split_commands: 0,
+            unanswered: 0,
             stats: QueueStats::default(),
             generation,
             empty_polls: 0,
@@ -302,7 +310,13 @@ impl QueuePair {
         self.max_transfer
     }
     pub fn stats(&self) -> QueueStats {
-        self.stats
+        let commands = self.stats.requests + self.split_commands;
+        let in_flight = (self.cid_req.len() - self.free_cids.len()) as u64;
+        QueueStats {
+            commands,
+            completions: commands - in_flight - self.unanswered,
+            ..self.stats
+        }
     }
     pub fn shadow_doorbells(&self) -> bool {
         self.shadow.is_some()
@@ -337,6 +351,8 @@ impl QueuePair {
     /// Flush: everything completed before is durable when this completes.
     pub fn flush(&mut self, ns: &Namespace, tag: u64) -> Result<(), SubmitError> {
         self.submit(nvm::FLUSH, ns, 0, 1, 1, None, tag)
+            .map(drop)
+            .map_err(SubmitError::without_buffer)
     }
 
     /// Write Zeroes over `nblocks` blocks from `slba`.
@@ -354,6 +370,8 @@ impl QueuePair {
             });
         }
         self.submit(nvm::WRITE_ZEROES, ns, slba, nblocks, 1 << 16, None, tag)
+            .map(drop)
+            .map_err(SubmitError::without_buffer)
     }
 
     /// Dataset Management, Deallocate attribute, over `nblocks` blocks from `slba`.
@@ -379,6 +397,87 @@ impl QueuePair {
             None,
             tag,
         )
+        .map(drop)
+        .map_err(SubmitError::without_buffer)
+    }
+
+    /// Like [`QueuePair::read`], but the buffer stays with the caller: nothing is moved in or out of the
+    /// queue pair, and the completion carries no buffer (the path SPDK-style callers with their own buffer
+    /// pools take; it saves the buffer hand-over on every I/O).
+    ///
+    /// # Safety
+    /// The device writes into `buf[range]` until the request completes: the caller must keep `buf` alive and
+    /// must not read or write that range until the request's [`Completion`] has been delivered by
+    /// [`QueuePair::poll`] or [`QueuePair::drain`], or the queue pair has been dropped.
+    #[inline]
+    pub unsafe fn read_borrowed(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        buf: &DmaBuf,
+        range: Range<usize>,
+        tag: u64,
+    ) -> Result<(), SubmitErrorKind> {
+        let (iova, nblocks, split) = Self::check_data(ns, buf, &range, self.max_transfer)?;
+        self.submit_transfer(nvm::READ, ns, slba, nblocks, split, iova, tag)
+            .map(drop)
+    }
+
+    /// Like [`QueuePair::write`], but the buffer stays with the caller (see [`QueuePair::read_borrowed`]).
+    ///
+    /// # Safety
+    /// The device reads `buf[range]` until the request completes: the caller must keep `buf` alive and must not
+    /// write that range until the request's [`Completion`] has been delivered or the queue pair dropped.
+    #[inline]
+    pub unsafe fn write_borrowed(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        buf: &DmaBuf,
+        range: Range<usize>,
+        tag: u64,
+    ) -> Result<(), SubmitErrorKind> {
+        let (iova, nblocks, split) = Self::check_data(ns, buf, &range, self.max_transfer)?;
+        self.submit_transfer(nvm::WRITE, ns, slba, nblocks, split, iova, tag)
+            .map(drop)
+    }
+
+    /// Checks a data transfer's range against its buffer and the namespace; returns the bus address of its
+    /// first byte, its length in blocks and whether it must be split into several commands.
+    #[inline]
+    fn check_data(
+        ns: &Namespace,
+        buf: &DmaBuf,
+        range: &Range<usize>,
+        max_transfer: usize,
+    ) -> Result<(u64, u64, bool), SubmitErrorKind> {
+        if range.start >= range.end {
+            return Err(SubmitErrorKind::ZeroLength);
+        }
+        if range.end > buf.len() {
+            return Err(SubmitErrorKind::OutsideBuffer {
+                start: range.start,
+                end: range.end,
+                len: buf.len(),
+            });
+        }
+        if range.start & 3 != 0 {
+            return Err(SubmitErrorKind::Misaligned {
+                offset: range.start,
+            });
+        }
+        if range.len() & (ns.lba_size as usize - 1) != 0 {
+            return Err(SubmitErrorKind::NotBlockMultiple {
+                len: range.len(),
+                lba_size: ns.lba_size,
+            });
+        }
+        // max_transfer is at most 2 MiB, so a transfer within it is one command at any block size.
+        Ok((
+            buf.iova() + range.start as u64,
+            (range.len() >> ns.lba_shift) as u64,
+            range.len() > max_transfer,
+        ))
     }
 
     #[inline]
@@ -391,48 +490,87 @@ impl QueuePair {
         range: Range<usize>,
         tag: u64,
     ) -> Result<(), SubmitError> {
-        let kind = if range.start >= range.end {
-            Some(SubmitErrorKind::ZeroLength)
-        } else if range.end > buf.len() {
-            Some(SubmitErrorKind::OutsideBuffer {
-                start: range.start,
-                end: range.end,
-                len: buf.len(),
-            })
-        } else if range.start & 3 != 0 {
-            Some(SubmitErrorKind::Misaligned {
-                offset: range.start,
-            })
-        } else if range.len() & (ns.lba_size as usize - 1) != 0 {
-            Some(SubmitErrorKind::NotBlockMultiple {
-                len: range.len(),
-                lba_size: ns.lba_size,
-            })
-        } else {
-            None
-        };
-        if let Some(kind) = kind {
-            return Err(SubmitError {
+        let submitted = Self::check_data(ns, &buf, &range, self.max_transfer).and_then(
+            |(iova, nblocks, split)| {
+                self.submit_transfer(opcode, ns, slba, nblocks, split, iova, tag)
+            },
+        );
+        match submitted {
+            Ok(r) => {
+                let req = &mut self.reqs[r as usize];
+                debug_assert!(req.buf.is_none());
+                req.buf = Some(buf);
+                Ok(())
+            }
+            Err(kind) => Err(SubmitError {
                 kind,
                 buf: Some(buf),
-            });
+            }),
         }
-        let nblocks = (range.len() >> ns.lba_shift) as u64;
-        let chunk = ((self.max_transfer >> ns.lba_shift) as u64).clamp(1, 1 << 16);
-        self.submit(
-            opcode,
-            ns,
-            slba,
-            nblocks,
-            chunk,
-            Some((buf, range.start)),
-            tag,
-        )
+    }
+
+    /// A read or write of `nblocks` (≥ 1) at bus address `iova`: one command when it fits in one transfer
+    /// (the common case, kept short), else split.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn submit_transfer(
+        &mut self,
+        opcode: u8,
+        ns: &Namespace,
+        slba: u64,
+        nblocks: u64,
+        split: bool,
+        iova: u64,
+        tag: u64,
+    ) -> Result<u16, SubmitErrorKind> {
+        if split {
+            let chunk = ((self.max_transfer >> ns.lba_shift) as u64).clamp(1, 1 << 16);
+            return self.submit(opcode, ns, slba, nblocks, chunk, Some(iova), tag);
+        }
+        if self.dead {
+            return Err(SubmitErrorKind::Busy);
+        }
+        // (No stall-clock restart here: the clock stops whenever a poll reaps, so it is already stopped when
+        // the queue pair has been idle.)
+        let Some(cid) = self.free_cids.pop() else {
+            return Err(SubmitErrorKind::Busy);
+        };
+        self.cid_req[cid as usize] = cid;
+        let req = &mut self.reqs[cid as usize];
+        req.tag = tag;
+        req.pending = 1;
+        req.error = None;
+        let (prp1, prp2) = self.build_prp(cid, iova, (nblocks << ns.lba_shift) as usize);
+        let e = SubmissionEntry {
+            cdw0: opcode as u32 | (cid as u32) << 16,
+            nsid: ns.nsid,
+            cdw2: 0,
+            cdw3: 0,
+            mptr: 0,
+            prp1,
+            prp2,
+            cdw10: slba as u32,
+            cdw11: (slba >> 32) as u32,
+            cdw12: (nblocks - 1) as u32,
+            cdw13: 0,
+            cdw14: 0,
+            cdw15: 0,
+        };
+        // SAFETY: as in submit().
+        unsafe { self.sq.add(self.sq_tail as usize).write(e) };
+        self.sq_tail = if self.sq_tail + 1 == self.sq_entries {
+            0
+        } else {
+            self.sq_tail + 1
+        };
+        self.stats.requests += 1;
+        Ok(cid)
     }
 
     /// Splits a request into commands of at most `chunk` blocks and writes them into the SQ (no doorbell).
+    /// Returns the request's slot (where the caller may park its buffer).
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(never)]
     fn submit(
         &mut self,
         opcode: u8,
@@ -440,15 +578,11 @@ impl QueuePair {
         slba: u64,
         nblocks: u64,
         chunk: u64,
-        data: Option<(DmaBuf, usize)>,
+        iova: Option<u64>,
         tag: u64,
-    ) -> Result<(), SubmitError> {
-        let give_back = |kind, data: Option<(DmaBuf, usize)>| SubmitError {
-            kind,
-            buf: data.map(|d| d.0),
-        };
+    ) -> Result<u16, SubmitErrorKind> {
         if nblocks == 0 {
-            return Err(give_back(SubmitErrorKind::ZeroLength, data));
+            return Err(SubmitErrorKind::ZeroLength);
         }
         let ncmds = if nblocks <= chunk {
             1
@@ -456,34 +590,23 @@ impl QueuePair {
             nblocks.div_ceil(chunk) as usize
         };
         if ncmds > self.cid_req.len() {
-            return Err(give_back(
-                SubmitErrorKind::TooLarge {
-                    needed: ncmds,
-                    max: self.cid_req.len(),
-                },
-                data,
-            ));
+            return Err(SubmitErrorKind::TooLarge {
+                needed: ncmds,
+                max: self.cid_req.len(),
+            });
         }
         if self.dead || self.free_cids.len() < ncmds {
-            return Err(give_back(SubmitErrorKind::Busy, data));
+            return Err(SubmitErrorKind::Busy);
         }
         // The request lives in the slot of its first command id, which is not reused before the whole request
         // has finished (the other ids of a split request are freed as their commands complete).
         let Some(&r) = self.free_cids.last() else {
-            return Err(give_back(SubmitErrorKind::Busy, data));
+            return Err(SubmitErrorKind::Busy);
         };
-        if self.free_cids.len() == self.cid_req.len() {
-            // First command after idling: restart the stall clock.
-            self.empty_polls = 0;
-            self.stall_since = None;
-        }
-        let iova = data.as_ref().map(|(b, off)| b.iova() + *off as u64);
         let req = &mut self.reqs[r as usize];
         req.tag = tag;
         req.pending = ncmds as u16;
         req.error = None;
-        debug_assert!(req.buf.is_none());
-        req.buf = data.map(|d| d.0);
         let mut done = 0u64;
         while done < nblocks {
             let n = chunk.min(nblocks - done);
@@ -529,10 +652,11 @@ impl QueuePair {
                 self.sq_tail + 1
             };
             done += n;
-            self.stats.commands += 1;
+            self.split_commands += 1;
         }
+        self.split_commands -= 1;
         self.stats.requests += 1;
-        Ok(())
+        Ok(r)
     }
 
     /// The PRP list page reserved for `cid`: (CPU pointer, bus address).
@@ -610,7 +734,18 @@ impl QueuePair {
         }
         self.cq_db.write(head as u32);
         self.stats.cq_doorbell_writes += 1;
-        self.cq_unreported = 0;
+        self.cq_ring_at = Self::advance(head, self.cq_threshold, self.cq_entries);
+    }
+
+    /// `pos + n` on a ring of `entries` slots (n < entries).
+    #[inline]
+    fn advance(pos: u16, n: u16, entries: u16) -> u16 {
+        let p = u32::from(pos) + u32::from(n);
+        if p >= u32::from(entries) {
+            (p - u32::from(entries)) as u16
+        } else {
+            p as u16
+        }
     }
 
     /// Rings the SQ doorbell if needed, then reaps up to `max` finished requests, calling `f` for each.
@@ -643,8 +778,7 @@ impl QueuePair {
                 self.cq_head = 0;
                 self.phase ^= 1;
             }
-            self.cq_unreported += 1;
-            if self.cq_unreported >= self.cq_threshold {
+            if self.cq_head == self.cq_ring_at {
                 self.ring_cq();
             }
             reaped += 1;
@@ -658,21 +792,25 @@ impl QueuePair {
             if cid != r {
                 self.free_cids.push(cid);
             }
-            self.stats.completions += 1;
             let req = &mut self.reqs[r as usize];
             if let Some(s) = NvmeStatus::from_completion(status) {
                 req.error.get_or_insert(IoError::Status(s));
             }
             req.pending -= 1;
             if req.pending == 0 {
-                let c = Completion {
-                    tag: req.tag,
-                    result: req.error.map_or(Ok(()), Err),
-                    buf: req.buf.take(),
-                };
                 self.free_cids.push(r);
                 finished += 1;
-                f(c);
+                // Built in the call (not before the push) so it is not copied twice on the way; a borrowed-buffer
+                // request has no buffer to move.
+                f(Completion {
+                    tag: req.tag,
+                    result: req.error.map_or(Ok(()), Err),
+                    buf: if req.buf.is_some() {
+                        req.buf.take()
+                    } else {
+                        None
+                    },
+                });
             }
         }
         if reaped > 0 {
@@ -753,6 +891,7 @@ impl QueuePair {
                 continue;
             }
             self.cid_req[cid] = FREE;
+            self.unanswered += 1;
             if cid as u16 != r {
                 self.free_cids.push(cid as u16);
             }
@@ -775,7 +914,7 @@ impl QueuePair {
         self.sq_rung = 0;
         self.cq_head = 0;
         self.phase = 1;
-        self.cq_unreported = 0;
+        self.cq_ring_at = self.cq_threshold % self.cq_entries;
         self.timed_out = false;
         self.stall_since = None;
         self.stall_stage = 0;
