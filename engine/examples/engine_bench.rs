@@ -3,7 +3,7 @@
 //! key, and recovery speed. Prints figures; asserts nothing. Run in release:
 //!
 //! ```text
-//! cargo run --release -p nvkv --example engine_bench [-- KEYS]
+//! cargo run --release -p nvkv --example engine_bench [-- KEYS [fill]]
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -35,16 +35,40 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
+/// The key `nvkv-bench kv-host` uses: 16 hex characters of a hashed counter (random insertion order).
 fn key(i: u64) -> [u8; 16] {
+    let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29) ^ i;
     let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
-    k[8..].copy_from_slice(&i.to_be_bytes());
+    k.copy_from_slice(format!("{h:016x}").as_bytes());
     k
+}
+
+/// xorshift64*, for random read orders.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    }
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i).copied().unwrap_or(0)
+}
+
+fn report(what: &str, lat: &mut [u64], secs: f64) {
+    lat.sort_unstable();
+    println!(
+        "{what}: p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns; {:.0} ops/s",
+        pct(lat, 0.5),
+        pct(lat, 0.99),
+        pct(lat, 0.999),
+        lat.last().copied().unwrap_or(0),
+        lat.len() as f64 / secs
+    );
 }
 
 fn main() {
@@ -57,7 +81,7 @@ fn main() {
     let blocks = (n * 148 * 3 / 4096 + 4096).max(16384);
     println!("nvkv engine bench: {n} keys, 16 B keys, 100 B values, memory backend, 4 KiB blocks");
 
-    // Shard-local put latency.
+    // Shard-local put latency (no ticks, as in `nvkv-bench kv-host`: buffer-full cycles only).
     let disk = MemDisk::new(4096, blocks);
     let cfg = ShardConfig {
         buffer_bytes: 1 << 20,
@@ -65,36 +89,105 @@ fn main() {
         ..Default::default()
     };
     let (mut s, _) = Shard::open(disk.bdev(), cfg.clone()).expect("open");
+    let keys: Vec<[u8; 16]> = (0..n).map(key).collect();
     let mut lat = Vec::with_capacity(n as usize);
     let t0 = Instant::now();
-    for i in 0..n {
+    for k in &keys {
         let t = Instant::now();
-        if let Err(e) = s.put(&key(i), &value, WriteOpts::default()) {
-            panic!("put {i}: {e}: {:?}", s.stats());
+        if let Err(e) = s.put(k, &value, WriteOpts::default()) {
+            panic!("put: {e}: {:?}", s.stats());
         }
         lat.push(t.elapsed().as_nanos() as u64);
-        if i % 256 == 0 {
-            s.tick().expect("tick");
-        }
     }
-    let put_secs = t0.elapsed().as_secs_f64();
-    lat.sort_unstable();
-    println!(
-        "local put latency: p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
-        pct(&lat, 0.999),
-        lat.last().copied().unwrap_or(0)
+    report(
+        "local put (fill, random order)",
+        &mut lat,
+        t0.elapsed().as_secs_f64(),
     );
-    println!("local put throughput: {:.0} puts/s", n as f64 / put_secs);
+    if std::env::args().nth(2).as_deref() == Some("fill") {
+        // Profiling aid: the fill only.
+        return;
+    }
+
+    // Gets in random order: values on the device (all but the last buffer's).
+    let mut rng = Rng(3);
+    lat.clear();
     let t0 = Instant::now();
-    for i in 0..n {
-        std::hint::black_box(s.get(&key(i)).expect("get"));
+    for _ in 0..n {
+        let k = &keys[rng.below(n) as usize];
+        let t = Instant::now();
+        let v = s.get(k).expect("get");
+        lat.push(t.elapsed().as_nanos() as u64);
+        assert!(v.is_some_and(|(v, _)| v.len() == 100));
     }
-    println!(
-        "local get throughput: {:.0} gets/s (values read from the device)",
-        n as f64 / t0.elapsed().as_secs_f64()
+    report(
+        "local get (random, on device)",
+        &mut lat,
+        t0.elapsed().as_secs_f64(),
     );
+    let mut out = Vec::new();
+    lat.clear();
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let k = &keys[rng.below(n) as usize];
+        let t = Instant::now();
+        let m = s.get_into(k, &mut out).expect("get");
+        lat.push(t.elapsed().as_nanos() as u64);
+        assert!(m.is_some() && out.len() == 100);
+    }
+    report(
+        "local get_into (random, on device, reused Vec)",
+        &mut lat,
+        t0.elapsed().as_secs_f64(),
+    );
+
+    // Buffered values: fresh keys that still sit in the active write buffer.
+    s.sync().expect("sync");
+    let fresh: Vec<[u8; 16]> = (n..n + 4000).map(key).collect();
+    for k in &fresh {
+        s.put(k, &value, WriteOpts::default()).expect("put");
+    }
+    lat.clear();
+    let t0 = Instant::now();
+    for _ in 0..200_000 {
+        let k = &fresh[rng.below(fresh.len() as u64) as usize];
+        let t = Instant::now();
+        let v = s.get(k).expect("get");
+        lat.push(t.elapsed().as_nanos() as u64);
+        assert!(v.is_some());
+    }
+    report(
+        "local get (random, buffered)",
+        &mut lat,
+        t0.elapsed().as_secs_f64(),
+    );
+
+    // Overwrites of existing keys, random order.
+    lat.clear();
+    let t0 = Instant::now();
+    for _ in 0..n.min(500_000) {
+        let k = &keys[rng.below(n) as usize];
+        let t = Instant::now();
+        s.put(k, &value, WriteOpts::default()).expect("put");
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    report(
+        "local put (overwrite, random)",
+        &mut lat,
+        t0.elapsed().as_secs_f64(),
+    );
+
+    // Short scans from random keys.
+    lat.clear();
+    let t0 = Instant::now();
+    for _ in 0..20_000 {
+        let k = &keys[rng.below(n) as usize];
+        let t = Instant::now();
+        let r = s.scan(k, None, 10).expect("scan");
+        lat.push(t.elapsed().as_nanos() as u64);
+        assert_eq!(r.len(), 10);
+    }
+    report("local scan (10 keys)", &mut lat, t0.elapsed().as_secs_f64());
     s.close().expect("close");
 
     // Recovery: reopen from the checkpoint, and replay of segments (no checkpoint since the load).
@@ -108,8 +201,8 @@ fn main() {
     drop(s);
     let disk2 = MemDisk::new(4096, blocks);
     let (mut s, _) = Shard::open(disk2.bdev(), cfg.clone()).expect("open");
-    for i in 0..n {
-        s.put(&key(i), &value, WriteOpts::default()).expect("put");
+    for k in &keys {
+        s.put(k, &value, WriteOpts::default()).expect("put");
     }
     s.sync().expect("sync");
     drop(s);
@@ -128,23 +221,51 @@ fn main() {
     // Index memory per key.
     let before = LIVE.load(Ordering::Relaxed);
     let mut ix = Index::new();
-    for i in 0..n {
+    for (i, k) in keys.iter().enumerate() {
+        let i = i as u64;
         ix.insert(
-            &key(i),
+            k,
             Entry {
                 loc: i * 148,
                 val_len: 100,
                 ts: i,
                 version: i,
             },
-        );
+        )
+        .expect("index room");
     }
     let bytes = LIVE.load(Ordering::Relaxed) - before;
     println!(
-        "index memory: {:.1} B per key beyond the 16 key bytes ({} keys)",
+        "index memory: {:.1} B per key beyond the 16 key bytes ({} keys; counting allocator), {:.1} B by the index's own accounting",
         bytes as f64 / n as f64 - 16.0,
-        ix.len()
+        ix.len(),
+        ix.heap_bytes() as f64 / n as f64 - 16.0,
     );
+    // Index-only ordered reads: 10 keys from random starts.
+    let mut rng = Rng(5);
+    let mut lat = Vec::new();
+    let t0 = Instant::now();
+    for _ in 0..100_000 {
+        let k = keys[rng.below(n) as usize];
+        let t = Instant::now();
+        let c = ix.range(&k, None).take(10).count();
+        lat.push(t.elapsed().as_nanos() as u64);
+        assert!(c >= 1);
+    }
+    report(
+        "index range (10 keys)",
+        &mut lat,
+        t0.elapsed().as_secs_f64(),
+    );
+    lat.clear();
+    let t0 = Instant::now();
+    for _ in 0..1_000_000 {
+        let k = keys[rng.below(n) as usize];
+        let t = Instant::now();
+        std::hint::black_box(ix.get(&k));
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    report("index get (random)", &mut lat, t0.elapsed().as_secs_f64());
     drop(ix);
 
     // Through the handle: one client thread, one shard thread.

@@ -304,8 +304,12 @@ pub fn decode_record(b: &[u8]) -> R<(Record<'_>, usize)> {
     if tombstone && vl != 0 {
         return Err(FormatError::BadField("record.tombstone"));
     }
-    if kl == 0 {
+    // The engine never writes keys or values beyond its limits (the index relies on them).
+    if kl == 0 || kl > crate::error::MAX_KEY_LEN {
         return Err(FormatError::BadField("record.key_len"));
+    }
+    if vl > crate::error::MAX_VALUE_LEN {
+        return Err(FormatError::BadField("record.value_len"));
     }
     let rec = Record {
         tombstone,
@@ -492,6 +496,8 @@ pub fn decode_ckpt(b: &[u8], slice_bytes: u64) -> R<(CkptHeader, Vec<SegmentRef>
                 .to_vec(),
         };
         if kl == 0
+            || kl > crate::error::MAX_KEY_LEN
+            || e.val_len as usize > crate::error::MAX_VALUE_LEN
             || e.loc
                 .saturating_add(record_len(kl, e.val_len as usize) as u64)
                 > slice_bytes

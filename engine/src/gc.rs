@@ -75,7 +75,7 @@ impl<D: BlockDevice> Shard<D> {
                 continue;
             }
             let loc = base + (off + SEG_HDR_LEN) as u64;
-            let Some(e) = self.index.get(rec.key).copied() else {
+            let Some(e) = self.index.get(rec.key) else {
                 continue;
             };
             if e.loc != loc {

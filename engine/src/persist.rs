@@ -170,11 +170,15 @@ impl<D: BlockDevice> Shard<D> {
             if rec.tombstone {
                 continue;
             }
-            if let Some(e) = self.index.get_mut(rec.key) {
-                if e.loc == LOC_BUFFERED | off as u64 {
+            let moved = self.index.update(rec.key, |e| {
+                let here = e.loc == LOC_BUFFERED | off as u64;
+                if here {
                     e.loc = seg_base + off as u64;
-                    live += format::record_len(rec.key.len(), rec.value.len()) as u64;
                 }
+                here
+            });
+            if moved == Some(true) {
+                live += format::record_len(rec.key.len(), rec.value.len()) as u64;
             }
         }
         // Give back the part of this reservation that neither this segment nor the next one uses.
@@ -379,7 +383,7 @@ impl<D: BlockDevice> Shard<D> {
             seg_seq,
             &segs,
             self.index
-                .iter()
+                .iter_unordered()
                 .map(|(k, e)| (k, e.val_len, e.ts, e.version, e.loc)),
         );
         let written = self

@@ -99,6 +99,7 @@ impl<D: BlockDevice> Shard<D> {
             next_tag: TAG_SYNC_FIRST,
             stats: ShardStats::default(),
             failed: None,
+            read_buf: None,
             cfg,
         };
         let report = shard.recover()?;
@@ -204,15 +205,17 @@ impl<D: BlockDevice> Shard<D> {
                             self.index.remove(&key);
                         } else {
                             let loc = lba * self.bs + off as u64;
-                            self.index.insert(
-                                &key,
-                                Entry {
-                                    loc,
-                                    val_len: value as u32,
-                                    ts,
-                                    version,
-                                },
-                            );
+                            self.index
+                                .insert(
+                                    &key,
+                                    Entry {
+                                        loc,
+                                        val_len: value as u32,
+                                        ts,
+                                        version,
+                                    },
+                                )
+                                .map_err(|_| Error::NoSpace)?;
                         }
                         rep.records_replayed += 1;
                     }
@@ -262,7 +265,7 @@ impl<D: BlockDevice> Shard<D> {
         // Every entry must point inside a live segment's payload; count live bytes.
         let bs = self.bs;
         let mut dropped = Vec::new();
-        for (k, e) in self.index.iter() {
+        for (k, e) in self.index.iter_unordered() {
             let blk = e.loc / bs;
             let end = e.loc + format::record_len(k.len(), e.val_len as usize) as u64;
             self.hlc.observe(e.ts);
@@ -344,15 +347,17 @@ impl<D: BlockDevice> Shard<D> {
         }
         self.index = Index::new();
         for e in entries {
-            self.index.insert(
-                &e.key,
-                Entry {
-                    loc: e.loc,
-                    val_len: e.val_len,
-                    ts: e.ts,
-                    version: e.version,
-                },
-            );
+            self.index
+                .insert(
+                    &e.key,
+                    Entry {
+                        loc: e.loc,
+                        val_len: e.val_len,
+                        ts: e.ts,
+                        version: e.version,
+                    },
+                )
+                .map_err(|_| Error::NoSpace)?;
         }
         Ok(segs)
     }

@@ -12,7 +12,7 @@ use crate::buffer::WriteBuffer;
 use crate::error::{check_sizes, Error, MAX_VALUE_LEN};
 use crate::format::{self, FormatError, REC_HDR_LEN, SEG_HDR_LEN};
 use crate::hlc::Hlc;
-use crate::index::{Entry, Index, LOC_BUFFERED};
+use crate::index::{Entry, Found, Index, LOC_BUFFERED};
 use crate::persist::InFlight;
 use crate::space::FreeSpace;
 
@@ -201,7 +201,12 @@ pub struct Shard<D: BlockDevice> {
     pub(crate) stats: ShardStats,
     /// A failed cycle makes the shard refuse writes: durability can no longer be promised.
     pub(crate) failed: Option<IoError>,
+    /// Device buffer reused by reads of single records (no allocation per read).
+    pub(crate) read_buf: Option<D::Buf>,
 }
+
+/// Largest read buffer a shard keeps for reuse.
+const READ_BUF_KEEP: usize = 256 << 10;
 
 impl<D: BlockDevice> std::fmt::Debug for Shard<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -254,17 +259,18 @@ impl<D: BlockDevice> Shard<D> {
         }
     }
 
-    /// Appends a record to the active buffer, making room first (compaction, or a new cycle); returns
-    /// its buffer offset.
+    /// Appends a record (`value` None: a tombstone) to the active buffer, making room first
+    /// (compaction, or a new cycle); returns its buffer offset.
     pub(crate) fn append(
         &mut self,
-        tombstone: bool,
+        key: &[u8],
+        value: Option<&[u8]>,
         ts: u64,
         version: u64,
-        key: &[u8],
-        value: &[u8],
         check_room: bool,
+        found: &mut Found,
     ) -> Result<u32, Error> {
+        let (tombstone, value) = (value.is_none(), value.unwrap_or(&[]));
         let rl = format::record_len(key.len(), value.len());
         if !self.active.fits(rl) {
             if self.active.fits_after_compaction(rl) {
@@ -280,9 +286,10 @@ impl<D: BlockDevice> Shard<D> {
         }
         // The key's record in this buffer, if its newest is one (looked up after making room: a
         // compaction or a new cycle may have moved it).
+        self.index.refresh(found, key);
         let prev = self
             .index
-            .get(key)
+            .found_entry(found)
             .filter(|e| e.is_buffered())
             .map(|e| e.buf_off() as u32);
         let before = self.active.len() + self.active.dead_bytes();
@@ -300,14 +307,17 @@ impl<D: BlockDevice> Shard<D> {
     pub(crate) fn compact_active(&mut self) {
         let saved = self.active.dead_bytes() as u64;
         let index = &mut self.index;
-        self.active
-            .compact(|key, old, new| match index.get_mut(key) {
-                Some(e) if e.loc == LOC_BUFFERED | u64::from(old) => {
-                    e.loc = LOC_BUFFERED | u64::from(new);
-                    true
-                }
-                _ => false,
-            });
+        self.active.compact(|key, old, new| {
+            index
+                .update(key, |e| {
+                    let live = e.loc == LOC_BUFFERED | u64::from(old);
+                    if live {
+                        e.loc = LOC_BUFFERED | u64::from(new);
+                    }
+                    live
+                })
+                .unwrap_or(false)
+        });
         self.stats.buffer_bytes_saved += saved;
     }
 
@@ -320,25 +330,39 @@ impl<D: BlockDevice> Shard<D> {
         version: u64,
         moving: bool,
     ) -> Result<(), Error> {
-        let off = self.append(
-            value.is_none(),
-            ts,
-            version,
-            key,
-            value.unwrap_or(&[]),
-            !moving,
-        )?;
+        let mut found = self.index.find(key);
+        self.write_found(&mut found, key, value, ts, version, moving)
+    }
+
+    /// [`Shard::write_record`] for a key already looked up.
+    pub(crate) fn write_found(
+        &mut self,
+        found: &mut Found,
+        key: &[u8],
+        value: Option<&[u8]>,
+        ts: u64,
+        version: u64,
+        moving: bool,
+    ) -> Result<(), Error> {
+        if value.is_some() && !found.is_present() && !self.index.has_room(key) {
+            return Err(Error::NoSpace);
+        }
+        let off = self.append(key, value, ts, version, !moving, found)?;
         let old = match value {
-            Some(v) => self.index.insert(
-                key,
-                Entry {
-                    loc: LOC_BUFFERED | u64::from(off),
-                    val_len: v.len() as u32,
-                    ts,
-                    version,
-                },
-            ),
-            None => self.index.remove(key),
+            Some(v) => self
+                .index
+                .set_found(
+                    found,
+                    key,
+                    Entry {
+                        loc: LOC_BUFFERED | u64::from(off),
+                        val_len: v.len() as u32,
+                        ts,
+                        version,
+                    },
+                )
+                .map_err(|_| Error::NoSpace)?,
+            None => self.index.remove_found(found, key),
         };
         if let Some(old) = old {
             self.kill(&old, key.len());
@@ -383,7 +407,8 @@ impl<D: BlockDevice> Shard<D> {
         check_sizes(key, Some(value), self.max_value_len())?;
         self.check_writable()?;
         let ts = self.stamp(opts.ts);
-        let existing = self.index.get(key).copied();
+        let mut found = self.index.find(key);
+        let existing = self.index.found_entry(&found);
         let merged;
         let value = match (existing, &self.cfg.conflict) {
             (None, _) => value,
@@ -408,7 +433,7 @@ impl<D: BlockDevice> Shard<D> {
             }
         };
         let version = self.next_version();
-        self.write_record(key, Some(value), ts, version, false)?;
+        self.write_found(&mut found, key, Some(value), ts, version, false)?;
         Ok(self.result(true, version, ts, opts.durable))
     }
 
@@ -417,14 +442,15 @@ impl<D: BlockDevice> Shard<D> {
         check_sizes(key, None, 0)?;
         self.check_writable()?;
         let ts = self.stamp(opts.ts);
-        let Some(e) = self.index.get(key).copied() else {
+        let mut found = self.index.find(key);
+        let Some(e) = self.index.found_entry(&found) else {
             return Ok(self.result(false, 0, ts, false));
         };
         if matches!(self.cfg.conflict, Conflict::LastWriterWins) && ts <= e.ts {
             return Ok(self.result(false, e.version, e.ts, false));
         }
         let version = self.next_version();
-        self.write_record(key, None, ts, version, false)?;
+        self.write_found(&mut found, key, None, ts, version, false)?;
         Ok(self.result(true, version, ts, opts.durable))
     }
 
@@ -439,7 +465,8 @@ impl<D: BlockDevice> Shard<D> {
     ) -> Result<WriteResult, Error> {
         check_sizes(key, new, self.max_value_len())?;
         self.check_writable()?;
-        let current = self.index.get(key).map(|e| e.version);
+        let mut found = self.index.find(key);
+        let current = self.index.found_entry(&found).map(|e| e.version);
         if current != expected {
             return Err(Error::VersionMismatch { current });
         }
@@ -448,7 +475,7 @@ impl<D: BlockDevice> Shard<D> {
             return Ok(self.result(false, 0, ts, false));
         }
         let version = self.next_version();
-        self.write_record(key, new, ts, version, false)?;
+        self.write_found(&mut found, key, new, ts, version, false)?;
         Ok(self.result(true, version, ts, opts.durable))
     }
 
@@ -461,7 +488,8 @@ impl<D: BlockDevice> Shard<D> {
     ) -> Result<(i64, WriteResult), Error> {
         check_sizes(key, None, 0)?;
         self.check_writable()?;
-        let cur = match self.index.get(key).copied() {
+        let mut found = self.index.find(key);
+        let cur = match self.index.found_entry(&found) {
             None => 0,
             Some(e) => {
                 let v = self.read_value(key, &e)?;
@@ -472,24 +500,34 @@ impl<D: BlockDevice> Shard<D> {
         let sum = cur.checked_add(delta).ok_or(Error::Overflow)?;
         let ts = self.stamp(opts.ts);
         let version = self.next_version();
-        self.write_record(key, Some(&sum.to_le_bytes()), ts, version, false)?;
+        self.write_found(
+            &mut found,
+            key,
+            Some(&sum.to_le_bytes()),
+            ts,
+            version,
+            false,
+        )?;
         Ok((sum, self.result(true, version, ts, opts.durable)))
     }
 
     /// The value under `key`, with its version and timestamp.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, Meta)>, Error> {
+        let mut v = Vec::new();
+        Ok(self.get_into(key, &mut v)?.map(|m| (v, m)))
+    }
+
+    /// Like [`Shard::get`], into `out` (replaced): a caller reusing `out` reads without allocating.
+    pub fn get_into(&mut self, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Meta>, Error> {
         check_sizes(key, None, 0)?;
-        let Some(e) = self.index.get(key).copied() else {
+        let Some(e) = self.index.get(key) else {
             return Ok(None);
         };
-        let v = self.read_value(key, &e)?;
-        Ok(Some((
-            v,
-            Meta {
-                version: e.version,
-                ts: e.ts,
-            },
-        )))
+        self.read_value_into(key, &e, out)?;
+        Ok(Some(Meta {
+            version: e.version,
+            ts: e.ts,
+        }))
     }
 
     /// Up to `limit` (key, value) pairs with `start <= key < end`, in key order.
@@ -503,7 +541,7 @@ impl<D: BlockDevice> Shard<D> {
             .index
             .range(start, end)
             .take(limit)
-            .map(|(k, e)| (k.to_vec(), *e))
+            .map(|(k, e)| (k.to_vec(), e))
             .collect();
         let mut out = Vec::with_capacity(hits.len());
         for (k, e) in hits {
@@ -515,12 +553,32 @@ impl<D: BlockDevice> Shard<D> {
 
     /// Reads the value an index entry points at, checking the record it comes from.
     pub(crate) fn read_value(&mut self, key: &[u8], e: &Entry) -> Result<Vec<u8>, Error> {
+        let mut v = Vec::new();
+        self.read_value_into(key, e, &mut v)?;
+        Ok(v)
+    }
+
+    /// [`Shard::read_value`] into `out` (replaced).
+    pub(crate) fn read_value_into(
+        &mut self,
+        key: &[u8],
+        e: &Entry,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        out.clear();
         if e.is_buffered() {
             let r = self.active.record(e.buf_off())?;
-            if r.key != key || r.tombstone {
-                return Err(Error::Corrupt(FormatError::BadField("buffered record key")));
+            if r.key != key
+                || r.tombstone
+                || r.value.len() != e.val_len as usize
+                || r.version != e.version
+            {
+                return Err(Error::Corrupt(FormatError::BadField(
+                    "buffered record does not match the index",
+                )));
             }
-            return Ok(r.value.to_vec());
+            out.extend_from_slice(r.value);
+            return Ok(());
         }
         // A record in the segment being written: wait until the device has it.
         if let Some(f) = &self.inflight {
@@ -532,20 +590,32 @@ impl<D: BlockDevice> Shard<D> {
         let rl = format::record_len(key.len(), e.val_len as usize) as u64;
         let first = e.loc / self.bs;
         let nblocks = (e.loc + rl).div_ceil(self.bs) - first;
-        let buf = self.dev.alloc_buf((nblocks * self.bs) as usize)?;
+        let need = (nblocks * self.bs) as usize;
+        let buf = match self.read_buf.take() {
+            Some(b) if b.len() >= need => b,
+            _ => self.dev.alloc_buf(need)?,
+        };
         let buf = self.sync_read(first, nblocks as u32, buf)?;
         let off = (e.loc - first * self.bs) as usize;
-        let (r, _) = format::decode_record(&buf[off..])?;
-        if r.key != key
-            || r.tombstone
-            || r.value.len() != e.val_len as usize
-            || r.version != e.version
-        {
-            return Err(Error::Corrupt(FormatError::BadField(
+        let checked = match format::decode_record(&buf[off..need]) {
+            Ok((r, _))
+                if r.key == key
+                    && !r.tombstone
+                    && r.value.len() == e.val_len as usize
+                    && r.version == e.version =>
+            {
+                out.extend_from_slice(r.value);
+                Ok(())
+            }
+            Ok(_) => Err(Error::Corrupt(FormatError::BadField(
                 "record does not match the index",
-            )));
+            ))),
+            Err(err) => Err(Error::Corrupt(err)),
+        };
+        if buf.len() <= READ_BUF_KEEP {
+            self.read_buf = Some(buf);
         }
-        Ok(r.value.to_vec())
+        checked
     }
 
     /// Number of keys.
