@@ -142,8 +142,14 @@ impl Index {
             Probe::Vacant(mut i) => {
                 let r = self.arena.alloc(key, &e).ok_or(IndexFull)?;
                 if self.table.full() {
+                    // The new node is not in the table yet: leave it out of the rebuild.
                     let (arena, seed) = (&self.arena, self.seed);
-                    self.table.grow(|r| table::hash(seed, arena.key(r)));
+                    self.table.grow(
+                        arena
+                            .live()
+                            .filter(|&x| x != r)
+                            .map(|x| (x, table::hash(seed, arena.key(x)))),
+                    );
                     i = match self.table.probe(f.hash, |_| false) {
                         Probe::Vacant(i) => i,
                         Probe::Found(i) => i,

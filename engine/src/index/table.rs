@@ -114,21 +114,19 @@ impl Table {
         self.len -= 1;
     }
 
-    /// Rebuilds the table for at least one more entry (8/5 of the entries: load 5/8 afterwards), with
-    /// `hash_of` giving each reference's hash.
-    pub fn grow(&mut self, hash_of: impl Fn(u32) -> u64) {
+    /// Rebuilds the table for at least one more entry (8/5 of the entries: load 5/8 afterwards) from
+    /// `entries`, every (reference, hash) it holds: the caller walks its nodes in storage order, which
+    /// reads them sequentially rather than in the table's random order.
+    pub fn grow(&mut self, entries: impl Iterator<Item = (u32, u64)>) {
         let want = ((self.len + 1) * 8 / 5).max(16);
         let mut t = Table::with_slots(want);
-        for (i, &c) in self.ctrl.iter().enumerate() {
-            if c & 0x80 == 0 {
-                let r = self.refs[i];
-                let h = hash_of(r);
-                match t.probe(h, |_| false) {
-                    Probe::Vacant(j) => t.fill(j, h, r),
-                    Probe::Found(_) => unreachable!("probe with a false predicate finds nothing"),
-                }
+        for (r, h) in entries {
+            match t.probe(h, |_| false) {
+                Probe::Vacant(j) => t.fill(j, h, r),
+                Probe::Found(_) => unreachable!("probe with a false predicate finds nothing"),
             }
         }
+        debug_assert_eq!(t.len, self.len);
         *self = t;
     }
 
