@@ -288,7 +288,7 @@ pub fn nvkv_run(h: &DbHandle, w: Workload, s: &KvSpec) -> Result<(u64, f64, Hist
 }
 
 /// Durable puts in flight per batch in [`Workload::DurableThroughput`].
-pub const DURABLE_WINDOW: u64 = 64;
+pub const DURABLE_WINDOW: u64 = 1024;
 
 /// Batches of [`DURABLE_WINDOW`] durable puts of new keys until `limit`; every put's latency is its
 /// batch's (the batch is answered as a whole).
