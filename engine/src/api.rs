@@ -60,6 +60,8 @@ pub struct Options {
     pub queue_capacity: usize,
     /// Spin instead of sleeping when idle (lowest latency, burns a core per shard).
     pub busy_poll: bool,
+    /// Bytes of recently written segments each shard keeps in memory for reads (0: none).
+    pub cache_bytes: usize,
 }
 
 impl Options {
@@ -77,6 +79,7 @@ impl Options {
             pin_threads: true,
             queue_capacity: 4096,
             busy_poll: false,
+            cache_bytes: crate::shard::DEFAULT_CACHE_BYTES,
         }
     }
 
@@ -106,6 +109,7 @@ impl Options {
             conflict: self.conflict.clone(),
             create: self.create,
             gc_free_low: self.gc_free_low,
+            cache_bytes: self.cache_bytes,
         }
     }
 }

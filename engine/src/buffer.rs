@@ -155,6 +155,11 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
         nblocks as u32
     }
 
+    /// The first `len` bytes of the sealed buffer (the segment image).
+    pub fn image(&self, len: usize) -> &[u8] {
+        &self.buf[..len.min(self.buf.len())]
+    }
+
     /// Gives the device buffer up (to be written) and resets this one around `next`.
     pub fn swap(&mut self, next: B) -> B {
         self.len = SEG_HDR_LEN;

@@ -28,6 +28,7 @@
 pub mod api;
 pub mod bdev;
 pub mod buffer;
+pub mod cache;
 pub mod error;
 pub mod format;
 mod gc;

@@ -163,6 +163,9 @@ impl<D: BlockDevice> Shard<D> {
         };
         let nblocks = self.active.seal(&mut hdr, self.bs as usize);
         debug_assert_eq!(u64::from(nblocks), used);
+        // Reads of this segment (also while it is being written) come from memory.
+        self.cache
+            .insert(lba, self.active.image(nblocks as usize * self.bs as usize));
         // Records now have a place on the device: point the index there.
         let seg_base = lba * self.bs;
         let mut live = 0u64;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::bdev::BlockDevice;
 use crate::buffer::WriteBuffer;
+use crate::cache::SegmentCache;
 use crate::error::Error;
 use crate::format::{self, FormatError, SegmentHeader, Superblock, SB_BLOCKS, SEG_HDR_LEN};
 use crate::hlc::Hlc;
@@ -100,6 +101,7 @@ impl<D: BlockDevice> Shard<D> {
             stats: ShardStats::default(),
             failed: None,
             read_buf: None,
+            cache: SegmentCache::new(cfg.cache_bytes, bs),
             cfg,
         };
         let report = shard.recover()?;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::bdev::{BlockDevice, Completion, IoError};
 use crate::buffer::WriteBuffer;
+use crate::cache::SegmentCache;
 use crate::error::{check_sizes, Error, MAX_VALUE_LEN};
 use crate::format::{self, FormatError, REC_HDR_LEN, SEG_HDR_LEN};
 use crate::hlc::Hlc;
@@ -62,6 +63,8 @@ pub struct ShardConfig {
     pub create: bool,
     /// Garbage collection runs while the free fraction of the slice is below this.
     pub gc_free_low: f64,
+    /// Bytes of recently written segments kept in memory for reads (0: none). See [`crate::cache`].
+    pub cache_bytes: usize,
 }
 
 impl Default for ShardConfig {
@@ -75,9 +78,13 @@ impl Default for ShardConfig {
             conflict: Conflict::LastWriterWins,
             create: true,
             gc_free_low: 0.25,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
+
+/// Default segment-cache budget per shard.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 /// Options of one write.
 #[derive(Debug, Clone, Copy, Default)]
@@ -143,6 +150,12 @@ pub struct ShardStats {
     pub queue_depth: u64,
     /// Writes waiting for durability (handle path).
     pub durable_waiters: u64,
+    /// Reads of on-device records served by the segment cache.
+    pub cache_hits: u64,
+    /// Reads of on-device records that went to the device.
+    pub cache_misses: u64,
+    /// Bytes the segment cache holds.
+    pub cache_bytes: u64,
 }
 
 /// A segment on the device.
@@ -203,6 +216,8 @@ pub struct Shard<D: BlockDevice> {
     pub(crate) failed: Option<IoError>,
     /// Device buffer reused by reads of single records (no allocation per read).
     pub(crate) read_buf: Option<D::Buf>,
+    /// Copies of the newest segments, for reads.
+    pub(crate) cache: SegmentCache,
 }
 
 /// Largest read buffer a shard keeps for reuse.
@@ -580,6 +595,22 @@ impl<D: BlockDevice> Shard<D> {
             out.extend_from_slice(r.value);
             return Ok(());
         }
+        let rl = format::record_len(key.len(), e.val_len as usize) as u64;
+        let first = e.loc / self.bs;
+        let nblocks = (e.loc + rl).div_ceil(self.bs) - first;
+        let off = (e.loc - first * self.bs) as usize;
+        if let Some(blocks) = self.cache.get(first, nblocks) {
+            return match format::decode_record(&blocks[off..]) {
+                Ok((r, _)) if matches_entry(&r, key, e) => {
+                    out.extend_from_slice(r.value);
+                    Ok(())
+                }
+                Ok(_) => Err(Error::Corrupt(FormatError::BadField(
+                    "cached record does not match the index",
+                ))),
+                Err(err) => Err(Error::Corrupt(err)),
+            };
+        }
         // A record in the segment being written: wait until the device has it.
         if let Some(f) = &self.inflight {
             let blk = e.loc / self.bs;
@@ -587,23 +618,14 @@ impl<D: BlockDevice> Shard<D> {
                 self.drive_write_of_inflight()?;
             }
         }
-        let rl = format::record_len(key.len(), e.val_len as usize) as u64;
-        let first = e.loc / self.bs;
-        let nblocks = (e.loc + rl).div_ceil(self.bs) - first;
         let need = (nblocks * self.bs) as usize;
         let buf = match self.read_buf.take() {
             Some(b) if b.len() >= need => b,
             _ => self.dev.alloc_buf(need)?,
         };
         let buf = self.sync_read(first, nblocks as u32, buf)?;
-        let off = (e.loc - first * self.bs) as usize;
         let checked = match format::decode_record(&buf[off..need]) {
-            Ok((r, _))
-                if r.key == key
-                    && !r.tombstone
-                    && r.value.len() == e.val_len as usize
-                    && r.version == e.version =>
-            {
+            Ok((r, _)) if matches_entry(&r, key, e) => {
                 out.extend_from_slice(r.value);
                 Ok(())
             }
@@ -642,6 +664,9 @@ impl<D: BlockDevice> Shard<D> {
         s.free_blocks = self.space.free_blocks();
         s.free_extents = self.space.extents() as u64;
         s.segments = self.segments.len() as u64;
+        s.cache_hits = self.cache.hits;
+        s.cache_misses = self.cache.misses;
+        s.cache_bytes = self.cache.bytes() as u64;
         s
     }
 
@@ -707,4 +732,9 @@ impl<D: BlockDevice> Shard<D> {
         self.checkpoint()?;
         Ok(self.stats())
     }
+}
+
+/// Whether a record read back is the one the index entry describes.
+fn matches_entry(r: &format::Record<'_>, key: &[u8], e: &Entry) -> bool {
+    r.key == key && !r.tombstone && r.value.len() == e.val_len as usize && r.version == e.version
 }

@@ -150,6 +150,10 @@ fn shard_cfg() -> ShardConfig {
         checkpoint_every: 3,
         gc_free_low: 0.6,
         commit_interval: Duration::from_secs(60),
+        // Two segments' worth: reads hit the segment cache and miss it (the database tests below keep
+        // the default, larger than their disks, so every segment written is cached and the cache's
+        // overlap rule is exercised as space is reused).
+        cache_bytes: 8192,
         ..Default::default()
     }
 }
