@@ -105,6 +105,11 @@ fn main() {
         t0.elapsed().as_secs_f64(),
     );
     if std::env::args().nth(2).as_deref() == Some("fill") {
+        let q: Vec<String> = [0.9, 0.95, 0.98, 0.99, 0.995, 0.998]
+            .iter()
+            .map(|&p| format!("p{} {} ns", p * 100.0, pct(&lat, p)))
+            .collect();
+        println!("  {}", q.join(", "));
         // Profiling aid: the fill only.
         return;
     }
