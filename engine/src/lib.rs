@@ -17,7 +17,8 @@
 //!   the buffer fills, on `sync`, and as soon as nothing is in flight when a write asked to be durable
 //!   (group commit: writes arriving meanwhile share the next cycle).
 //! - **Versions** come from a per-shard counter and are never reused (also not after a delete), so
-//!   compare-and-swap has no ABA problem. **Timestamps** come from a hybrid logical clock or the caller.
+//!   compare-and-swap has no ABA problem. **Timestamps** come from a hybrid logical clock (the wall clock
+//!   at kernel-tick granularity, a logical counter within a tick) or the caller.
 //! - **Conflicts** ([`Conflict`]): last writer wins compares timestamps (ties keep the stored value; a
 //!   delete is applied only when newer than the stored value, and leaves no timestamp behind, so a later
 //!   put with an older caller timestamp is applied); first writer wins keeps the stored value unless the

@@ -1,8 +1,8 @@
 //! The in-memory index of one shard: key → where the newest record is, its length, timestamp and version.
 //!
-//! Point operations go through a hash table ([`table`]) of 4-byte references to nodes in an arena
-//! ([`arena`]) holding the packed entry next to the key, so a lookup reads one control byte line and one
-//! node, and a new key touches only warm memory. Key order for scans is kept apart ([`ordered`]): sorted
+//! Point operations go through a hash table (`table`) of 4-byte references to nodes in an arena
+//! (`arena`) holding the packed entry next to the key, so a lookup reads one control byte line and one
+//! node, and a new key touches only warm memory. Key order for scans is kept apart (`ordered`): sorted
 //! runs of references, built off the put path. [`Index::find`] returns a handle that
 //! [`Index::set_found`] and [`Index::remove_found`] use, so a write looks its key up once.
 
