@@ -90,6 +90,7 @@ impl<D: BlockDevice> Shard<D> {
             ckpt: None,
             ckpt_seg_seq: 0,
             segs_since_ckpt: 0,
+            log_bytes_since_ckpt: 0,
             need_checkpoint: false,
             pending_free: Vec::new(),
             gc_bad: Default::default(),

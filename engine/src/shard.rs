@@ -55,7 +55,8 @@ pub struct ShardConfig {
     pub buffer_bytes: usize,
     /// A buffer holding writes is persisted at the latest this long after its first write.
     pub commit_interval: Duration,
-    /// A checkpoint of the index is written every this many segments.
+    /// A checkpoint of the index is written after at least this many segments, once the log written
+    /// since the last one is at least as large as the checkpoint (see `persist`).
     pub checkpoint_every: u32,
     /// Conflict strategy.
     pub conflict: Conflict,
@@ -201,6 +202,8 @@ pub struct Shard<D: BlockDevice> {
     pub(crate) ckpt: Option<(u64, u64)>,
     pub(crate) ckpt_seg_seq: u64,
     pub(crate) segs_since_ckpt: u32,
+    /// Bytes of segments written since the last checkpoint.
+    pub(crate) log_bytes_since_ckpt: u64,
     pub(crate) need_checkpoint: bool,
     /// Extents to free once a generation is durable (GC victims).
     pub(crate) pending_free: Vec<(u64, u64, u64)>,
