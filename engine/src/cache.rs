@@ -14,10 +14,16 @@ use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Debug)]
 struct Cached {
+    /// At least `len` bytes (a reused allocation may be longer).
     data: Box<[u8]>,
+    len: usize,
     /// Insertion number, to tell a segment from a later one at the same block.
     id: u64,
 }
+
+/// Dropped copies kept for reuse. Full segments are all one size, and allocations that large are
+/// mmap'ed and unmapped by malloc each time: page faults and TLB shootdowns per cycle, costly on a VM.
+const SPARES: usize = 4;
 
 /// Recently written segments, by first block, up to a byte budget (oldest evicted first).
 #[derive(Debug)]
@@ -28,6 +34,7 @@ pub struct SegmentCache {
     limit: usize,
     block_size: u64,
     next_id: u64,
+    spares: Vec<Box<[u8]>>,
     /// Reads served from the cache.
     pub hits: u64,
     /// Reads that went to the device.
@@ -44,6 +51,7 @@ impl SegmentCache {
             limit,
             block_size: block_size.max(1),
             next_id: 0,
+            spares: Vec::new(),
             hits: 0,
             misses: 0,
         }
@@ -69,10 +77,19 @@ impl SegmentCache {
         let id = self.next_id;
         self.next_id += 1;
         self.bytes += data.len();
+        let buf = match self.spares.iter().position(|b| b.len() >= data.len()) {
+            Some(i) => {
+                let mut b = self.spares.swap_remove(i);
+                b[..data.len()].copy_from_slice(data);
+                b
+            }
+            None => data.into(),
+        };
         self.segs.insert(
             lba,
             Cached {
-                data: data.into(),
+                data: buf,
+                len: data.len(),
                 id,
             },
         );
@@ -88,7 +105,7 @@ impl SegmentCache {
             .and_then(|(&start, c)| {
                 let from = ((first - start) * self.block_size) as usize;
                 let to = from + (nblocks * self.block_size) as usize;
-                c.data.get(from..to)
+                c.data[..c.len].get(from..to)
             });
         match found {
             Some(b) => {
@@ -108,16 +125,21 @@ impl SegmentCache {
             .segs
             .range(..end)
             .rev()
-            .take_while(|(&start, c)| {
-                start + (c.data.len() as u64).div_ceil(bs) > lba || start >= lba
-            })
-            .filter(|(&start, c)| start + (c.data.len() as u64).div_ceil(bs) > lba)
+            .take_while(|(&start, c)| start + (c.len as u64).div_ceil(bs) > lba || start >= lba)
+            .filter(|(&start, c)| start + (c.len as u64).div_ceil(bs) > lba)
             .map(|(&start, _)| start)
             .collect();
         for s in doomed {
             if let Some(c) = self.segs.remove(&s) {
-                self.bytes -= c.data.len();
+                self.release(c);
             }
+        }
+    }
+
+    fn release(&mut self, c: Cached) {
+        self.bytes -= c.len;
+        if self.spares.len() < SPARES {
+            self.spares.push(c.data);
         }
     }
 
@@ -126,7 +148,7 @@ impl SegmentCache {
         while let Some((lba, id)) = self.order.pop_front() {
             if self.segs.get(&lba).is_some_and(|c| c.id == id) {
                 if let Some(c) = self.segs.remove(&lba) {
-                    self.bytes -= c.data.len();
+                    self.release(c);
                 }
                 return true;
             }
@@ -183,6 +205,10 @@ mod tests {
         assert_eq!(c.get(0, 1).map(|b| b[0]), Some(3));
         assert_eq!(c.get(200, 1).map(|b| b[0]), Some(4));
         assert!(c.bytes() <= 8 * 512);
+        // A reused (longer) allocation serves only the new segment's own blocks.
+        c.insert(300, &seg(6, 1));
+        assert_eq!(c.get(300, 1).map(|b| b[0]), Some(6));
+        assert!(c.get(301, 1).is_none());
         let mut off = SegmentCache::new(0, 512);
         off.insert(0, &seg(1, 1));
         assert!(off.get(0, 1).is_none(), "a zero budget caches nothing");
