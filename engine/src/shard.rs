@@ -603,16 +603,14 @@ impl<D: BlockDevice> Shard<D> {
         let nblocks = (e.loc + rl).div_ceil(self.bs) - first;
         let off = (e.loc - first * self.bs) as usize;
         if let Some(blocks) = self.cache.get(first, nblocks) {
-            return match format::decode_record(&blocks[off..]) {
-                Ok((r, _)) if matches_entry(&r, key, e) => {
-                    out.extend_from_slice(r.value);
-                    Ok(())
-                }
-                Ok(_) => Err(Error::Corrupt(FormatError::BadField(
-                    "cached record does not match the index",
-                ))),
-                Err(err) => Err(Error::Corrupt(err)),
-            };
+            let v = checked_value(
+                &blocks[off..],
+                key,
+                e,
+                "cached record does not match the index",
+            )?;
+            out.extend_from_slice(v);
+            return Ok(());
         }
         // A record in the segment being written: wait until the device has it.
         if let Some(f) = &self.inflight {
@@ -627,16 +625,8 @@ impl<D: BlockDevice> Shard<D> {
             _ => self.dev.alloc_buf(need)?,
         };
         let buf = self.sync_read(first, nblocks as u32, buf)?;
-        let checked = match format::decode_record(&buf[off..need]) {
-            Ok((r, _)) if matches_entry(&r, key, e) => {
-                out.extend_from_slice(r.value);
-                Ok(())
-            }
-            Ok(_) => Err(Error::Corrupt(FormatError::BadField(
-                "record does not match the index",
-            ))),
-            Err(err) => Err(Error::Corrupt(err)),
-        };
+        let checked = checked_value(&buf[off..need], key, e, "record does not match the index")
+            .map(|v| out.extend_from_slice(v));
         if buf.len() <= READ_BUF_KEEP {
             self.read_buf = Some(buf);
         }
@@ -740,4 +730,18 @@ impl<D: BlockDevice> Shard<D> {
 /// Whether a record read back is the one the index entry describes.
 fn matches_entry(r: &format::Record<'_>, key: &[u8], e: &Entry) -> bool {
     r.key == key && !r.tombstone && r.value.len() == e.val_len as usize && r.version == e.version
+}
+
+/// The value of the record at the start of `bytes`, checked (checksum, and against the index entry).
+fn checked_value<'a>(
+    bytes: &'a [u8],
+    key: &[u8],
+    e: &Entry,
+    mismatch: &'static str,
+) -> Result<&'a [u8], Error> {
+    match format::decode_record(bytes) {
+        Ok((r, _)) if matches_entry(&r, key, e) => Ok(r.value),
+        Ok(_) => Err(Error::Corrupt(FormatError::BadField(mismatch))),
+        Err(err) => Err(Error::Corrupt(err)),
+    }
 }

@@ -424,6 +424,8 @@ impl QueuePair {
     }
 
     /// Like [`QueuePair::write`], but the buffer stays with the caller (see [`QueuePair::read_borrowed`]).
+    /// (The two bodies are not folded into one helper: that measured 9 more instructions per I/O on the
+    /// loopback benchmark.)
     ///
     /// # Safety
     /// The device reads `buf[range]` until the request completes: the caller must keep `buf` alive and must not
