@@ -14,13 +14,7 @@ use std::time::Duration;
 
 type R = Result<(), Box<dyn Error>>;
 
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+).into());
-        }
-    };
-}
+use nvkv_qemu::check;
 
 fn main() {
     let tests = [

@@ -28,13 +28,7 @@ const C_KERNEL: &str = "0000:00:13.0";
 const C_SLOW: &str = "0000:00:14.0";
 const FAULT_LBA: u64 = 256; // blkdebug sector 2048 (512-byte sectors) = 4 KiB LBA 256
 
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+).into());
-        }
-    };
-}
+use nvkv_qemu::check;
 
 fn main() {
     let tests = [

@@ -15,6 +15,16 @@ const RESULT: &str = "@@NVKV-TEST ";
 /// A test that runs in the guest.
 pub type TestFn = fn() -> Result<(), Box<dyn std::error::Error>>;
 
+/// In a guest test ([`TestFn`]): fails the test with a formatted message unless the condition holds.
+#[macro_export]
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+).into());
+        }
+    };
+}
+
 /// One guest test: a name and a function.
 #[derive(Debug, Clone, Copy)]
 pub struct GuestTest {

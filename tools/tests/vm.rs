@@ -24,13 +24,7 @@ const K: &str = "0000:00:10.0";
 const V: &str = "0000:00:11.0";
 const D: &str = "0000:00:12.0";
 
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+).into());
-        }
-    };
-}
+use nvkv_qemu::check;
 
 fn main() {
     let tests = [

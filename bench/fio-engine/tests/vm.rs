@@ -26,13 +26,7 @@ const REPORT: &str = "nvkv-fio: ";
 /// Seconds of each IOPS run.
 const RUNTIME: u32 = 4;
 
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+).into());
-        }
-    };
-}
+use nvkv_qemu::check;
 
 fn main() {
     let tests = [
