@@ -225,6 +225,7 @@ impl QueuePair {
             None
         };
         let max_transfer = p.max_transfer.clamp(PAGE_SIZE, PAGE_SIZE * (PAGE_SIZE / 8));
+        let cq_threshold = (cq_entries - sq_entries).max(1);
         Ok(Self {
             qid: p.qid,
             sq: sq_mem.as_ptr() as *mut SubmissionEntry,
@@ -235,8 +236,8 @@ impl QueuePair {
             sq_rung: 0,
             cq_head: 0,
             phase: 1,
-            cq_ring_at: (cq_entries - sq_entries).max(1) % cq_entries,
-            cq_threshold: (cq_entries - sq_entries).max(1),
+            cq_ring_at: Self::advance(0, cq_threshold, cq_entries),
+            cq_threshold,
             sq_db,
             cq_db,
             shadow,
@@ -916,7 +917,7 @@ impl QueuePair {
         self.sq_rung = 0;
         self.cq_head = 0;
         self.phase = 1;
-        self.cq_ring_at = self.cq_threshold % self.cq_entries;
+        self.cq_ring_at = Self::advance(0, self.cq_threshold, self.cq_entries);
         self.timed_out = false;
         self.stall_since = None;
         self.stall_stage = 0;
