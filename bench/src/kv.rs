@@ -307,8 +307,8 @@ fn durable_throughput(
             // Keys past the loaded range (and past durable_put's): fresh inserts.
             let k = 2 * s.keys + 1_000_000_000 + n + j;
             let key = key(k, s.key_size);
-            b.submit_key(
-                &key.clone(),
+            b.submit(
+                nvkv::api::shard_of(&key, h.shards()),
                 nvkv::api::Op::Put(
                     key,
                     value(k, s.value_size),
