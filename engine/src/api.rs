@@ -63,6 +63,9 @@ pub struct Options {
     pub busy_poll: bool,
     /// Bytes of recently written segments each shard keeps in memory for reads (0: none).
     pub cache_bytes: usize,
+    /// Segments each shard writes at once (at least 1; each holds a write buffer of `buffer_bytes` while
+    /// its write is in flight). More absorb longer device stalls before writers wait.
+    pub max_inflight_cycles: usize,
 }
 
 impl Options {
@@ -81,6 +84,7 @@ impl Options {
             queue_capacity: 4096,
             busy_poll: false,
             cache_bytes: crate::shard::DEFAULT_CACHE_BYTES,
+            max_inflight_cycles: crate::shard::DEFAULT_INFLIGHT_CYCLES,
         }
     }
 
@@ -111,6 +115,7 @@ impl Options {
             create: self.create,
             gc_free_low: self.gc_free_low,
             cache_bytes: self.cache_bytes,
+            max_inflight_cycles: self.max_inflight_cycles.max(1),
         }
     }
 }
@@ -597,11 +602,17 @@ fn run_shard<D: BlockDevice>(
             std::hint::spin_loop();
             continue;
         }
-        // Sleep until a request arrives or the commit interval of buffered writes runs out.
-        let timeout = shard
-            .next_deadline()
-            .unwrap_or(Duration::from_millis(50))
-            .max(Duration::from_micros(50));
+        // Sleep until a request arrives or the commit interval of buffered writes runs out; with
+        // segments being written, only briefly: completions are polled (no interrupts), and a writer
+        // waiting for durability would otherwise wait out the whole sleep.
+        let timeout = if shard.io_pending() {
+            Duration::from_micros(20)
+        } else {
+            shard
+                .next_deadline()
+                .unwrap_or(Duration::from_millis(50))
+                .max(Duration::from_micros(50))
+        };
         let q = &link.queue;
         let stop = &inner.stop;
         link.bell.sleep(

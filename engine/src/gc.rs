@@ -42,7 +42,7 @@ impl<D: BlockDevice> Shard<D> {
         };
         if seg.live == 0 {
             // Nothing to move: the next checkpoint frees it.
-            if !self.need_checkpoint && self.inflight.is_none() {
+            if !self.need_checkpoint && self.pipeline.is_idle() {
                 self.checkpoint()?;
                 return Ok(true);
             }
@@ -102,7 +102,7 @@ impl<D: BlockDevice> Shard<D> {
             if tries > 64 {
                 return Err(Error::NoSpace);
             }
-            if !self.pending_free.is_empty() || self.inflight.is_some() {
+            if !self.pending_free.is_empty() || !self.pipeline.is_idle() {
                 // Copies waiting to become durable: finish that cycle (and the one holding them).
                 self.drive_cycle()?;
                 if !self.pending_free.is_empty() && !self.active.is_empty() {

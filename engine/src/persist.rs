@@ -1,11 +1,23 @@
 //! Persistence cycles: seal the active buffer into a segment, write it at the log head, Flush when the
-//! device has a volatile cache, then publish the generation (durable waiters are answered). The other
-//! buffer takes writes meanwhile. After `checkpoint_every` segments, once the log written since the last
-//! checkpoint is at least as large as a checkpoint would be (and at open and close), the index is written
-//! as a checkpoint and the superblock switched to it — done synchronously, so it must stay rare: with small
-//! segments (a short commit interval) a count of segments alone made it the shard's main work (a whole
-//! index written every 64 ms at a 1 ms interval), while the log-size rule keeps its cost at most that of
-//! the log it saves replaying.
+//! device has a volatile cache, then publish the generation (durable waiters are answered).
+//!
+//! Cycles are pipelined: up to `max_inflight_cycles` segments are being written at once while the active
+//! buffer takes new writes, and one Flush at a time covers every segment whose write completed before it
+//! was submitted (group commit). A generation is published only when it and every older one are durable,
+//! so the log chain a recovery follows never has a published segment behind a hole. With one buffer in
+//! flight a device stall (QEMU's Flush is the host's fdatasync, which can take 100 ms when the image has
+//! dirty pages) stopped every writer once the active buffer filled; now the stall has to outlast all the
+//! buffers in flight.
+//!
+//! After `checkpoint_every` segments, once the log written since the last checkpoint is at least as large
+//! as a checkpoint would be (and at open and close), the index is written as a checkpoint and the
+//! superblock switched to it — done synchronously, so it must stay rare: with small segments (a short
+//! commit interval) a count of segments alone made it the shard's main work (a whole index written every
+//! 64 ms at a 1 ms interval), while the log-size rule keeps its cost at most that of the log it saves
+//! replaying.
+
+use std::collections::VecDeque;
+use std::time::Instant;
 
 use crate::bdev::{BlockDevice, Completion, IoError, SubmitError};
 use crate::error::Error;
@@ -13,22 +25,66 @@ use crate::format::{self, SegmentHeader, SegmentRef, Superblock};
 use crate::index::LOC_BUFFERED;
 use crate::shard::{SegInfo, Shard, TAG_CYCLE_FLUSH, TAG_CYCLE_WRITE};
 
-/// Where the cycle in flight is.
-pub(crate) enum CycleState<B> {
-    /// The write was refused as busy: retry.
-    SubmitWrite(B),
+/// Where the write of one cycle is.
+pub(crate) enum WriteState<B> {
+    /// Not submitted yet (or refused as busy): retry.
+    Submit(B),
     Writing,
-    SubmitFlush,
-    Flushing,
-    Done,
+    /// On the device; durable once a Flush submitted after this covers it.
+    Written,
 }
 
-/// The cycle in flight.
+/// A cycle whose segment is being written.
 pub(crate) struct InFlight<B> {
     pub gen: u64,
     pub lba: u64,
     pub nblocks: u32,
-    pub state: CycleState<B>,
+    pub state: WriteState<B>,
+    pub started: Instant,
+}
+
+/// The Flush in flight and the cycles it makes durable.
+pub(crate) struct FlushInFlight {
+    /// Newest generation covered.
+    pub gen: u64,
+    /// Cycles (segments) and blocks covered.
+    pub cycles: u32,
+    pub blocks: u64,
+    /// Submitted (false: refused as busy, retry).
+    pub submitted: bool,
+    pub started: Instant,
+}
+
+/// The persistence pipeline: segments being written, in generation order, and the Flush in flight.
+pub(crate) struct Pipeline<B> {
+    pub writes: VecDeque<InFlight<B>>,
+    pub flush: Option<FlushInFlight>,
+}
+
+impl<B> Pipeline<B> {
+    pub(crate) fn new() -> Self {
+        Pipeline {
+            writes: VecDeque::new(),
+            flush: None,
+        }
+    }
+
+    /// Nothing written and not yet durable.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.writes.is_empty() && self.flush.is_none()
+    }
+
+    /// The cycle writing the segment that holds block `blk`, when its write has not completed.
+    fn unwritten_holding(&self, blk: u64) -> Option<u64> {
+        self.writes
+            .iter()
+            .find(|f| {
+                !matches!(f.state, WriteState::Written)
+                    && blk >= f.lba
+                    && blk < f.lba + u64::from(f.nblocks)
+            })
+            .map(|f| f.gen)
+    }
 }
 
 fn submit_err<B>(e: SubmitError<B>) -> (Option<B>, Option<IoError>) {
@@ -38,90 +94,153 @@ fn submit_err<B>(e: SubmitError<B>) -> (Option<B>, Option<IoError>) {
     }
 }
 
+fn elapsed_ns(t: Instant) -> u64 {
+    t.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
 impl<D: BlockDevice> Shard<D> {
-    /// Reaps completions: the cycle's go to the cycle, the others wait in `sync_done`.
+    /// Reaps completions: the cycles' go to the pipeline, the others wait in `sync_done`.
     pub(crate) fn poll_dev(&mut self) -> usize {
         let mut got = std::mem::take(&mut self.polled);
         let n = self.dev.poll(64, |c| got.push(c));
         for c in got.drain(..) {
-            match c.tag {
-                TAG_CYCLE_WRITE | TAG_CYCLE_FLUSH => self.on_cycle_completion(c),
-                _ => self.sync_done.push(c),
+            if c.tag == TAG_CYCLE_FLUSH || c.tag & TAG_CYCLE_WRITE != 0 {
+                self.on_cycle_completion(c);
+            } else {
+                self.sync_done.push(c);
             }
         }
         self.polled = got;
         n
     }
 
-    fn on_cycle_completion(&mut self, c: Completion<D::Buf>) {
-        let Some(f) = &mut self.inflight else { return };
-        if let Some(b) = c.buf {
-            self.spare = Some(b);
+    /// A failed write or Flush: the segment may or may not be on the device, so stop writing rather than
+    /// guess. Nothing in the pipeline becomes durable.
+    fn fail_pipeline(&mut self, e: IoError) {
+        self.failed = Some(e);
+        for f in self.pipeline.writes.drain(..) {
+            if let WriteState::Submit(b) = f.state {
+                self.spares.push(b);
+            }
         }
-        if let Err(e) = c.result {
-            // The segment may or may not be on the device: stop writing rather than guess.
-            self.failed = Some(e);
-            self.inflight = None;
+        self.pipeline.flush = None;
+    }
+
+    fn on_cycle_completion(&mut self, c: Completion<D::Buf>) {
+        if let Some(b) = c.buf {
+            self.spares.push(b);
+        }
+        if self.failed.is_some() {
             return;
         }
-        f.state = match (&f.state, c.tag) {
-            (CycleState::Writing, TAG_CYCLE_WRITE) if self.dev.has_volatile_cache() => {
-                CycleState::SubmitFlush
+        if let Err(e) = c.result {
+            self.fail_pipeline(e);
+            return;
+        }
+        if c.tag == TAG_CYCLE_FLUSH {
+            if let Some(fl) = self.pipeline.flush.take() {
+                self.stats.flushes += 1;
+                let ns = elapsed_ns(fl.started);
+                self.stats.flush_ns_total += ns;
+                self.stats.flush_ns_max = self.stats.flush_ns_max.max(ns);
+                self.publish(fl.gen, fl.cycles, fl.blocks);
             }
-            (CycleState::Writing, TAG_CYCLE_WRITE) | (CycleState::Flushing, TAG_CYCLE_FLUSH) => {
-                CycleState::Done
+        } else {
+            let gen = c.tag & !TAG_CYCLE_WRITE;
+            if let Some(f) = self.pipeline.writes.iter_mut().find(|f| f.gen == gen) {
+                f.state = WriteState::Written;
+                let ns = elapsed_ns(f.started);
+                self.stats.write_ns_total += ns;
+                self.stats.write_ns_max = self.stats.write_ns_max.max(ns);
             }
-            _ => return,
-        };
+        }
         self.advance_cycle();
     }
 
-    /// Moves the cycle in flight forward as far as it goes without waiting.
+    /// Moves the pipeline forward as far as it goes without waiting: submits the writes not yet
+    /// submitted (in order), then covers the oldest written segments with a Flush (or publishes them
+    /// when the device has no volatile cache).
     pub(crate) fn advance_cycle(&mut self) {
-        let Some(f) = &mut self.inflight else { return };
-        match std::mem::replace(&mut f.state, CycleState::Writing) {
-            CycleState::SubmitWrite(buf) => {
-                match self
-                    .dev
-                    .submit_write(self.base + f.lba, f.nblocks, buf, 0, TAG_CYCLE_WRITE)
-                {
-                    Ok(()) => f.state = CycleState::Writing,
-                    Err(e) => match submit_err(e) {
-                        (b, Some(err)) => {
-                            self.spare = b;
-                            self.failed = Some(err);
-                            self.inflight = None;
+        if self.failed.is_some() {
+            return;
+        }
+        for i in 0..self.pipeline.writes.len() {
+            let f = &mut self.pipeline.writes[i];
+            if !matches!(f.state, WriteState::Submit(_)) {
+                continue;
+            }
+            let WriteState::Submit(buf) = std::mem::replace(&mut f.state, WriteState::Writing)
+            else {
+                continue;
+            };
+            let (lba, nblocks, tag) = (self.base + f.lba, f.nblocks, TAG_CYCLE_WRITE | f.gen);
+            match self.dev.submit_write(lba, nblocks, buf, 0, tag) {
+                Ok(()) => {}
+                Err(e) => match submit_err(e) {
+                    (b, Some(err)) => {
+                        if let Some(b) = b {
+                            self.spares.push(b);
                         }
-                        (Some(b), None) => f.state = CycleState::SubmitWrite(b),
-                        (None, None) => {
-                            self.failed = Some(IoError::Device(libc::EIO));
-                            self.inflight = None;
-                        }
-                    },
+                        self.fail_pipeline(err);
+                        return;
+                    }
+                    (Some(b), None) => {
+                        self.pipeline.writes[i].state = WriteState::Submit(b);
+                        break;
+                    }
+                    (None, None) => {
+                        self.fail_pipeline(IoError::Device(libc::EIO));
+                        return;
+                    }
+                },
+            }
+        }
+        if self.pipeline.flush.is_none() {
+            let mut cycles = 0u32;
+            let mut blocks = 0u64;
+            let mut gen = 0;
+            while let Some(f) = self.pipeline.writes.front() {
+                if !matches!(f.state, WriteState::Written) {
+                    break;
+                }
+                cycles += 1;
+                blocks += u64::from(f.nblocks);
+                gen = f.gen;
+                self.pipeline.writes.pop_front();
+            }
+            if cycles > 0 {
+                if self.dev.has_volatile_cache() {
+                    self.pipeline.flush = Some(FlushInFlight {
+                        gen,
+                        cycles,
+                        blocks,
+                        submitted: false,
+                        started: Instant::now(),
+                    });
+                } else {
+                    self.publish(gen, cycles, blocks);
                 }
             }
-            CycleState::SubmitFlush => match self.dev.submit_flush(TAG_CYCLE_FLUSH) {
-                Ok(()) => f.state = CycleState::Flushing,
-                Err(e) => match submit_err(e) {
-                    (_, Some(err)) => {
-                        self.failed = Some(err);
-                        self.inflight = None;
+        }
+        if let Some(fl) = &mut self.pipeline.flush {
+            if !fl.submitted {
+                match self.dev.submit_flush(TAG_CYCLE_FLUSH) {
+                    Ok(()) => fl.submitted = true,
+                    Err(e) => {
+                        if let (_, Some(err)) = submit_err(e) {
+                            self.fail_pipeline(err);
+                        }
                     }
-                    _ => f.state = CycleState::SubmitFlush,
-                },
-            },
-            CycleState::Done => self.publish(),
-            s => f.state = s,
+                }
+            }
         }
     }
 
-    /// The cycle's segment is durable: publish its generation.
-    fn publish(&mut self) {
-        let Some(f) = self.inflight.take() else {
-            return;
-        };
-        self.durable_gen = f.gen;
-        self.stats.cycles += 1;
+    /// Generations up to `gen` (`cycles` segments of `blocks` blocks since the last publication) are
+    /// durable.
+    fn publish(&mut self, gen: u64, cycles: u32, blocks: u64) {
+        self.durable_gen = gen;
+        self.stats.cycles += u64::from(cycles);
         let durable = self.durable_gen;
         let mut i = 0;
         while i < self.pending_free.len() {
@@ -134,8 +253,8 @@ impl<D: BlockDevice> Shard<D> {
                 i += 1;
             }
         }
-        self.segs_since_ckpt += 1;
-        self.log_bytes_since_ckpt += u64::from(f.nblocks) * self.bs;
+        self.segs_since_ckpt += cycles;
+        self.log_bytes_since_ckpt += blocks * self.bs;
         if self.segs_since_ckpt >= self.cfg.checkpoint_every
             && self.log_bytes_since_ckpt
                 >= format::ckpt_len(
@@ -148,9 +267,27 @@ impl<D: BlockDevice> Shard<D> {
         }
     }
 
-    /// Seals the active buffer into the next segment and starts writing it. No cycle may be in flight.
+    /// Whether another cycle may start now (a buffer is free to seal the active one into).
+    pub(crate) fn cycle_slot_free(&self) -> bool {
+        self.pipeline.writes.len() < self.cfg.max_inflight_cycles.max(1)
+    }
+
+    /// Polls until another cycle may start.
+    pub(crate) fn wait_cycle_slot(&mut self) -> Result<(), Error> {
+        while !self.cycle_slot_free() && self.failed.is_none() {
+            self.advance_cycle();
+            self.poll_dev();
+        }
+        match &self.failed {
+            Some(e) => Err(Error::Io(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Seals the active buffer into the next segment and starts writing it. A cycle slot must be free
+    /// ([`Self::cycle_slot_free`]).
     pub(crate) fn start_cycle(&mut self) -> Result<(), Error> {
-        debug_assert!(self.inflight.is_none());
+        debug_assert!(self.cycle_slot_free());
         if self.active.is_empty() {
             return Ok(());
         }
@@ -216,16 +353,17 @@ impl<D: BlockDevice> Shard<D> {
         );
         self.log_head = (next, self.buf_blocks);
         self.next_seq += 1;
-        let fresh = match self.spare.take() {
+        let fresh = match self.spares.pop() {
             Some(b) => b,
             None => self.dev.alloc_buf(self.active.capacity())?,
         };
         let buf = self.active.swap(fresh);
-        self.inflight = Some(InFlight {
+        self.pipeline.writes.push_back(InFlight {
             gen: self.active_gen,
             lba,
             nblocks,
-            state: CycleState::SubmitWrite(buf),
+            state: WriteState::Submit(buf),
+            started: Instant::now(),
         });
         self.active_gen += 1;
         self.active_since = None;
@@ -246,11 +384,11 @@ impl<D: BlockDevice> Shard<D> {
         self.space.alloc(self.buf_blocks).ok_or(Error::NoSpace)
     }
 
-    /// Polls until no cycle is in flight.
+    /// Polls until every cycle started is durable (or the pipeline failed).
     pub(crate) fn drive_cycle(&mut self) -> Result<(), Error> {
-        while self.inflight.is_some() {
+        while !self.pipeline.is_idle() && self.failed.is_none() {
             self.advance_cycle();
-            if self.inflight.is_some() {
+            if !self.pipeline.is_idle() {
                 self.poll_dev();
             }
         }
@@ -260,15 +398,10 @@ impl<D: BlockDevice> Shard<D> {
         }
     }
 
-    /// Polls until the segment in flight has been written (reads may then go to the device).
-    pub(crate) fn drive_write_of_inflight(&mut self) -> Result<(), Error> {
-        while let Some(f) = &self.inflight {
-            if matches!(
-                f.state,
-                CycleState::SubmitFlush | CycleState::Flushing | CycleState::Done
-            ) {
-                break;
-            }
+    /// Polls until the segment holding block `blk`, if it is being written, is on the device (reads
+    /// may then go to the device).
+    pub(crate) fn drive_write_holding(&mut self, blk: u64) -> Result<(), Error> {
+        while self.pipeline.unwritten_holding(blk).is_some() && self.failed.is_none() {
             self.advance_cycle();
             self.poll_dev();
         }
@@ -355,6 +488,15 @@ impl<D: BlockDevice> Shard<D> {
     /// Writes a checkpoint of the whole index and switches the superblock to it. Persists the active
     /// buffer first, so every index entry points at a durable record.
     pub(crate) fn checkpoint(&mut self) -> Result<(), Error> {
+        let started = Instant::now();
+        let r = self.write_checkpoint();
+        let ns = elapsed_ns(started);
+        self.stats.checkpoint_ns_total += ns;
+        self.stats.checkpoint_ns_max = self.stats.checkpoint_ns_max.max(ns);
+        r
+    }
+
+    fn write_checkpoint(&mut self) -> Result<(), Error> {
         self.need_checkpoint = false;
         self.drive_cycle()?;
         if !self.active.is_empty() {

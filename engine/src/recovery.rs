@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::format::{self, FormatError, SegmentHeader, Superblock, SB_BLOCKS, SEG_HDR_LEN};
 use crate::hlc::Hlc;
 use crate::index::{Entry, Index};
+use crate::persist::Pipeline;
 use crate::shard::{SegInfo, Shard, ShardConfig, ShardStats, TAG_SYNC_FIRST};
 use crate::space::FreeSpace;
 
@@ -67,7 +68,7 @@ impl<D: BlockDevice> Shard<D> {
         }
         let cap = (buf_blocks * bs) as usize;
         let active = WriteBuffer::new(dev.alloc_buf(cap)?);
-        let spare = Some(dev.alloc_buf(cap)?);
+        let spares = vec![dev.alloc_buf(cap)?];
         let mut shard = Shard {
             base: u64::from(cfg.shard_id) * slice_blocks,
             dev,
@@ -78,8 +79,8 @@ impl<D: BlockDevice> Shard<D> {
             active,
             active_gen: 1,
             active_since: None,
-            spare,
-            inflight: None,
+            spares,
+            pipeline: Pipeline::new(),
             durable_gen: 0,
             durable_wanted: 0,
             space: FreeSpace::new(SB_BLOCKS, slice_blocks),

@@ -14,7 +14,7 @@ use crate::error::{check_sizes, Error, MAX_VALUE_LEN};
 use crate::format::{self, FormatError, REC_HDR_LEN, SEG_HDR_LEN};
 use crate::hlc::Hlc;
 use crate::index::{Entry, Found, Index, LOC_BUFFERED};
-use crate::persist::InFlight;
+use crate::persist::Pipeline;
 use crate::space::FreeSpace;
 
 /// Key-value pairs, as scans return them.
@@ -66,6 +66,9 @@ pub struct ShardConfig {
     pub gc_free_low: f64,
     /// Bytes of recently written segments kept in memory for reads (0: none). See [`crate::cache`].
     pub cache_bytes: usize,
+    /// Segments written at once (each holds a write buffer until its write completes); at least 1.
+    /// More absorb longer device stalls before writers wait (see the `persist` module).
+    pub max_inflight_cycles: usize,
 }
 
 impl Default for ShardConfig {
@@ -80,9 +83,13 @@ impl Default for ShardConfig {
             create: true,
             gc_free_low: 0.25,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            max_inflight_cycles: DEFAULT_INFLIGHT_CYCLES,
         }
     }
 }
+
+/// Default number of segments written at once per shard.
+pub const DEFAULT_INFLIGHT_CYCLES: usize = 4;
 
 /// Default segment-cache budget per shard.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
@@ -157,6 +164,16 @@ pub struct ShardStats {
     pub cache_misses: u64,
     /// Bytes the segment cache holds.
     pub cache_bytes: u64,
+    /// Segment writes completed, their total and longest time from submission to completion (ns).
+    pub write_ns_total: u64,
+    pub write_ns_max: u64,
+    /// Flushes of persistence cycles completed, their total and longest time (ns).
+    pub flushes: u64,
+    pub flush_ns_total: u64,
+    pub flush_ns_max: u64,
+    /// Time spent writing checkpoints (the shard does nothing else meanwhile), total and longest (ns).
+    pub checkpoint_ns_total: u64,
+    pub checkpoint_ns_max: u64,
 }
 
 /// A segment on the device.
@@ -168,7 +185,8 @@ pub(crate) struct SegInfo {
     pub live: u64,
 }
 
-pub(crate) const TAG_CYCLE_WRITE: u64 = 1;
+/// A cycle's segment write: this bit plus the generation.
+pub(crate) const TAG_CYCLE_WRITE: u64 = 1 << 63;
 pub(crate) const TAG_CYCLE_FLUSH: u64 = 2;
 pub(crate) const TAG_SYNC_FIRST: u64 = 1 << 32;
 
@@ -187,8 +205,10 @@ pub struct Shard<D: BlockDevice> {
     pub(crate) active: WriteBuffer<D::Buf>,
     pub(crate) active_gen: u64,
     pub(crate) active_since: Option<Instant>,
-    pub(crate) spare: Option<D::Buf>,
-    pub(crate) inflight: Option<InFlight<D::Buf>>,
+    /// Write buffers not in use (returned by completed segment writes).
+    pub(crate) spares: Vec<D::Buf>,
+    /// Segments being written and the Flush that makes them durable.
+    pub(crate) pipeline: Pipeline<D::Buf>,
     pub(crate) durable_gen: u64,
     /// Highest generation someone waits on (group commit: triggers a cycle when nothing is in flight).
     pub(crate) durable_wanted: u64,
@@ -294,7 +314,7 @@ impl<D: BlockDevice> Shard<D> {
             if self.active.fits_after_compaction(rl) {
                 self.compact_active();
             } else {
-                self.drive_cycle()?;
+                self.wait_cycle_slot()?;
                 self.start_cycle()?;
             }
         }
@@ -612,13 +632,8 @@ impl<D: BlockDevice> Shard<D> {
             out.extend_from_slice(v);
             return Ok(());
         }
-        // A record in the segment being written: wait until the device has it.
-        if let Some(f) = &self.inflight {
-            let blk = e.loc / self.bs;
-            if blk >= f.lba && blk < f.lba + u64::from(f.nblocks) {
-                self.drive_write_of_inflight()?;
-            }
-        }
+        // A record in a segment being written: wait until the device has it.
+        self.drive_write_holding(e.loc / self.bs)?;
         let need = (nblocks * self.bs) as usize;
         let buf = match self.read_buf.take() {
             Some(b) if b.len() >= need => b,
@@ -669,11 +684,11 @@ impl<D: BlockDevice> Shard<D> {
     pub fn tick(&mut self) -> Result<bool, Error> {
         let mut did = self.poll_dev() > 0;
         self.advance_cycle();
-        if self.inflight.is_none() && self.failed.is_none() {
+        if self.failed.is_none() {
             if self.need_checkpoint {
                 self.checkpoint()?;
                 did = true;
-            } else if !self.active.is_empty() {
+            } else if !self.active.is_empty() && self.cycle_slot_free() {
                 let due = self
                     .active_since
                     .is_some_and(|t| t.elapsed() >= self.cfg.commit_interval);
@@ -687,6 +702,11 @@ impl<D: BlockDevice> Shard<D> {
             did |= self.gc_step()?;
         }
         Ok(did)
+    }
+
+    /// Whether segment writes or their Flush are in flight (they progress only when polled).
+    pub fn io_pending(&self) -> bool {
+        !self.pipeline.is_idle()
     }
 
     /// Time until the commit interval of the active buffer runs out (None: nothing buffered).
@@ -710,7 +730,7 @@ impl<D: BlockDevice> Shard<D> {
     pub fn wait_durable(&mut self, gen: u64) -> Result<(), Error> {
         while self.durable_gen < gen {
             self.check_writable()?;
-            if self.inflight.is_none() && self.active_gen == gen && !self.active.is_empty() {
+            if self.cycle_slot_free() && self.active_gen == gen && !self.active.is_empty() {
                 self.start_cycle()?;
             }
             self.advance_cycle();

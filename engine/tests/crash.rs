@@ -46,10 +46,13 @@ struct W {
     acked_at: Option<usize>,
 }
 
-fn workload(seed: u64) -> (Vec<W>, Vec<WriteEvent>) {
+/// `lifo`: the device completes the newest request first, so segment writes complete out of order.
+fn workload(seed: u64, lifo: bool) -> (Vec<W>, Vec<WriteEvent>) {
     let rec = Recorder::new();
     let disk = MemDisk::new(BS, BLOCKS).with_volatile_cache(true);
-    let (mut s, _) = Shard::open(rec.wrap(disk.bdev()), cfg()).expect("open");
+    let mut dev = disk.bdev();
+    dev.set_lifo_completions(lifo);
+    let (mut s, _) = Shard::open(rec.wrap(dev), cfg()).expect("open");
     let mut rng = Rng(seed);
     let mut writes: Vec<W> = Vec::new();
     let mut pending: Vec<(usize, u64)> = Vec::new();
@@ -153,12 +156,12 @@ fn check_image(img: &[u8], writes: &[W], pos: usize, what: &str) {
 fn crash_images_recover_durable_writes() {
     let mut images = 0usize;
     let mut total_events = 0usize;
-    for seed in [
-        0x9e37_79b9_7f4a_7c15u64,
-        0x0123_4567_89ab_cdef,
-        0x00c0_ffee_d00d_f00d,
+    for (seed, lifo) in [
+        (0x9e37_79b9_7f4a_7c15u64, false),
+        (0x0123_4567_89ab_cdef, false),
+        (0x00c0_ffee_d00d_f00d, true),
     ] {
-        let (writes, events) = workload(seed);
+        let (writes, events) = workload(seed, lifo);
         total_events += events.len();
         let durable = writes.iter().filter(|w| w.acked_at.is_some()).count();
         assert!(durable > 10, "workload acknowledged too few durable writes");

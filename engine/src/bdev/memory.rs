@@ -132,6 +132,7 @@ impl MemDisk {
             disk: self.clone(),
             done: VecDeque::new(),
             queue_depth: 256,
+            lifo: false,
         }
     }
 }
@@ -149,12 +150,19 @@ pub struct MemBdev {
     disk: MemDisk,
     done: VecDeque<Completion<AlignedBuf>>,
     queue_depth: usize,
+    lifo: bool,
 }
 
 impl MemBdev {
     /// Limits requests in flight, so tests see `Busy`.
     pub fn set_queue_depth(&mut self, qd: usize) {
         self.queue_depth = qd.max(1);
+    }
+
+    /// Completes the newest request first (a device may complete in any order; tests use this to see
+    /// completions out of submission order).
+    pub fn set_lifo_completions(&mut self, lifo: bool) {
+        self.lifo = lifo;
     }
 
     fn admit(&self) -> bool {
@@ -301,8 +309,17 @@ impl BlockDevice for MemBdev {
         Ok(())
     }
 
-    fn poll(&mut self, max: usize, f: impl FnMut(Completion<AlignedBuf>)) -> usize {
-        super::drain_completed(&mut self.done, max, f)
+    fn poll(&mut self, max: usize, mut f: impl FnMut(Completion<AlignedBuf>)) -> usize {
+        if !self.lifo {
+            return super::drain_completed(&mut self.done, max, f);
+        }
+        let mut n = 0;
+        while n < max {
+            let Some(c) = self.done.pop_back() else { break };
+            f(c);
+            n += 1;
+        }
+        n
     }
 }
 
