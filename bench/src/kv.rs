@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// One KV measurement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KvMeasurement {
-    /// "nvkv" or "rocksdb".
+    /// "nvkv" (shard-local), "nvkv-handle" (through a DbHandle), "rocksdb" or "device" (raw writes).
     pub system: String,
     /// fillrandom, readrandom, mix50, mix95, durable_put, ycsb-a ... (see [`Workload`]).
     pub workload: String,
@@ -33,6 +33,69 @@ pub struct KvMeasurement {
     pub latency: Latency,
     pub boot: usize,
     pub round: usize,
+    /// nvkv's persistence work during this run (all shards), to tell device time from engine time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineWork>,
+}
+
+/// What nvkv's shards spent on persistence during one run: differences of [`nvkv::ShardStats`] taken
+/// before and after it, summed over shards (the maxima are since the database was opened).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EngineWork {
+    /// Persistence cycles (segments written and published).
+    pub cycles: u64,
+    /// Flushes (each covers every segment written before it).
+    pub flushes: u64,
+    /// Mean and longest segment write, submission to completion (µs).
+    pub write_mean_us: f64,
+    pub write_max_us: f64,
+    /// Mean and longest Flush (µs).
+    pub flush_mean_us: f64,
+    pub flush_max_us: f64,
+    /// Checkpoints written, the time they took in total and the longest (ms; the shard does nothing else
+    /// meanwhile).
+    pub checkpoints: u64,
+    pub checkpoint_total_ms: f64,
+    pub checkpoint_max_ms: f64,
+    /// Segments cleaned by GC.
+    pub gc_segments: u64,
+}
+
+impl EngineWork {
+    /// The work done between two snapshots of every shard's stats.
+    pub fn between(before: &[nvkv::ShardStats], after: &[nvkv::ShardStats]) -> EngineWork {
+        let sum = |f: fn(&nvkv::ShardStats) -> u64| -> u64 {
+            after.iter().map(f).sum::<u64>()
+                - before
+                    .iter()
+                    .map(f)
+                    .sum::<u64>()
+                    .min(after.iter().map(f).sum())
+        };
+        let max =
+            |f: fn(&nvkv::ShardStats) -> u64| -> u64 { after.iter().map(f).max().unwrap_or(0) };
+        let cycles = sum(|s| s.cycles);
+        let flushes = sum(|s| s.flushes);
+        let mean = |total: u64, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                total as f64 / n as f64 / 1e3
+            }
+        };
+        EngineWork {
+            cycles,
+            flushes,
+            write_mean_us: mean(sum(|s| s.write_ns_total), cycles),
+            write_max_us: max(|s| s.write_ns_max) as f64 / 1e3,
+            flush_mean_us: mean(sum(|s| s.flush_ns_total), flushes),
+            flush_max_us: max(|s| s.flush_ns_max) as f64 / 1e3,
+            checkpoints: sum(|s| s.checkpoints),
+            checkpoint_total_ms: sum(|s| s.checkpoint_ns_total) as f64 / 1e6,
+            checkpoint_max_ms: max(|s| s.checkpoint_ns_max) as f64 / 1e6,
+            gc_segments: sum(|s| s.gc_segments),
+        }
+    }
 }
 
 /// Key i as a fixed-size key: the index scrambled (so inserts are in random order) and hex-printed.
@@ -287,6 +350,90 @@ pub fn nvkv_run(h: &DbHandle, w: Workload, s: &KvSpec) -> Result<(u64, f64, Hist
     }
 }
 
+/// Runs workload `w` on a shard this thread owns: the engine's shard-per-core use, where the application's
+/// loop runs on the shard's core and polls the device between operations (as an SPDK application's reactor
+/// does), with no thread hop per operation — the way db_bench calls RocksDB. After each operation the loop
+/// calls [`nvkv::Shard::tick`] (reap completions, start due persistence cycles), which is what the shard
+/// thread of the handle path does between requests. The shard must hold keys 0..keys for reads and mixes.
+pub fn nvkv_local_run<D: nvkv::bdev::BlockDevice>(
+    shard: &mut nvkv::Shard<D>,
+    w: Workload,
+    s: &KvSpec,
+) -> Result<(u64, f64, Histogram<u64>)> {
+    let (ops, limit) = match w {
+        Workload::FillRandom => (s.keys, Duration::from_secs(3600)),
+        Workload::ReadRandom | Workload::Mix { .. } | Workload::DurablePut => {
+            (u64::MAX, Duration::from_secs_f64(s.duration_s))
+        }
+        _ => bail!("{} runs through the handle only", w.name()),
+    };
+    let mut rng = Rng(match w {
+        Workload::ReadRandom => 7,
+        _ => 99,
+    });
+    let mut out = Vec::with_capacity(s.value_size);
+    let mut read = |shard: &mut nvkv::Shard<D>, k: u64| -> Result<()> {
+        out.clear();
+        match shard.get_into(&key(k, s.key_size), &mut out)? {
+            Some(_) if out.len() == s.value_size => Ok(()),
+            Some(_) => bail!(
+                "key {k}: value of {} bytes, expected {}",
+                out.len(),
+                s.value_size
+            ),
+            None => bail!("key {k} missing"),
+        }
+    };
+    let mut h = hist()?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while n < ops && start.elapsed() < limit {
+        let t0 = Instant::now();
+        match w {
+            Workload::FillRandom => {
+                shard.put(
+                    &key(n, s.key_size),
+                    &value(n, s.value_size),
+                    WriteOpts::default(),
+                )?;
+            }
+            Workload::ReadRandom => {
+                let k = rng.below(s.keys);
+                read(shard, k)?;
+            }
+            Workload::Mix { read_percent } => {
+                let (k, is_read) = (rng.below(s.keys), rng.below(100) < read_percent as u64);
+                if is_read {
+                    read(shard, k)?;
+                } else {
+                    shard.put(
+                        &key(k, s.key_size),
+                        &value(k ^ 1, s.value_size),
+                        WriteOpts::default(),
+                    )?;
+                }
+            }
+            _ => {
+                // DurablePut: new keys, each acknowledged once the cycle holding it is durable.
+                let k = s.keys + n;
+                let r = shard.put(
+                    &key(k, s.key_size),
+                    &value(k, s.value_size),
+                    WriteOpts {
+                        ts: None,
+                        durable: true,
+                    },
+                )?;
+                shard.wait_durable(r.gen)?;
+            }
+        }
+        shard.tick()?;
+        let _ = h.record((t0.elapsed().as_nanos() as u64).max(1));
+        n += 1;
+    }
+    Ok((n, start.elapsed().as_secs_f64(), h))
+}
+
 /// Durable puts in flight per batch in [`Workload::DurableThroughput`].
 pub const DURABLE_WINDOW: u64 = 1024;
 
@@ -438,6 +585,7 @@ pub fn measurement(
         latency: latency_of(&h),
         boot,
         round,
+        engine: None,
     }
 }
 
@@ -690,6 +838,7 @@ pub fn rocksdb_tmpfs(bin: &Path, value_size: usize, keys: u64) -> Result<Vec<KvM
                 latency,
                 boot: 0,
                 round: 0,
+                engine: None,
             });
         }
         let _ = std::fs::remove_dir_all(&dir);

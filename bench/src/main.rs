@@ -69,6 +69,9 @@ struct RunArgs {
     /// Skip the key-value comparison.
     #[arg(long)]
     no_kv: bool,
+    /// Only the key-value comparison (no driver workloads).
+    #[arg(long, conflicts_with = "no_kv")]
+    kv_only: bool,
     /// fio binary for the kernel baseline.
     #[arg(long, default_value = "/usr/bin/fio")]
     fio: PathBuf,
@@ -145,7 +148,11 @@ fn plan_for(a: &RunArgs, device: &str) -> Plan {
     if a.quick {
         return Plan {
             device: device.into(),
-            workloads: vec![rr(1), rr(32)],
+            workloads: if a.kv_only {
+                vec![]
+            } else {
+                vec![rr(1), rr(32)]
+            },
             contenders: vec![Contender::Nvkv, Contender::KernelIoUringPolled],
             duration_s: 0.5,
             warmup_s: 0.2,
@@ -163,6 +170,9 @@ fn plan_for(a: &RunArgs, device: &str) -> Plan {
         qd: 32,
         threads: 2,
     });
+    if a.kv_only {
+        workloads.clear();
+    }
     Plan {
         device: device.into(),
         workloads,

@@ -81,9 +81,36 @@ pub struct KvSummary {
     /// Median MB/s (user data for durable throughput; device data for the raw sequential write).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub median_mb_per_s: Option<f64>,
-    /// nvkv's median ops/s over RocksDB's (on RocksDB rows), for durable puts also RocksDB's p50 over nvkv's.
+    /// On nvkv rows: their median ops/s over RocksDB's for the same workload and value size, and RocksDB's
+    /// median p50 over theirs.
     pub nvkv_ratio: Option<f64>,
     pub nvkv_p50_ratio: Option<f64>,
+    /// nvkv's persistence work per run (each field's median over the samples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::kv::EngineWork>,
+}
+
+/// Each field's median over the runs that report engine work.
+fn median_engine(v: &[&crate::kv::KvMeasurement]) -> Option<crate::kv::EngineWork> {
+    let e: Vec<&crate::kv::EngineWork> = v.iter().filter_map(|m| m.engine.as_ref()).collect();
+    if e.is_empty() {
+        return None;
+    }
+    let med = |f: &dyn Fn(&crate::kv::EngineWork) -> f64| -> f64 {
+        median(&mut e.iter().map(|x| f(x)).collect::<Vec<f64>>())
+    };
+    Some(crate::kv::EngineWork {
+        cycles: med(&|x| x.cycles as f64) as u64,
+        flushes: med(&|x| x.flushes as f64) as u64,
+        write_mean_us: med(&|x| x.write_mean_us),
+        write_max_us: med(&|x| x.write_max_us),
+        flush_mean_us: med(&|x| x.flush_mean_us),
+        flush_max_us: med(&|x| x.flush_max_us),
+        checkpoints: med(&|x| x.checkpoints as f64) as u64,
+        checkpoint_total_ms: med(&|x| x.checkpoint_total_ms),
+        checkpoint_max_ms: med(&|x| x.checkpoint_max_ms),
+        gc_segments: med(&|x| x.gc_segments as f64) as u64,
+    })
 }
 
 /// Groups key-value measurements by (workload, value size, system) and puts RocksDB beside nvkv.
@@ -121,12 +148,13 @@ pub fn summarize_kv(ms: &[crate::kv::KvMeasurement]) -> Vec<KvSummary> {
                 },
                 nvkv_ratio: None,
                 nvkv_p50_ratio: None,
+                engine: median_engine(&v),
             }
         })
         .collect();
-    let nv: BTreeMap<(String, usize), (f64, f64)> = out
+    let rocks: BTreeMap<(String, usize), (f64, f64)> = out
         .iter()
-        .filter(|s| s.system == "nvkv")
+        .filter(|s| s.system == "rocksdb")
         .map(|s| {
             (
                 (s.workload.clone(), s.value_size),
@@ -134,10 +162,10 @@ pub fn summarize_kv(ms: &[crate::kv::KvMeasurement]) -> Vec<KvSummary> {
             )
         })
         .collect();
-    for s in out.iter_mut().filter(|s| s.system == "rocksdb") {
-        if let Some(&(ops, p50)) = nv.get(&(s.workload.clone(), s.value_size)) {
-            s.nvkv_ratio = (s.median_ops_per_s > 0.0).then(|| ops / s.median_ops_per_s);
-            s.nvkv_p50_ratio = (p50 > 0.0).then(|| s.median_p50_us / p50);
+    for s in out.iter_mut().filter(|s| s.system.starts_with("nvkv")) {
+        if let Some(&(ops, p50)) = rocks.get(&(s.workload.clone(), s.value_size)) {
+            s.nvkv_ratio = (ops > 0.0).then(|| s.median_ops_per_s / ops);
+            s.nvkv_p50_ratio = (s.median_p50_us > 0.0).then(|| p50 / s.median_p50_us);
         }
     }
     out
@@ -147,7 +175,7 @@ pub fn summarize_kv(ms: &[crate::kv::KvMeasurement]) -> Vec<KvSummary> {
 pub fn kv_table(r: &Report) -> String {
     let mut t = String::new();
     if !r.kv_summary.is_empty() {
-        t += "\nkey-value in the guest (16 B keys; one client thread; medians [min–max]; nvkv × = nvkv ops/s ÷ RocksDB's; p50 ÷ = RocksDB p50 ÷ nvkv p50)\n";
+        t += "\nkey-value in the guest (16 B keys; one client thread; medians [min–max]; nvkv × = this row's ops/s ÷ RocksDB's; p50 ÷ = RocksDB p50 ÷ this row's p50)\n";
         t += &format!(
             "{:<22} {:>6} {:<8} {:>24} {:>9} {:>9} {:>9} {:>8} {:>8}\n",
             "workload",
@@ -186,13 +214,63 @@ pub fn kv_table(r: &Report) -> String {
         if let Some(p) = r.kv_summary.iter().find(|s| s.system == "rocksdb") {
             t += &format!("rocksdb: {}\n", p.path);
         }
-        if let Some(p) = r.kv_summary.iter().find(|s| s.system == "nvkv") {
-            t += &format!("nvkv: {}\n", p.path);
+        let mut paths: Vec<&str> = r
+            .kv_summary
+            .iter()
+            .filter(|s| s.system.starts_with("nvkv"))
+            .map(|s| s.path.as_str())
+            .collect();
+        paths.sort_unstable();
+        paths.dedup();
+        for p in paths {
+            t += &format!("{p}\n");
         }
+        t += &engine_work_table(&r.kv_summary);
         t += &durable_vs_raw(&r.kv_summary);
     }
     if !r.kv_host.is_empty() {
         t += &kv_host_table(&r.kv_host);
+    }
+    t
+}
+
+/// What nvkv's shards spent on persistence in each run: how much of a latency is the device's.
+fn engine_work_table(sums: &[KvSummary]) -> String {
+    let rows: Vec<(&KvSummary, &crate::kv::EngineWork)> = sums
+        .iter()
+        .filter_map(|s| Some((s, s.engine.as_ref()?)))
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut t = String::from(
+        "\nnvkv persistence work per run (medians): segment writes and flushes, submission to completion; checkpoints block the shard\n",
+    );
+    t += &format!(
+        "{:<22} {:>6} {:<12} {:>7} {:>7} {:>17} {:>17} {:>6} {:>17}\n",
+        "workload",
+        "value",
+        "system",
+        "cycles",
+        "flushes",
+        "write us mean/max",
+        "flush us mean/max",
+        "ckpts",
+        "ckpt ms total/max"
+    );
+    for (s, e) in rows {
+        t += &format!(
+            "{:<22} {:>6} {:<12} {:>7} {:>7} {:>17} {:>17} {:>6} {:>17}\n",
+            s.workload,
+            s.value_size,
+            s.system,
+            e.cycles,
+            e.flushes,
+            format!("{:.0}/{:.0}", e.write_mean_us, e.write_max_us),
+            format!("{:.0}/{:.0}", e.flush_mean_us, e.flush_max_us),
+            e.checkpoints,
+            format!("{:.1}/{:.1}", e.checkpoint_total_ms, e.checkpoint_max_ms),
+        );
     }
     t
 }
@@ -217,7 +295,7 @@ fn durable_vs_raw(sums: &[KvSummary]) -> String {
     );
     for s in sums
         .iter()
-        .filter(|s| s.system == "nvkv" && s.workload == "durable_throughput")
+        .filter(|s| s.system.starts_with("nvkv") && s.workload == "durable_throughput")
     {
         let mb = s.median_mb_per_s.unwrap_or(0.0);
         t += &format!(
@@ -522,6 +600,51 @@ mod tests {
             hdr_interval_log: (c == Contender::Nvkv).then(|| "#[StartTime: 0]\n".to_string()),
             hdr_log_file: None,
         }
+    }
+
+    fn kvm(system: &str, ops: f64, p50: f64) -> crate::kv::KvMeasurement {
+        crate::kv::KvMeasurement {
+            system: system.into(),
+            workload: "mix50".into(),
+            path: format!("{system}: test"),
+            key_size: 16,
+            value_size: 100,
+            keys: 10,
+            threads: 1,
+            ops: 1,
+            seconds: 1.0,
+            ops_per_s: ops,
+            mb_per_s: None,
+            latency: Latency {
+                p50_us: p50,
+                ..Default::default()
+            },
+            boot: 0,
+            round: 0,
+            engine: (system != "rocksdb").then(|| crate::kv::EngineWork {
+                cycles: ops as u64,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn kv_ratios_sit_on_each_nvkv_row() {
+        let ms = vec![
+            kvm("nvkv", 300.0, 10.0),
+            kvm("nvkv", 500.0, 30.0),
+            kvm("nvkv-handle", 200.0, 20.0),
+            kvm("rocksdb", 100.0, 40.0),
+        ];
+        let s = summarize_kv(&ms);
+        let row = |sys: &str| s.iter().find(|x| x.system == sys).expect("row");
+        assert_eq!(row("nvkv").median_ops_per_s, 400.0);
+        assert_eq!(row("nvkv").nvkv_ratio, Some(4.0));
+        assert_eq!(row("nvkv").nvkv_p50_ratio, Some(2.0));
+        assert_eq!(row("nvkv-handle").nvkv_ratio, Some(2.0));
+        assert_eq!(row("rocksdb").nvkv_ratio, None);
+        assert_eq!(row("nvkv").engine.as_ref().map(|e| e.cycles), Some(400));
+        assert!(row("rocksdb").engine.is_none());
     }
 
     #[test]

@@ -106,7 +106,13 @@ pub fn run(plan: &Plan, boot: usize, fio_bin: &Path, sink: &mut dyn Sink) -> Res
     let mut step = 0;
     let warmup = Duration::from_secs_f64(plan.warmup_s);
     let duration = Duration::from_secs_f64(plan.duration_s);
-    for round in 0..plan.rounds {
+    // No driver workloads (`--kv-only`): no rounds.
+    let rounds = if plan.workloads.is_empty() {
+        0
+    } else {
+        plan.rounds
+    };
+    for round in 0..rounds {
         let mut order: Vec<bool> = vec![true, false]; // true = nvkv's turn
         if round % 2 == 1 {
             order.reverse();
@@ -231,11 +237,20 @@ pub fn run(plan: &Plan, boot: usize, fio_bin: &Path, sink: &mut dyn Sink) -> Res
 }
 
 /// Mounts a fresh ext4 file system of `block` at /mnt (mke2fs from e2fsprogs: busybox's takes no `-t ext4`)
-/// and checks the mount really is on that device, so db_bench cannot silently write to guest RAM.
+/// and checks the mount really is on that device, so db_bench cannot silently write to guest RAM. The inode
+/// tables and the journal are initialised by mke2fs, not lazily after mounting: otherwise the kernel's
+/// ext4lazyinit thread zeroes them in the background while RocksDB is being measured.
 fn mount_ext4(mke2fs: &Path, block: &Path) -> Result<PathBuf> {
     let _ = std::process::Command::new("umount").arg("/mnt").status();
     let st = std::process::Command::new(mke2fs)
-        .args(["-t", "ext4", "-F", "-q"])
+        .args([
+            "-t",
+            "ext4",
+            "-F",
+            "-q",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+        ])
         .arg(block)
         .status()?;
     if !st.success() {
@@ -272,7 +287,7 @@ pub fn run_kv(
     // Per value size: each workload on both systems, YCSB and durable throughput on nvkv; plus the raw
     // sequential write of each nvkv turn.
     let per_round =
-        kv.value_sizes.len() * (2 * kv.workloads.len() + 1 + if kv.ycsb { 6 } else { 0 }) + 1;
+        kv.value_sizes.len() * (3 * kv.workloads.len() + 1 + if kv.ycsb { 6 } else { 0 }) + 1;
     let total = kv.rounds * per_round;
     let mut step = 0;
     for round in 0..kv.rounds {
@@ -301,6 +316,25 @@ pub fn run_kv(
                         keys: keys_for(kv.spec.keys, vs),
                         ..kv.spec
                     };
+                    // First the shard-local path (the client loop on the shard's core), then the
+                    // handle path; each formats the device and fills it afresh.
+                    let local = std::thread::scope(|sc| {
+                        sc.spawn(|| nvkv_local_turn(kv, &spec, boot, round))
+                            .join()
+                            .unwrap_or_else(|_| Err(anyhow!("shard-local run panicked")))
+                    })?;
+                    for m in local {
+                        step += 1;
+                        sink.progress(
+                            step,
+                            total,
+                            &format!(
+                                "boot {boot} round {round}: nvkv shard-local {} {vs} B",
+                                m.workload
+                            ),
+                        );
+                        sink.kv(m);
+                    }
                     let factory = std::sync::Arc::new(
                         nvkv::bdev::NvmeFactory::open(&kv.device, 1).map_err(|e| anyhow!("{e}"))?,
                     );
@@ -327,23 +361,27 @@ pub fn run_kv(
                             total,
                             &format!("boot {boot} round {round}: nvkv {} {vs} B", w.name()),
                         );
+                        let before = db.stats().map_err(|e| anyhow!("nvkv stats: {e}"))?;
                         let r = kv::nvkv_run(&h, w, &spec)?;
+                        let after = db.stats().map_err(|e| anyhow!("nvkv stats: {e}"))?;
                         let threads =
                             if matches!(w, Workload::DurablePut | Workload::DurableThroughput) {
                                 1
                             } else {
                                 spec.threads
                             };
-                        sink.kv(kv::measurement(
-                            "nvkv",
+                        let mut m = kv::measurement(
+                            "nvkv-handle",
                             w,
-                            "handle, nvme backend (nvkv's driver, VFIO)",
+                            "nvkv-handle: DbHandle calls from a client thread to the shard thread (cross-core hop per operation), nvme backend (nvkv's driver, VFIO)",
                             &spec,
                             r,
                             boot,
                             round,
                             threads,
-                        ));
+                        );
+                        m.engine = Some(kv::EngineWork::between(&before, &after));
+                        sink.kv(m);
                     }
                     db.close().map_err(|e| anyhow!("closing nvkv: {e}"))?;
                 }
@@ -370,8 +408,10 @@ pub fn run_kv(
                         } else {
                             db.clone()
                         };
+                        // Not pinned: RocksDB's flush and compaction threads get the other vCPU, as nvkv's
+                        // shard thread does.
                         let (ops_per_s, latency, ops) =
-                            kv::db_bench(Path::new(&kv.db_bench), w, &spec, &dir, true, Some(0))?;
+                            kv::db_bench(Path::new(&kv.db_bench), w, &spec, &dir, true, None)?;
                         sink.kv(kv::KvMeasurement {
                             system: "rocksdb".into(),
                             workload: w.name(),
@@ -391,6 +431,7 @@ pub fn run_kv(
                             latency,
                             boot,
                             round,
+                            engine: None,
                         });
                     }
                     let _ = std::process::Command::new("umount").arg("/mnt").status();
@@ -439,7 +480,48 @@ fn raw_sequential_write(
         latency: lat,
         boot,
         round,
+        engine: None,
     })
+}
+
+/// nvkv's shard-local turn for one value size: this thread (pinned to CPU 0) opens the device as one
+/// shard and runs the compared workloads on it, polling between operations.
+fn nvkv_local_turn(
+    kv: &crate::plan::KvPlan,
+    spec: &crate::kv::KvSpec,
+    boot: usize,
+    round: usize,
+) -> Result<Vec<crate::kv::KvMeasurement>> {
+    use nvkv::bdev::DeviceFactory;
+    crate::driver_perf::pin_to_cpu(0);
+    let factory = nvkv::bdev::NvmeFactory::open(&kv.device, 1).map_err(|e| anyhow!("{e}"))?;
+    let dev = factory.open(0).map_err(|e| anyhow!("{e}"))?;
+    let cfg = nvkv::ShardConfig {
+        create: true,
+        commit_interval: Duration::from_millis(1),
+        ..Default::default()
+    };
+    let (mut shard, _) = nvkv::Shard::open(dev, cfg).map_err(|e| anyhow!("opening nvkv: {e}"))?;
+    let mut out = Vec::new();
+    for &w in &kv.workloads {
+        let before = [shard.stats()];
+        let r = crate::kv::nvkv_local_run(&mut shard, w, spec)?;
+        let after = [shard.stats()];
+        let mut m = crate::kv::measurement(
+            "nvkv",
+            w,
+            "nvkv: shard-local, the client loop runs on the shard's core and polls the device between operations (no thread hop), nvme backend (nvkv's driver, VFIO)",
+            spec,
+            r,
+            boot,
+            round,
+            1,
+        );
+        m.engine = Some(crate::kv::EngineWork::between(&before, &after));
+        out.push(m);
+    }
+    shard.close().map_err(|e| anyhow!("closing nvkv: {e}"))?;
+    Ok(out)
 }
 
 /// Block size and queue depth of the raw sequential write (large writes, several in flight: the way the
