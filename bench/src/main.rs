@@ -591,8 +591,11 @@ fn main() -> Result<()> {
             } else {
                 run_vm(&a, &plan)?
             };
-            if got.ms.is_empty() {
-                bail!("no measurements came back");
+            if got.ms.is_empty() && !plan.workloads.is_empty() {
+                bail!("no driver measurements came back");
+            }
+            if got.kv.is_empty() && plan.kv.is_some() {
+                bail!("no key-value measurements came back");
             }
             let r = Report {
                 schema: report::SCHEMA.into(),

@@ -151,6 +151,11 @@ pub trait LocalCtx {
     fn sync(&mut self) -> Result<(), Error>;
     /// See [`Shard::stats`].
     fn stats(&self) -> ShardStats;
+    /// See [`Shard::tick`]: a closure that runs long calls this between operations, as the shard thread
+    /// does between requests, so completions are reaped and persistence cycles start on time.
+    fn tick(&mut self) -> Result<bool, Error>;
+    /// See [`Shard::wait_durable`] (polls the device until generation `gen` is durable).
+    fn wait_durable(&mut self, gen: u64) -> Result<(), Error>;
 }
 
 impl<D: BlockDevice> LocalCtx for Shard<D> {
@@ -191,6 +196,12 @@ impl<D: BlockDevice> LocalCtx for Shard<D> {
     }
     fn stats(&self) -> ShardStats {
         Shard::stats(self)
+    }
+    fn tick(&mut self) -> Result<bool, Error> {
+        Shard::tick(self)
+    }
+    fn wait_durable(&mut self, gen: u64) -> Result<(), Error> {
+        Shard::wait_durable(self, gen)
     }
 }
 

@@ -287,6 +287,23 @@ fn db_roundtrip(opts: Options) {
         .run_on(shard, |ctx| ctx.get(b"k001").map(|v| v.map(|x| x.0)))
         .expect("run_on");
     assert_eq!(local.expect("get"), Some(b"v1".to_vec()));
+    // A closure on the shard's thread does a durable write and waits for it by polling.
+    let durable = db
+        .run_on(shard, |ctx| -> Result<bool, Error> {
+            let w = ctx.put(
+                b"k001",
+                b"v1-durable",
+                WriteOpts {
+                    ts: None,
+                    durable: true,
+                },
+            )?;
+            ctx.wait_durable(w.gen)?;
+            ctx.tick()?;
+            Ok(ctx.stats().cycles > 0)
+        })
+        .expect("run_on");
+    assert!(durable.expect("durable put"), "a cycle completed");
     let boom = db.run_on(shard, |_ctx| -> u32 { panic!("closure bug") });
     assert!(boom.is_err());
     let stats = h.stats().expect("stats");
@@ -298,6 +315,7 @@ fn db_roundtrip(opts: Options) {
         302
     );
     assert_eq!(db.get(b"k299").expect("get"), Some(b"v299".to_vec()));
+    assert_eq!(db.get(b"k001").expect("get"), Some(b"v1-durable".to_vec()));
     assert_eq!(db.get(b"durable").expect("get"), Some(b"yes".to_vec()));
     db.close().expect("close");
 }
