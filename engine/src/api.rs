@@ -46,8 +46,8 @@ pub struct Options {
     pub buffer_bytes: usize,
     /// Longest a write stays buffered before its cycle starts (1 ms .. minutes).
     pub commit_interval: Duration,
-    /// Segments at least between index checkpoints (a checkpoint also waits until the log since the last
-    /// one is as large as the checkpoint itself).
+    /// Write buffers' worth of log at least between index checkpoints (a checkpoint also waits until the
+    /// log since the last one is as large as the checkpoint itself).
     pub checkpoint_every: u32,
     /// Conflict strategy.
     pub conflict: Conflict,

@@ -9,12 +9,12 @@
 //! dirty pages) stopped every writer once the active buffer filled; now the stall has to outlast all the
 //! buffers in flight.
 //!
-//! After `checkpoint_every` segments, once the log written since the last checkpoint is at least as large
-//! as a checkpoint would be (and at open and close), the index is written as a checkpoint and the
-//! superblock switched to it — done synchronously, so it must stay rare: with small segments (a short
-//! commit interval) a count of segments alone made it the shard's main work (a whole index written every
-//! 64 ms at a 1 ms interval), while the log-size rule keeps its cost at most that of the log it saves
-//! replaying.
+//! Once the log written since the last checkpoint holds `checkpoint_every` write buffers' worth of bytes
+//! and is at least as large as a checkpoint would be (and at open and close), the index is written as a
+//! checkpoint and the superblock switched to it — done synchronously, so it must stay rare: with small
+//! segments (a short commit interval) a count of segments made it the shard's main work (a whole index and
+//! three Flushes every 64 ms at a 1 ms interval), while the log-size rules keep its cost at most that of the
+//! log it saves replaying.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -255,7 +255,10 @@ impl<D: BlockDevice> Shard<D> {
         }
         self.segs_since_ckpt += cycles;
         self.log_bytes_since_ckpt += blocks * self.bs;
-        if self.segs_since_ckpt >= self.cfg.checkpoint_every
+        // In bytes, not segments: with a short commit interval segments are a few blocks each, and
+        // counting them made checkpoints (three Flushes, the shard blocked) the main work of a busy shard.
+        let full_buffers = u64::from(self.cfg.checkpoint_every) * self.buf_blocks * self.bs;
+        if self.log_bytes_since_ckpt >= full_buffers
             && self.log_bytes_since_ckpt
                 >= format::ckpt_len(
                     self.segments.len(),

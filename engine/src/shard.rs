@@ -55,8 +55,8 @@ pub struct ShardConfig {
     pub buffer_bytes: usize,
     /// A buffer holding writes is persisted at the latest this long after its first write.
     pub commit_interval: Duration,
-    /// A checkpoint of the index is written after at least this many segments, once the log written
-    /// since the last one is at least as large as the checkpoint (see `persist`).
+    /// A checkpoint of the index is written once the log written since the last one holds at least this
+    /// many write buffers' worth of bytes and is at least as large as the checkpoint (see `persist`).
     pub checkpoint_every: u32,
     /// Conflict strategy.
     pub conflict: Conflict,

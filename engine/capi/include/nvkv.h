@@ -183,7 +183,8 @@ typedef struct nvkv_options {
   size_t buffer_bytes;
   // Request queue capacity per shard (default 4096).
   size_t queue_capacity;
-  // Segments between index checkpoints (default 64).
+  // Write buffers' worth of log at least between index checkpoints (default 64; a checkpoint also waits
+  // until the log since the last one is as large as the checkpoint).
   uint32_t checkpoint_every;
   // One of `nvkv_conflict` (default last writer wins).
   uint32_t conflict;

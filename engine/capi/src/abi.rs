@@ -126,7 +126,8 @@ pub struct nvkv_options {
     pub buffer_bytes: usize,
     /// Request queue capacity per shard (default 4096).
     pub queue_capacity: usize,
-    /// Segments between index checkpoints (default 64).
+    /// Write buffers' worth of log at least between index checkpoints (default 64; a checkpoint also waits
+    /// until the log since the last one is as large as the checkpoint).
     pub checkpoint_every: u32,
     /// One of `nvkv_conflict` (default last writer wins).
     pub conflict: u32,
