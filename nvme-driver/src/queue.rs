@@ -109,12 +109,68 @@ const STALL_CHECK_EVERY: u32 = 1 << 12;
 /// Empty polls (with commands outstanding) before checking that the controller saw the shadow SQ tail.
 const SHADOW_KICK_EVERY: u32 = 1 << 10;
 
+/// One command id's entry. `req` maps the cid to its request; a request's own fields live in the slot of its
+/// first command id (whose `req` is its own index while that command is in flight).
 #[derive(Debug)]
-struct Request {
-    tag: u64,
-    buf: Option<DmaBuf>,
+struct Slot {
+    /// The request (slot index) this cid's command belongs to; FREE when the cid is not in flight.
+    req: u16,
+    /// Commands of the request not finished yet (in the request's own slot).
     pending: u16,
     error: Option<IoError>,
+    tag: u64,
+    buf: Option<DmaBuf>,
+}
+
+/// The free command ids, a stack in a fixed array: `ids[..n]`.
+///
+/// Invariant (what the unchecked accesses rely on): `n <= ids.len()`, and every id on the stack is below
+/// `ids.len()` (the number of slots). An id is pushed only when it leaves flight, which happens once per pop
+/// (its slot's `req` goes from a request to FREE in exactly one place per path, see `poll` and `recover`), so
+/// the stack never holds more ids than there are.
+#[derive(Debug)]
+struct FreeCids {
+    ids: Box<[u16]>,
+    n: usize,
+}
+
+impl FreeCids {
+    fn new(count: usize) -> Self {
+        Self {
+            ids: (0..count as u16).rev().collect(),
+            n: count,
+        }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.n
+    }
+
+    #[inline(always)]
+    fn last(&self) -> Option<u16> {
+        // SAFETY: n <= ids.len() (the invariant), so n - 1 is in bounds when n > 0.
+        (self.n > 0).then(|| unsafe { *self.ids.get_unchecked(self.n - 1) })
+    }
+
+    #[inline(always)]
+    fn pop(&mut self) -> Option<u16> {
+        if self.n == 0 {
+            return None;
+        }
+        self.n -= 1;
+        // SAFETY: n < ids.len() after the decrement (n <= ids.len() before it).
+        Some(unsafe { *self.ids.get_unchecked(self.n) })
+    }
+
+    #[inline(always)]
+    fn push(&mut self, cid: u16) {
+        debug_assert!(self.n < self.ids.len() && (cid as usize) < self.ids.len());
+        // SAFETY: a cid is pushed only when it leaves flight, once per earlier pop (the invariant), so fewer
+        // than ids.len() ids are on the stack here: n < ids.len().
+        unsafe { *self.ids.get_unchecked_mut(self.n) = cid };
+        self.n += 1;
+    }
 }
 
 /// An I/O queue pair. See the module documentation.
@@ -135,11 +191,9 @@ pub struct QueuePair {
     cq_db: Doorbell,
     shadow: Option<ShadowSlots>,
     use_shadow: bool,
-    /// cid → request slot, FREE when the cid is not in flight.
-    cid_req: Vec<u16>,
-    free_cids: Vec<u16>,
-    /// Request slots, indexed by the first command id of each request.
-    reqs: Vec<Request>,
+    /// Indexed by command id (`sq_entries - 1` of them, fixed at allocation); see [`Slot`].
+    slots: Box<[Slot]>,
+    free_cids: FreeCids,
     prp_lists: DmaBuf,
     max_transfer: usize,
     /// Counters; `commands` and `completions` are derived in [`QueuePair::stats`] (fewer stores per I/O).
@@ -242,16 +296,16 @@ impl QueuePair {
             cq_db,
             shadow,
             use_shadow: p.use_shadow,
-            cid_req: vec![FREE; max_out],
-            free_cids: (0..max_out as u16).rev().collect(),
-            reqs: (0..max_out)
-                .map(|_| Request {
-                    tag: 0,
-                    buf: None,
+            slots: (0..max_out)
+                .map(|_| Slot {
+                    req: FREE,
                     pending: 0,
                     error: None,
+                    tag: 0,
+                    buf: None,
                 })
                 .collect(),
+            free_cids: FreeCids::new(max_out),
             prp_lists,
             max_transfer,
             split_commands: 0,
@@ -300,11 +354,11 @@ impl QueuePair {
     }
     /// Commands in flight.
     pub fn outstanding(&self) -> usize {
-        self.cid_req.len() - self.free_cids.len()
+        self.slots.len() - self.free_cids.len()
     }
     /// The most commands that can be in flight at once (`sq_entries - 1`).
     pub fn max_outstanding(&self) -> usize {
-        self.cid_req.len()
+        self.slots.len()
     }
     /// Largest transfer of one command in bytes; larger requests are split.
     pub fn max_transfer(&self) -> usize {
@@ -312,7 +366,7 @@ impl QueuePair {
     }
     pub fn stats(&self) -> QueueStats {
         let commands = self.stats.requests + self.split_commands;
-        let in_flight = (self.cid_req.len() - self.free_cids.len()) as u64;
+        let in_flight = (self.slots.len() - self.free_cids.len()) as u64;
         QueueStats {
             commands,
             completions: commands - in_flight - self.unanswered,
@@ -500,7 +554,8 @@ impl QueuePair {
         );
         match submitted {
             Ok(r) => {
-                let req = &mut self.reqs[r as usize];
+                // SAFETY: r came from the free stack, so r < slots.len() (FreeCids' invariant).
+                let req = unsafe { self.slots.get_unchecked_mut(r as usize) };
                 debug_assert!(req.buf.is_none());
                 req.buf = Some(buf);
                 Ok(())
@@ -538,8 +593,9 @@ impl QueuePair {
         let Some(cid) = self.free_cids.pop() else {
             return Err(SubmitErrorKind::Busy);
         };
-        self.cid_req[cid as usize] = cid;
-        let req = &mut self.reqs[cid as usize];
+        // SAFETY: cid came from the free stack, so cid < slots.len() (FreeCids' invariant).
+        let req = unsafe { self.slots.get_unchecked_mut(cid as usize) };
+        req.req = cid;
         req.tag = tag;
         req.pending = 1;
         req.error = None;
@@ -592,10 +648,10 @@ impl QueuePair {
         } else {
             nblocks.div_ceil(chunk) as usize
         };
-        if ncmds > self.cid_req.len() {
+        if ncmds > self.slots.len() {
             return Err(SubmitErrorKind::TooLarge {
                 needed: ncmds,
-                max: self.cid_req.len(),
+                max: self.slots.len(),
             });
         }
         if self.dead || self.free_cids.len() < ncmds {
@@ -603,10 +659,10 @@ impl QueuePair {
         }
         // The request lives in the slot of its first command id, which is not reused before the whole request
         // has finished (the other ids of a split request are freed as their commands complete).
-        let Some(&r) = self.free_cids.last() else {
+        let Some(r) = self.free_cids.last() else {
             return Err(SubmitErrorKind::Busy);
         };
-        let req = &mut self.reqs[r as usize];
+        let req = &mut self.slots[r as usize];
         req.tag = tag;
         req.pending = ncmds as u16;
         req.error = None;
@@ -616,7 +672,7 @@ impl QueuePair {
             let Some(cid) = self.free_cids.pop() else {
                 break;
             };
-            self.cid_req[cid as usize] = r;
+            self.slots[cid as usize].req = r;
             let mut e = SubmissionEntry::new(opcode, cid, ns.nsid);
             match opcode {
                 nvm::FLUSH => {}
@@ -785,17 +841,21 @@ impl QueuePair {
                 self.ring_cq();
             }
             reaped += 1;
-            let Some(&r) = self.cid_req.get(cid as usize) else {
+            // The one bounds check of a cid the device gave us.
+            let Some(slot) = self.slots.get_mut(cid as usize) else {
                 continue;
             };
+            let r = slot.req;
             if r == FREE {
                 continue; // a completion for a command we no longer track (after an abort): ignore it
             }
-            self.cid_req[cid as usize] = FREE;
+            slot.req = FREE;
             if cid != r {
                 self.free_cids.push(cid);
             }
-            let req = &mut self.reqs[r as usize];
+            // SAFETY: r is not FREE, so it is the index of a request slot set by a submit from a cid popped off
+            // the free stack: r < slots.len() (FreeCids' invariant).
+            let req = unsafe { self.slots.get_unchecked_mut(r as usize) };
             if let Some(s) = NvmeStatus::from_completion(status) {
                 req.error.get_or_insert(IoError::Status(s));
             }
@@ -820,7 +880,7 @@ impl QueuePair {
             self.empty_polls = 0;
             self.stall_since = None;
             self.stall_stage = 0;
-        } else if self.free_cids.len() != self.cid_req.len() {
+        } else if self.free_cids.len() != self.slots.len() {
             self.empty_polls = self.empty_polls.wrapping_add(1);
             if self.empty_polls % SHADOW_KICK_EVERY == 0 && self.shadow.is_some() {
                 self.shadow_kick();
@@ -865,8 +925,8 @@ impl QueuePair {
         self.stall_since = Some(now);
         if self.stall_stage == 0 {
             self.stall_stage = 1;
-            for cid in 0..self.cid_req.len() as u16 {
-                if self.cid_req[cid as usize] != FREE && owner.abort(self.qid, cid) {
+            for cid in 0..self.slots.len() as u16 {
+                if self.slots[cid as usize].req != FREE && owner.abort(self.qid, cid) {
                     self.stats.aborts_sent += 1;
                 }
             }
@@ -888,17 +948,17 @@ impl QueuePair {
             IoError::ControllerReset
         };
         let mut finished = 0;
-        for cid in 0..self.cid_req.len() {
-            let r = self.cid_req[cid];
+        for cid in 0..self.slots.len() {
+            let r = self.slots[cid].req;
             if r == FREE {
                 continue;
             }
-            self.cid_req[cid] = FREE;
+            self.slots[cid].req = FREE;
             self.unanswered += 1;
             if cid as u16 != r {
                 self.free_cids.push(cid as u16);
             }
-            let req = &mut self.reqs[r as usize];
+            let req = &mut self.slots[r as usize];
             req.error.get_or_insert(err);
             req.pending -= 1;
             if req.pending == 0 {
