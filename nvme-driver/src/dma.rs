@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::vfio::{Container, IovaRange};
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex};
 
 pub const PAGE_SIZE: usize = 4096;
@@ -98,7 +99,7 @@ impl Iommu {
                 len,
                 map_len: m.map_len,
                 iova: m.iova,
-                iommu: self.clone(),
+                iommu: ManuallyDrop::new(self.clone()),
             });
         }
         let (ptr, map_len, huge) = map_memory(len, self.hugepages)?;
@@ -133,7 +134,7 @@ impl Iommu {
             len,
             map_len,
             iova,
-            iommu: self.clone(),
+            iommu: ManuallyDrop::new(self.clone()),
         })
     }
 }
@@ -145,7 +146,10 @@ pub struct DmaBuf {
     len: usize,
     map_len: usize,
     iova: u64,
-    iommu: Arc<Iommu>,
+    /// Dropped by hand in `Drop`, which hands it by value to the out-of-line part: a `DmaBuf` (and an
+    /// `Option<DmaBuf>` in a `Completion`) can then stay in registers where it is dropped, instead of being
+    /// spilled so that a drop function can take its address.
+    iommu: ManuallyDrop<Arc<Iommu>>,
 }
 
 // SAFETY: the buffer is plain memory owned by this value; moving it to another thread moves ownership.
@@ -197,20 +201,28 @@ impl std::fmt::Debug for DmaBuf {
 }
 
 impl Drop for DmaBuf {
+    #[inline]
     fn drop(&mut self) {
-        if let Ok(mut p) = self.iommu.pool.lock() {
-            if p.bytes + self.map_len <= POOL_LIMIT {
-                p.bytes += self.map_len;
-                p.free.entry(self.map_len).or_default().push(Mapping {
-                    ptr: self.ptr,
-                    map_len: self.map_len,
-                    iova: self.iova,
-                });
-                return;
-            }
-        }
-        release(&self.iommu, self.ptr, self.map_len, self.iova);
+        // SAFETY: drop runs once and nothing uses `self.iommu` after it is taken here.
+        let iommu = unsafe { ManuallyDrop::take(&mut self.iommu) };
+        recycle(iommu, self.ptr, self.map_len, self.iova);
     }
+}
+
+/// Gives a dropped buffer's mapping to the pool, or releases it when the pool is full.
+#[inline(never)]
+fn recycle(iommu: Arc<Iommu>, ptr: *mut u8, map_len: usize, iova: u64) {
+    if let Ok(mut p) = iommu.pool.lock() {
+        if p.bytes + map_len <= POOL_LIMIT {
+            p.bytes += map_len;
+            p.free
+                .entry(map_len)
+                .or_default()
+                .push(Mapping { ptr, map_len, iova });
+            return;
+        }
+    }
+    release(&iommu, ptr, map_len, iova);
 }
 
 /// Unmaps a mapping from the IOMMU, gives its IOVA back and frees the memory.
