@@ -17,6 +17,7 @@ use crate::namespace::Namespace;
 use crate::spec::{nvm, CompletionEntry, DsmRange, SubmissionEntry};
 use crate::status::NvmeStatus;
 use std::ops::Range;
+use std::ptr::addr_of_mut;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -600,23 +601,23 @@ impl QueuePair {
         req.pending = 1;
         req.error = None;
         let (prp1, prp2) = self.build_prp(cid, iova, (nblocks << ns.lba_shift) as usize);
-        let e = SubmissionEntry {
-            cdw0: opcode as u32 | (cid as u32) << 16,
-            nsid: ns.nsid,
-            cdw2: 0,
-            cdw3: 0,
-            mptr: 0,
-            prp1,
-            prp2,
-            cdw10: slba as u32,
-            cdw11: (slba >> 32) as u32,
-            cdw12: (nblocks - 1) as u32,
-            cdw13: 0,
-            cdw14: 0,
-            cdw15: 0,
-        };
-        // SAFETY: as in submit().
-        unsafe { self.sq.add(self.sq_tail as usize).write(e) };
+        // Only the dwords a read or write uses are written: the others (CDW2, CDW3, MPTR, CDW13-15) are zero in
+        // every slot, as the ring was allocated zeroed and no command this queue pair builds sets them.
+        // SAFETY: as in submit(); the field pointers are inside that slot.
+        unsafe {
+            let e = self.sq.add(self.sq_tail as usize);
+            debug_assert!({
+                let old = e.read();
+                old.cdw2 | old.cdw3 | old.cdw13 | old.cdw14 | old.cdw15 == 0 && old.mptr == 0
+            });
+            addr_of_mut!((*e).cdw0).write(opcode as u32 | (cid as u32) << 16);
+            addr_of_mut!((*e).nsid).write(ns.nsid);
+            addr_of_mut!((*e).prp1).write(prp1);
+            addr_of_mut!((*e).prp2).write(prp2);
+            addr_of_mut!((*e).cdw10).write(slba as u32);
+            addr_of_mut!((*e).cdw11).write((slba >> 32) as u32);
+            addr_of_mut!((*e).cdw12).write((nblocks - 1) as u32);
+        }
         self.sq_tail = if self.sq_tail + 1 == self.sq_entries {
             0
         } else {
