@@ -188,6 +188,9 @@ pub struct QueuePair {
     /// The CQ head at which the head doorbell is written next (`cq_threshold` entries after the last write).
     cq_ring_at: u16,
     cq_threshold: u16,
+    /// The CQ head (in `cq_head + 1 ..= cq_entries`) at which the poll loop leaves its fast path: the ring's end
+    /// (wrap, phase flip) or `cq_ring_at`, whichever comes first. One comparison per completion for both.
+    cq_event: u16,
     sq_db: Doorbell,
     cq_db: Doorbell,
     shadow: Option<ShadowSlots>,
@@ -281,6 +284,7 @@ impl QueuePair {
         };
         let max_transfer = p.max_transfer.clamp(PAGE_SIZE, PAGE_SIZE * (PAGE_SIZE / 8));
         let cq_threshold = (cq_entries - sq_entries).max(1);
+        let cq_ring_at = Self::advance(0, cq_threshold, cq_entries);
         Ok(Self {
             qid: p.qid,
             sq: sq_mem.as_ptr() as *mut SubmissionEntry,
@@ -291,8 +295,9 @@ impl QueuePair {
             sq_rung: 0,
             cq_head: 0,
             phase: 1,
-            cq_ring_at: Self::advance(0, cq_threshold, cq_entries),
+            cq_ring_at,
             cq_threshold,
+            cq_event: Self::next_cq_event(0, cq_ring_at, cq_entries),
             sq_db,
             cq_db,
             shadow,
@@ -734,12 +739,12 @@ impl QueuePair {
     /// page when two pages cover the transfer, else a PRP list in the cid's page.
     #[inline]
     fn build_prp(&mut self, cid: u16, start: u64, len: usize) -> (u64, u64) {
-        let first = PAGE_SIZE - (start as usize & (PAGE_SIZE - 1));
-        if len <= first {
+        let offset = start as usize & (PAGE_SIZE - 1);
+        if offset + len <= PAGE_SIZE {
             return (start, 0);
         }
         let second = (start & !(PAGE_SIZE as u64 - 1)) + PAGE_SIZE as u64;
-        let rest = len - first;
+        let rest = len - (PAGE_SIZE - offset);
         if rest <= PAGE_SIZE {
             return (start, second);
         }
@@ -778,6 +783,30 @@ impl QueuePair {
             }
         }
         self.sq_rung = tail;
+    }
+
+    /// The next CQ head at which the poll loop must wrap the ring or write the CQ head doorbell.
+    #[inline]
+    fn next_cq_event(head: u16, ring_at: u16, entries: u16) -> u16 {
+        if ring_at > head {
+            ring_at
+        } else {
+            entries
+        }
+    }
+
+    /// The CQ head reached `cq_event`: wrap the ring (flipping the phase) and/or write the CQ head doorbell.
+    #[cold]
+    #[inline(never)]
+    fn cq_event_reached(&mut self) {
+        if self.cq_head == self.cq_entries {
+            self.cq_head = 0;
+            self.phase ^= 1;
+        }
+        if self.cq_head == self.cq_ring_at {
+            self.ring_cq();
+        }
+        self.cq_event = Self::next_cq_event(self.cq_head, self.cq_ring_at, self.cq_entries);
     }
 
     /// Tells the controller how far the CQ has been consumed. Called once per `cq_threshold` completions.
@@ -834,12 +863,8 @@ impl QueuePair {
             // SAFETY: as above.
             let cid = unsafe { core::ptr::addr_of!((*entry).cid).read_volatile() };
             self.cq_head += 1;
-            if self.cq_head == self.cq_entries {
-                self.cq_head = 0;
-                self.phase ^= 1;
-            }
-            if self.cq_head == self.cq_ring_at {
-                self.ring_cq();
+            if self.cq_head == self.cq_event {
+                self.cq_event_reached();
             }
             reaped += 1;
             // The one bounds check of a cid the device gave us.
@@ -979,6 +1004,7 @@ impl QueuePair {
         self.cq_head = 0;
         self.phase = 1;
         self.cq_ring_at = Self::advance(0, self.cq_threshold, self.cq_entries);
+        self.cq_event = Self::next_cq_event(0, self.cq_ring_at, self.cq_entries);
         self.timed_out = false;
         self.stall_since = None;
         self.stall_stage = 0;
