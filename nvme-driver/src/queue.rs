@@ -876,12 +876,15 @@ impl QueuePair {
                 continue; // a completion for a command we no longer track (after an abort): ignore it
             }
             slot.req = FREE;
-            if cid != r {
+            // A single-command request lives in its cid's own slot: no second lookup.
+            let req = if cid == r {
+                slot
+            } else {
                 self.free_cids.push(cid);
-            }
-            // SAFETY: r is not FREE, so it is the index of a request slot set by a submit from a cid popped off
-            // the free stack: r < slots.len() (FreeCids' invariant).
-            let req = unsafe { self.slots.get_unchecked_mut(r as usize) };
+                // SAFETY: r is not FREE, so it is the index of a request slot set by a submit from a cid popped
+                // off the free stack: r < slots.len() (FreeCids' invariant).
+                unsafe { self.slots.get_unchecked_mut(r as usize) }
+            };
             if let Some(s) = NvmeStatus::from_completion(status) {
                 req.error.get_or_insert(IoError::Status(s));
             }
