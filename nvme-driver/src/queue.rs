@@ -200,6 +200,10 @@ pub struct QueuePair {
     free_cids: FreeCids,
     prp_lists: DmaBuf,
     max_transfer: usize,
+    /// Requests of up to this many bytes take the single-command fast path: `max_transfer`, or 0 while the
+    /// queue pair is dead, so that the fast path needs no check of `dead` of its own (the general path, which
+    /// every request then takes, refuses it as Busy).
+    fast_limit: usize,
     /// Counters; `commands` and `completions` are derived in [`QueuePair::stats`] (fewer stores per I/O).
     stats: QueueStats,
     /// Commands beyond the first of split requests.
@@ -314,6 +318,7 @@ impl QueuePair {
             free_cids: FreeCids::new(max_out),
             prp_lists,
             max_transfer,
+            fast_limit: max_transfer,
             split_commands: 0,
             unanswered: 0,
             stats: QueueStats::default(),
@@ -479,8 +484,8 @@ impl QueuePair {
         range: Range<usize>,
         tag: u64,
     ) -> Result<(), SubmitErrorKind> {
-        let (iova, nblocks, split) = Self::check_data(ns, buf, &range, self.max_transfer)?;
-        self.submit_transfer(nvm::READ, ns, slba, nblocks, split, iova, tag)
+        let (iova, nblocks, general) = Self::check_data(ns, buf, &range, self.fast_limit)?;
+        self.submit_transfer(nvm::READ, ns, slba, nblocks, general, iova, tag)
             .map(drop)
     }
 
@@ -500,19 +505,20 @@ impl QueuePair {
         range: Range<usize>,
         tag: u64,
     ) -> Result<(), SubmitErrorKind> {
-        let (iova, nblocks, split) = Self::check_data(ns, buf, &range, self.max_transfer)?;
-        self.submit_transfer(nvm::WRITE, ns, slba, nblocks, split, iova, tag)
+        let (iova, nblocks, general) = Self::check_data(ns, buf, &range, self.fast_limit)?;
+        self.submit_transfer(nvm::WRITE, ns, slba, nblocks, general, iova, tag)
             .map(drop)
     }
 
     /// Checks a data transfer's range against its buffer and the namespace; returns the bus address of its
-    /// first byte, its length in blocks and whether it must be split into several commands.
+    /// first byte, its length in blocks and whether it must take the general path (split into several
+    /// commands, or refused on a dead queue pair): when it is longer than `fast_limit`.
     #[inline]
     fn check_data(
         ns: &Namespace,
         buf: &DmaBuf,
         range: &Range<usize>,
-        max_transfer: usize,
+        fast_limit: usize,
     ) -> Result<(u64, u64, bool), SubmitErrorKind> {
         if range.start >= range.end {
             return Err(SubmitErrorKind::ZeroLength);
@@ -535,11 +541,12 @@ impl QueuePair {
                 lba_size: ns.lba_size,
             });
         }
-        // max_transfer is at most 2 MiB, so a transfer within it is one command at any block size.
+        // fast_limit is at most max_transfer, at most 2 MiB, so a transfer within it is one command at any
+        // block size.
         Ok((
             buf.iova() + range.start as u64,
             (range.len() >> ns.lba_shift) as u64,
-            range.len() > max_transfer,
+            range.len() > fast_limit,
         ))
     }
 
@@ -553,9 +560,9 @@ impl QueuePair {
         range: Range<usize>,
         tag: u64,
     ) -> Result<(), SubmitError> {
-        let submitted = Self::check_data(ns, &buf, &range, self.max_transfer).and_then(
-            |(iova, nblocks, split)| {
-                self.submit_transfer(opcode, ns, slba, nblocks, split, iova, tag)
+        let submitted = Self::check_data(ns, &buf, &range, self.fast_limit).and_then(
+            |(iova, nblocks, general)| {
+                self.submit_transfer(opcode, ns, slba, nblocks, general, iova, tag)
             },
         );
         match submitted {
@@ -574,7 +581,8 @@ impl QueuePair {
     }
 
     /// A read or write of `nblocks` (≥ 1) at bus address `iova`: one command when it fits in one transfer
-    /// (the common case, kept short), else split.
+    /// (the common case, kept short), else split; `general` (from check_data) sends it to the general path,
+    /// which also refuses a dead queue pair.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn submit_transfer(
@@ -583,17 +591,15 @@ impl QueuePair {
         ns: &Namespace,
         slba: u64,
         nblocks: u64,
-        split: bool,
+        general: bool,
         iova: u64,
         tag: u64,
     ) -> Result<u16, SubmitErrorKind> {
-        if split {
+        if general {
             let chunk = ((self.max_transfer >> ns.lba_shift) as u64).clamp(1, 1 << 16);
             return self.submit(opcode, ns, slba, nblocks, chunk, Some(iova), tag);
         }
-        if self.dead {
-            return Err(SubmitErrorKind::Busy);
-        }
+        debug_assert!(!self.dead);
         // (No stall-clock restart here: the clock stops whenever a poll reaps, so it is already stopped when
         // the queue pair has been idle.)
         let Some(cid) = self.free_cids.pop() else {
@@ -1025,6 +1031,7 @@ impl QueuePair {
                 self.cq_entries,
             );
             self.dead = !ok;
+            self.fast_limit = if ok { self.max_transfer } else { 0 };
         }
         finished
     }
