@@ -183,14 +183,17 @@ pub struct QueuePair {
     cq_entries: u16,
     sq_tail: u16,
     sq_rung: u16,
-    cq_head: u16,
+    /// The CQ entry at the head (the next one to look at), in `cq .. cq + cq_entries` whenever an entry is read:
+    /// a pointer rather than an index, so the poll loop reads it without scaling an index. See `cq_head()`.
+    cq_next: *const CompletionEntry,
     phase: u16,
     /// The CQ head at which the head doorbell is written next (`cq_threshold` entries after the last write).
     cq_ring_at: u16,
     cq_threshold: u16,
-    /// The CQ head (in `cq_head + 1 ..= cq_entries`) at which the poll loop leaves its fast path: the ring's end
-    /// (wrap, phase flip) or `cq_ring_at`, whichever comes first. One comparison per completion for both.
-    cq_event: u16,
+    /// The CQ position (entry pointer, after `cq_next` and at most the ring's end) at which the poll loop leaves
+    /// its fast path: the ring's end (wrap, phase flip) or `cq_ring_at`, whichever comes first. One comparison
+    /// per completion for both.
+    cq_event: *const CompletionEntry,
     sq_db: Doorbell,
     cq_db: Doorbell,
     shadow: Option<ShadowSlots>,
@@ -289,19 +292,20 @@ impl QueuePair {
         let max_transfer = p.max_transfer.clamp(PAGE_SIZE, PAGE_SIZE * (PAGE_SIZE / 8));
         let cq_threshold = (cq_entries - sq_entries).max(1);
         let cq_ring_at = Self::advance(0, cq_threshold, cq_entries);
+        let cq = cq_mem.as_ptr() as *const CompletionEntry;
         Ok(Self {
             qid: p.qid,
             sq: sq_mem.as_ptr() as *mut SubmissionEntry,
-            cq: cq_mem.as_ptr() as *const CompletionEntry,
+            cq,
             sq_entries,
             cq_entries,
             sq_tail: 0,
             sq_rung: 0,
-            cq_head: 0,
+            cq_next: cq,
             phase: 1,
             cq_ring_at,
             cq_threshold,
-            cq_event: Self::next_cq_event(0, cq_ring_at, cq_entries),
+            cq_event: cq.wrapping_add(Self::next_cq_event(0, cq_ring_at, cq_entries).into()),
             sq_db,
             cq_db,
             shadow,
@@ -801,18 +805,27 @@ impl QueuePair {
         }
     }
 
+    /// The CQ head as an index (`cq_entries` when `cq_next` has just reached the ring's end).
+    #[inline]
+    fn cq_head(&self) -> u16 {
+        ((self.cq_next as usize - self.cq as usize) / size_of::<CompletionEntry>()) as u16
+    }
+
     /// The CQ head reached `cq_event`: wrap the ring (flipping the phase) and/or write the CQ head doorbell.
     #[cold]
     #[inline(never)]
     fn cq_event_reached(&mut self) {
-        if self.cq_head == self.cq_entries {
-            self.cq_head = 0;
+        let mut head = self.cq_head();
+        if head == self.cq_entries {
+            head = 0;
+            self.cq_next = self.cq;
             self.phase ^= 1;
         }
-        if self.cq_head == self.cq_ring_at {
-            self.ring_cq();
+        if head == self.cq_ring_at {
+            self.ring_cq(head);
         }
-        self.cq_event = Self::next_cq_event(self.cq_head, self.cq_ring_at, self.cq_entries);
+        let event = Self::next_cq_event(head, self.cq_ring_at, self.cq_entries);
+        self.cq_event = self.cq.wrapping_add(event.into());
     }
 
     /// Tells the controller how far the CQ has been consumed. Called once per `cq_threshold` completions.
@@ -820,8 +833,7 @@ impl QueuePair {
     /// not pick up a shadow CQ head on its own (measured: the CQ filled up and I/O stalled), and at one write
     /// per `cq_entries - sq_entries` completions the MMIO cost is small either way.
     #[inline]
-    fn ring_cq(&mut self) {
-        let head = self.cq_head;
+    fn ring_cq(&mut self, head: u16) {
         if let Some(s) = self.shadow {
             self.stats.cq_shadow_updates += 1;
             // SAFETY: as in ring(); the EventIdx answer is not needed since the MMIO write follows.
@@ -857,9 +869,11 @@ impl QueuePair {
         let mut finished = 0;
         let mut reaped = 0;
         while finished < max {
-            // SAFETY: cq_head < cq_entries: inside the CQ ring, which the controller writes by DMA.
-            let entry = unsafe { self.cq.add(self.cq_head as usize) };
-            // SAFETY: aligned 2-byte field of a live entry; volatile because the device writes it.
+            let entry = self.cq_next;
+            // SAFETY: entry is inside the CQ ring (memory this queue pair owns, which the controller writes by
+            // DMA): cq_next moves one entry at a time, and reaching cq_event (at most the ring's end) is dealt
+            // with, wrapping to the start, before the next read. An aligned 2-byte field of that entry; volatile
+            // because the device writes it.
             let status = unsafe { core::ptr::addr_of!((*entry).status).read_volatile() };
             if status & 1 != self.phase {
                 break;
@@ -868,8 +882,8 @@ impl QueuePair {
             fence(Ordering::Acquire);
             // SAFETY: as above.
             let cid = unsafe { core::ptr::addr_of!((*entry).cid).read_volatile() };
-            self.cq_head += 1;
-            if self.cq_head == self.cq_event {
+            self.cq_next = entry.wrapping_add(1);
+            if self.cq_next == self.cq_event {
                 self.cq_event_reached();
             }
             reaped += 1;
@@ -1010,10 +1024,11 @@ impl QueuePair {
         self.cq_mem.fill(0);
         self.sq_tail = 0;
         self.sq_rung = 0;
-        self.cq_head = 0;
+        self.cq_next = self.cq;
         self.phase = 1;
         self.cq_ring_at = Self::advance(0, self.cq_threshold, self.cq_entries);
-        self.cq_event = Self::next_cq_event(0, self.cq_ring_at, self.cq_entries);
+        let event = Self::next_cq_event(0, self.cq_ring_at, self.cq_entries);
+        self.cq_event = self.cq.wrapping_add(event.into());
         self.timed_out = false;
         self.stall_since = None;
         self.stall_stage = 0;
