@@ -181,8 +181,13 @@ pub struct QueuePair {
     cq: *const CompletionEntry,
     sq_entries: u16,
     cq_entries: u16,
-    sq_tail: u16,
-    sq_rung: u16,
+    /// The SQ slot the next command goes into (the tail), in `sq .. sq_end`: a pointer rather than an index, so
+    /// a submission writes its entry without scaling an index. See `sq_index()`.
+    sq_next: *mut SubmissionEntry,
+    /// One past the SQ ring's last slot.
+    sq_end: *mut SubmissionEntry,
+    /// The tail last written to the doorbell (as a slot pointer).
+    sq_rung: *mut SubmissionEntry,
     /// The CQ entry at the head (the next one to look at), in `cq .. cq + cq_entries` whenever an entry is read:
     /// a pointer rather than an index, so the poll loop reads it without scaling an index. See `cq_head()`.
     cq_next: *const CompletionEntry,
@@ -293,14 +298,16 @@ impl QueuePair {
         let cq_threshold = (cq_entries - sq_entries).max(1);
         let cq_ring_at = Self::advance(0, cq_threshold, cq_entries);
         let cq = cq_mem.as_ptr() as *const CompletionEntry;
+        let sq = sq_mem.as_ptr() as *mut SubmissionEntry;
         Ok(Self {
             qid: p.qid,
-            sq: sq_mem.as_ptr() as *mut SubmissionEntry,
+            sq,
             cq,
             sq_entries,
             cq_entries,
-            sq_tail: 0,
-            sq_rung: 0,
+            sq_next: sq,
+            sq_end: sq.wrapping_add(sq_entries.into()),
+            sq_rung: sq,
             cq_next: cq,
             phase: 1,
             cq_ring_at,
@@ -618,9 +625,9 @@ impl QueuePair {
         let (prp1, prp2) = self.build_prp(cid, iova, (nblocks << ns.lba_shift) as usize);
         // Only the dwords a read or write uses are written: the others (CDW2, CDW3, MPTR, CDW13-15) are zero in
         // every slot, as the ring was allocated zeroed and no command this queue pair builds sets them.
+        let e = self.sq_next;
         // SAFETY: as in submit(); the field pointers are inside that slot.
         unsafe {
-            let e = self.sq.add(self.sq_tail as usize);
             debug_assert!({
                 let old = e.read();
                 old.cdw2 | old.cdw3 | old.cdw13 | old.cdw14 | old.cdw15 == 0 && old.mptr == 0
@@ -633,11 +640,7 @@ impl QueuePair {
             addr_of_mut!((*e).cdw11).write((slba >> 32) as u32);
             addr_of_mut!((*e).cdw12).write((nblocks - 1) as u32);
         }
-        self.sq_tail = if self.sq_tail + 1 == self.sq_entries {
-            0
-        } else {
-            self.sq_tail + 1
-        };
+        self.advance_sq(e);
         self.stats.requests += 1;
         Ok(cid)
     }
@@ -718,14 +721,10 @@ impl QueuePair {
                     }
                 }
             }
-            // SAFETY: sq_tail < sq_entries, so the slot is inside the SQ ring; the controller does not read slots
-            // between its head and our tail, and at most sq_entries-1 commands are outstanding.
-            unsafe { self.sq.add(self.sq_tail as usize).write(e) };
-            self.sq_tail = if self.sq_tail + 1 == self.sq_entries {
-                0
-            } else {
-                self.sq_tail + 1
-            };
+            // SAFETY: sq_next is in sq .. sq_end, so the slot is inside the SQ ring; the controller does not read
+            // slots between its head and our tail, and at most sq_entries-1 commands are outstanding.
+            unsafe { self.sq_next.write(e) };
+            self.advance_sq(self.sq_next);
             done += n;
             self.split_commands += 1;
         }
@@ -768,15 +767,28 @@ impl QueuePair {
         (start, list_iova)
     }
 
+    /// Moves the SQ tail past slot `e` (the current tail), wrapping at the ring's end.
+    #[inline(always)]
+    fn advance_sq(&mut self, e: *mut SubmissionEntry) {
+        let next = e.wrapping_add(1);
+        self.sq_next = if next == self.sq_end { self.sq } else { next };
+    }
+
+    /// The index of SQ slot `p` (a doorbell value).
+    #[inline]
+    fn sq_index(&self, p: *mut SubmissionEntry) -> u16 {
+        ((p as usize - self.sq as usize) / size_of::<SubmissionEntry>()) as u16
+    }
+
     /// Writes the SQ tail doorbell if commands were added since the last write (once per batch).
     #[inline]
     pub fn ring(&mut self) {
-        if self.sq_tail == self.sq_rung {
+        if self.sq_next == self.sq_rung {
             return;
         }
         // The entries must be in memory before the controller can see the new tail.
         fence(Ordering::Release);
-        let tail = self.sq_tail;
+        let tail = self.sq_index(self.sq_next);
         match self.shadow {
             Some(s) => {
                 self.stats.sq_shadow_updates += 1;
@@ -792,7 +804,7 @@ impl QueuePair {
                 self.stats.sq_doorbell_writes += 1;
             }
         }
-        self.sq_rung = tail;
+        self.sq_rung = self.sq_next;
     }
 
     /// The next CQ head at which the poll loop must wrap the ring or write the CQ head doorbell.
@@ -949,8 +961,9 @@ impl QueuePair {
         let Some(s) = self.shadow else { return };
         // SAFETY: as in ring().
         let event = unsafe { s.sq_ei.read_volatile() } as u16;
-        if event != self.sq_rung {
-            self.sq_db.write(self.sq_rung as u32);
+        let rung = self.sq_index(self.sq_rung);
+        if event != rung {
+            self.sq_db.write(rung as u32);
             self.stats.sq_doorbell_writes += 1;
             self.stats.shadow_kicks += 1;
         }
@@ -1022,8 +1035,8 @@ impl QueuePair {
             }
         }
         self.cq_mem.fill(0);
-        self.sq_tail = 0;
-        self.sq_rung = 0;
+        self.sq_next = self.sq;
+        self.sq_rung = self.sq;
         self.cq_next = self.cq;
         self.phase = 1;
         self.cq_ring_at = Self::advance(0, self.cq_threshold, self.cq_entries);
