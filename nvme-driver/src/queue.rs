@@ -427,7 +427,7 @@ impl QueuePair {
 
     /// Flush: everything completed before is durable when this completes.
     pub fn flush(&mut self, ns: &Namespace, tag: u64) -> Result<(), SubmitError> {
-        self.submit(nvm::FLUSH, ns, 0, 1, 1, None, tag)
+        self.submit(nvm::FLUSH, (ns.nsid, ns.lba_shift), 0, 1, 1, None, tag)
             .map(drop)
             .map_err(SubmitError::without_buffer)
     }
@@ -446,7 +446,7 @@ impl QueuePair {
                 buf: None,
             });
         }
-        self.submit(nvm::WRITE_ZEROES, ns, slba, nblocks, 1 << 16, None, tag)
+        self.submit(nvm::WRITE_ZEROES, (ns.nsid, ns.lba_shift), slba, nblocks, 1 << 16, None, tag)
             .map(drop)
             .map_err(SubmitError::without_buffer)
     }
@@ -467,7 +467,7 @@ impl QueuePair {
         }
         self.submit(
             nvm::DATASET_MANAGEMENT,
-            ns,
+            (ns.nsid, ns.lba_shift),
             slba,
             nblocks,
             u32::MAX as u64,
@@ -608,7 +608,7 @@ impl QueuePair {
     ) -> Result<u16, SubmitErrorKind> {
         if general {
             let chunk = ((self.max_transfer >> ns.lba_shift) as u64).clamp(1, 1 << 16);
-            return self.submit(opcode, ns, slba, nblocks, chunk, Some(iova), tag);
+            return self.submit(opcode, (ns.nsid, ns.lba_shift), slba, nblocks, chunk, Some(iova), tag);
         }
         debug_assert!(!self.dead);
         // (No stall-clock restart here: the clock stops whenever a poll reaps, so it is already stopped when
@@ -647,12 +647,15 @@ impl QueuePair {
 
     /// Splits a request into commands of at most `chunk` blocks and writes them into the SQ (no doorbell).
     /// Returns the request's slot (where the caller may park its buffer).
+    /// Takes the two namespace fields it needs (`nsid`, `lba_shift`) rather than the namespace: a reference (or
+    /// a by-value struct, which is passed by reference) makes the caller's namespace escape, and the caller's
+    /// inlined fast path then reloads and re-derives its fields after every call it cannot see through.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn submit(
         &mut self,
         opcode: u8,
-        ns: &Namespace,
+        (nsid, lba_shift): (u32, u32),
         slba: u64,
         nblocks: u64,
         chunk: u64,
@@ -692,7 +695,7 @@ impl QueuePair {
                 break;
             };
             self.slots[cid as usize].req = r;
-            let mut e = SubmissionEntry::new(opcode, cid, ns.nsid);
+            let mut e = SubmissionEntry::new(opcode, cid, nsid);
             match opcode {
                 nvm::FLUSH => {}
                 nvm::DATASET_MANAGEMENT => {
@@ -714,8 +717,8 @@ impl QueuePair {
                     e.cdw11 = (s >> 32) as u32;
                     e.cdw12 = (n - 1) as u32;
                     if let Some(iova) = iova {
-                        let start = iova + (done << ns.lba_shift);
-                        let (p1, p2) = self.build_prp(cid, start, (n << ns.lba_shift) as usize);
+                        let start = iova + (done << lba_shift);
+                        let (p1, p2) = self.build_prp(cid, start, (n << lba_shift) as usize);
                         e.prp1 = p1;
                         e.prp2 = p2;
                     }
@@ -879,7 +882,10 @@ impl QueuePair {
             }
         }
         let mut finished = 0;
-        let mut reaped = 0;
+        // Whether any entry was consumed is told by the head's move, not counted: it can only come back to
+        // where it started after a whole ring of entries, and then requests finished too (or the entries
+        // were all stray, which is no progress).
+        let start = self.cq_next;
         while finished < max {
             let entry = self.cq_next;
             // SAFETY: entry is inside the CQ ring (memory this queue pair owns, which the controller writes by
@@ -898,7 +904,6 @@ impl QueuePair {
             if self.cq_next == self.cq_event {
                 self.cq_event_reached();
             }
-            reaped += 1;
             // The one bounds check of a cid the device gave us.
             let Some(slot) = self.slots.get_mut(cid as usize) else {
                 continue;
@@ -937,7 +942,7 @@ impl QueuePair {
                 });
             }
         }
-        if reaped > 0 {
+        if self.cq_next != start || finished > 0 {
             self.empty_polls = 0;
             self.stall_since = None;
             self.stall_stage = 0;
