@@ -446,9 +446,17 @@ impl QueuePair {
                 buf: None,
             });
         }
-        self.submit(nvm::WRITE_ZEROES, (ns.nsid, ns.lba_shift), slba, nblocks, 1 << 16, None, tag)
-            .map(drop)
-            .map_err(SubmitError::without_buffer)
+        self.submit(
+            nvm::WRITE_ZEROES,
+            (ns.nsid, ns.lba_shift),
+            slba,
+            nblocks,
+            1 << 16,
+            None,
+            tag,
+        )
+        .map(drop)
+        .map_err(SubmitError::without_buffer)
     }
 
     /// Dataset Management, Deallocate attribute, over `nblocks` blocks from `slba`.
@@ -608,7 +616,15 @@ impl QueuePair {
     ) -> Result<u16, SubmitErrorKind> {
         if general {
             let chunk = ((self.max_transfer >> ns.lba_shift) as u64).clamp(1, 1 << 16);
-            return self.submit(opcode, (ns.nsid, ns.lba_shift), slba, nblocks, chunk, Some(iova), tag);
+            return self.submit(
+                opcode,
+                (ns.nsid, ns.lba_shift),
+                slba,
+                nblocks,
+                chunk,
+                Some(iova),
+                tag,
+            );
         }
         debug_assert!(!self.dead);
         // (No stall-clock restart here: the clock stops whenever a poll reaps, so it is already stopped when
