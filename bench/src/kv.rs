@@ -591,29 +591,51 @@ pub fn measurement(
 
 // ---------- RocksDB's db_bench ----------
 
-/// db_bench's arguments for workload `w` on `db_dir`.
-pub fn db_bench_args(w: Workload, s: &KvSpec, db_dir: &Path, wal: bool) -> Result<Vec<String>> {
-    let (bench, extra): (&str, Vec<String>) = match w {
-        Workload::FillRandom => ("fillrandom", vec!["--use_existing_db=0".into()]),
-        Workload::ReadRandom => ("readrandom", vec!["--use_existing_db=1".into()]),
-        Workload::Mix { read_percent } => (
-            "readrandomwriterandom",
-            vec![
-                "--use_existing_db=1".into(),
-                format!("--readwritepercent={read_percent}"),
-            ],
-        ),
-        Workload::DurablePut => (
-            "fillrandom",
-            vec!["--use_existing_db=0".into(), "--sync=1".into()],
-        ),
-        Workload::Ycsb { .. } => bail!("YCSB runs on nvkv only (db_bench has no YCSB mixes)"),
-        Workload::DurableThroughput => {
-            bail!("durable throughput runs on nvkv only (compared with the raw device)")
+/// The db_bench invocations that measure `workloads` the way nvkv runs them: nvkv fills once and then reads
+/// and mixes on the same open database (its caches warm), so RocksDB runs its fill, reads and mix in one
+/// process too (memtable and block cache warm), not each in a fresh process that first replays and flushes
+/// the WAL. A mix with another read percentage needs its own process (`--readwritepercent` is global), which
+/// starts with its own fill; durable puts run alone, on a fresh database. Each session's first workload is the
+/// fill (or the durable puts).
+pub fn db_bench_sessions(workloads: &[Workload]) -> Vec<Vec<Workload>> {
+    let mut main = vec![Workload::FillRandom];
+    let mut more: Vec<Vec<Workload>> = Vec::new();
+    for &w in workloads {
+        match w {
+            Workload::FillRandom => {}
+            Workload::DurablePut => more.push(vec![w]),
+            Workload::Mix { .. } if main.iter().any(|m| matches!(m, Workload::Mix { .. })) => {
+                more.push(vec![Workload::FillRandom, w])
+            }
+            Workload::ReadRandom | Workload::Mix { .. } => main.push(w),
+            _ => {}
         }
-    };
+    }
+    let mut out = vec![main];
+    out.extend(more);
+    out
+}
+
+/// db_bench's arguments for one session (see [`db_bench_sessions`]): the benchmarks in order on a fresh
+/// database at `db_dir`. Reads and mixes do `keys` operations each (a duration would also cut the fill short:
+/// `--duration` applies to every benchmark of the invocation); durable puts run for the spec's duration.
+pub fn db_bench_session_args(
+    session: &[Workload],
+    s: &KvSpec,
+    db_dir: &Path,
+    wal: bool,
+) -> Result<Vec<String>> {
+    let names: Vec<&str> = session
+        .iter()
+        .map(|w| match w {
+            Workload::FillRandom | Workload::DurablePut => Ok("fillrandom"),
+            Workload::ReadRandom => Ok("readrandom"),
+            Workload::Mix { .. } => Ok("readrandomwriterandom"),
+            _ => Err(anyhow!("{} runs on nvkv only", w.name())),
+        })
+        .collect::<Result<_>>()?;
     let mut a = vec![
-        format!("--benchmarks={bench}"),
+        format!("--benchmarks={}", names.join(",")),
         format!("--db={}", db_dir.display()),
         format!("--num={}", s.keys),
         format!("--key_size={}", s.key_size),
@@ -622,25 +644,100 @@ pub fn db_bench_args(w: Workload, s: &KvSpec, db_dir: &Path, wal: bool) -> Resul
         "--compression_type=none".into(),
         "--histogram=1".into(),
         "--statistics=0".into(),
+        "--use_existing_db=0".into(),
     ];
-    // A duration bounds reads, mixes and durable puts in time (the guest's slow device); a fill always writes
-    // every key once, and without a duration reads read `keys` keys.
-    if s.duration_s > 0.0 && w != Workload::FillRandom {
-        a.push(format!("--duration={}", s.duration_s.ceil() as u64));
+    if session.contains(&Workload::DurablePut) {
+        a.push("--sync=1".into());
+        if s.duration_s > 0.0 {
+            a.push(format!("--duration={}", s.duration_s.ceil() as u64));
+        }
+    }
+    if session
+        .iter()
+        .any(|w| matches!(w, Workload::ReadRandom | Workload::Mix { .. }))
+    {
+        a.push(format!("--reads={}", s.keys));
+    }
+    if let Some(p) = session.iter().find_map(|w| match w {
+        Workload::Mix { read_percent } => Some(*read_percent),
+        _ => None,
+    }) {
+        a.push(format!("--readwritepercent={p}"));
     }
     if !wal {
         a.push("--disable_wal=1".into());
     }
-    if matches!(w, Workload::ReadRandom | Workload::Mix { .. }) {
-        let reads = if s.duration_s > 0.0 {
-            u64::MAX / 4
-        } else {
-            s.keys
-        };
-        a.push(format!("--reads={reads}"));
-    }
-    a.extend(extra);
     Ok(a)
+}
+
+/// Splits db_bench's output into one section per benchmark report line (`name : ... micros/op ...`), each
+/// with the histogram printed after it.
+pub fn db_bench_sections(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let starts =
+            line.contains("micros/op") && line.split_whitespace().nth(1).is_some_and(|t| t == ":");
+        if starts {
+            let name = line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            out.push((name, String::new()));
+        }
+        if let Some((_, sec)) = out.last_mut() {
+            sec.push_str(line);
+            sec.push('\n');
+        }
+    }
+    out
+}
+
+/// Runs one db_bench session; returns (workload, ops/s, latency, ops) for each of its benchmarks.
+pub fn db_bench_session(
+    bin: &Path,
+    session: &[Workload],
+    s: &KvSpec,
+    db_dir: &Path,
+    wal: bool,
+    pin_cpu: Option<usize>,
+) -> Result<Vec<(Workload, f64, Latency, u64)>> {
+    let args = db_bench_session_args(session, s, db_dir, wal)?;
+    let mut cmd = if let Some(cpu) = pin_cpu {
+        let mut c = std::process::Command::new("taskset");
+        c.arg("-c").arg(cpu.to_string()).arg(bin);
+        c
+    } else {
+        std::process::Command::new(bin)
+    };
+    let out = cmd
+        .args(&args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("db_bench failed ({}): {text}", out.status);
+    }
+    let sections = db_bench_sections(&text);
+    if sections.len() != session.len() {
+        bail!(
+            "db_bench reported {} benchmarks, expected {}:\n{text}",
+            sections.len(),
+            session.len()
+        );
+    }
+    session
+        .iter()
+        .zip(sections)
+        .map(|(&w, (name, sec))| {
+            let (ops_per_s, lat, ops) = parse_db_bench(&name, &sec)?;
+            Ok((w, ops_per_s, lat, ops))
+        })
+        .collect()
 }
 
 /// Parses db_bench's report line (`fillrandom : 72.472 micros/op 13798 ops/sec; ...`) and its histogram's
@@ -691,39 +788,6 @@ pub fn parse_db_bench(bench: &str, text: &str) -> Result<(f64, Latency, u64)> {
         }
     }
     Ok((ops_per_s, lat, ops))
-}
-
-/// Runs db_bench; returns (ops/s, latency, ops).
-pub fn db_bench(
-    bin: &Path,
-    w: Workload,
-    s: &KvSpec,
-    db_dir: &Path,
-    wal: bool,
-    pin_cpu: Option<usize>,
-) -> Result<(f64, Latency, u64)> {
-    let args = db_bench_args(w, s, db_dir, wal)?;
-    let mut cmd = if let Some(cpu) = pin_cpu {
-        let mut c = std::process::Command::new("taskset");
-        c.arg("-c").arg(cpu.to_string()).arg(bin);
-        c
-    } else {
-        std::process::Command::new(bin)
-    };
-    let out = cmd
-        .args(&args)
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        bail!("db_bench failed ({}): {text}", out.status);
-    }
-    let bench = args[0].trim_start_matches("--benchmarks=").to_string();
-    parse_db_bench(&bench, &text)
 }
 
 // ---------- The CPU path on the host ----------
@@ -821,8 +885,11 @@ pub fn rocksdb_tmpfs(bin: &Path, value_size: usize, keys: u64) -> Result<Vec<KvM
             "db_bench on tmpfs, {}, CPU 0 (Debian's build: assertions on)",
             if wal { "WAL on" } else { "WAL off" }
         );
-        for w in [Workload::FillRandom, Workload::ReadRandom] {
-            let (ops_per_s, latency, ops) = db_bench(bin, w, &s, &dir, wal, Some(0))?;
+        // One process for the fill and the reads (block cache and memtable warm, as nvkv's reads follow
+        // its fill on the same shard).
+        let session = [Workload::FillRandom, Workload::ReadRandom];
+        for (w, ops_per_s, latency, ops) in db_bench_session(bin, &session, &s, &dir, wal, Some(0))?
+        {
             out.push(KvMeasurement {
                 system: "rocksdb".into(),
                 workload: w.name(),
@@ -884,41 +951,75 @@ Percentiles: P50: 40.12 P75: 60.00 P99: 500.50 P99.9: 2000.00 P99.99: 9000.00
     }
 
     #[test]
-    fn db_bench_args_match_the_workload() {
+    fn db_bench_sessions_keep_reads_warm_after_the_fill() {
+        let ws = [
+            Workload::FillRandom,
+            Workload::ReadRandom,
+            Workload::Mix { read_percent: 50 },
+            Workload::Mix { read_percent: 95 },
+            Workload::DurablePut,
+        ];
+        let ss = db_bench_sessions(&ws);
+        assert_eq!(
+            ss,
+            vec![
+                vec![
+                    Workload::FillRandom,
+                    Workload::ReadRandom,
+                    Workload::Mix { read_percent: 50 }
+                ],
+                vec![Workload::FillRandom, Workload::Mix { read_percent: 95 }],
+                vec![Workload::DurablePut],
+            ]
+        );
         let s = KvSpec {
             key_size: 16,
             value_size: 100,
             keys: 1000,
             threads: 1,
-            duration_s: 2.0,
+            duration_s: 3.0,
         };
-        let a = db_bench_args(Workload::DurablePut, &s, Path::new("/mnt/db"), true).expect("args");
-        assert!(
-            a.contains(&"--sync=1".to_string())
-                && a.contains(&"--benchmarks=fillrandom".to_string())
-        );
-        let a = db_bench_args(
-            Workload::Mix { read_percent: 50 },
-            &s,
-            Path::new("/mnt/db"),
-            false,
-        )
-        .expect("args");
+        let a = db_bench_session_args(&ss[0], &s, Path::new("/mnt/db"), true).expect("args");
+        assert!(a.contains(&"--benchmarks=fillrandom,readrandom,readrandomwriterandom".to_string()));
         assert!(
             a.contains(&"--readwritepercent=50".to_string())
-                && a.contains(&"--disable_wal=1".to_string())
+                && a.contains(&"--reads=1000".to_string())
         );
-        assert!(db_bench_args(
-            Workload::Ycsb {
-                which: 'A',
-                dist: Dist::Uniform
-            },
-            &s,
-            Path::new("/x"),
-            true
-        )
-        .is_err());
+        assert!(
+            !a.iter().any(|x| x.starts_with("--duration")),
+            "a duration would cut the fill short"
+        );
+        let d = db_bench_session_args(&ss[2], &s, Path::new("/mnt/db"), false).expect("args");
+        assert!(d.contains(&"--sync=1".to_string()) && d.contains(&"--duration=3".to_string()));
+        assert!(d.contains(&"--disable_wal=1".to_string()));
+        let y = [Workload::Ycsb {
+            which: 'A',
+            dist: Dist::Uniform,
+        }];
+        assert!(db_bench_session_args(&y, &s, Path::new("/x"), true).is_err());
         assert_eq!(key(5, 16).len(), 16);
         assert_ne!(key(5, 16), key(6, 16));
+    }
+
+    #[test]
+    fn db_bench_output_splits_per_benchmark() {
+        let text = "Keys: 16 bytes each\n\
+fillrandom   :      72.472 micros/op 13798 ops/sec 1.449 seconds 20000 operations;\n\
+Microseconds per write:\n\
+Count: 20000 Average: 72.4 StdDev: 10\n\
+Min: 3 Median: 50.1 Max: 900\n\
+Percentiles: P50: 50.10 P75: 60.0 P99: 200.00 P99.9: 700.00 P99.99: 900.00\n\
+readrandom   :      20.000 micros/op 50000 ops/sec 0.4 seconds 20000 operations;\n\
+Microseconds per read:\n\
+Count: 20000 Average: 20.0 StdDev: 1\n\
+Min: 1 Median: 18.0 Max: 90\n\
+Percentiles: P50: 18.00 P75: 19.0 P99: 40.00 P99.9: 80.00 P99.99: 90.00\n";
+        let secs = db_bench_sections(text);
+        assert_eq!(secs.len(), 2);
+        let (ops, lat, n) = parse_db_bench(&secs[1].0, &secs[1].1).expect("parse");
+        assert_eq!((ops, n), (50000.0, 20000));
+        assert_eq!(lat.p50_us, 18.0);
+        let (ops, lat, _) = parse_db_bench(&secs[0].0, &secs[0].1).expect("parse");
+        assert_eq!((ops, lat.p99_us), (13798.0, 200.0));
     }
 }

@@ -394,45 +394,57 @@ pub fn run_kv(
                         ..kv.spec
                     };
                     let mnt = mount_ext4(Path::new(&kv.mke2fs), &block)?;
-                    let db = mnt.join("db");
-                    let path = format!("db_bench on ext4, kernel nvme driver ({domain} IOMMU domain), Debian's build: assertions on");
-                    for &w in &kv.workloads {
-                        step += 1;
+                    let path = format!("db_bench on ext4, kernel nvme driver ({domain} IOMMU domain); fill, reads and mix50 in one process, mix95 after its own fill; Debian's build: assertions on");
+                    // Fill, reads and a mix in one db_bench process, as nvkv runs them on one open
+                    // database (see kv::db_bench_sessions); each session on a fresh database. Not pinned:
+                    // RocksDB's flush and compaction threads get the other vCPU, as nvkv's shard thread does.
+                    for (si, session) in kv::db_bench_sessions(&kv.workloads).iter().enumerate() {
+                        let names: Vec<String> = session.iter().map(|w| w.name()).collect();
                         sink.progress(
                             step,
                             total,
-                            &format!("boot {boot} round {round}: rocksdb {} {vs} B", w.name()),
+                            &format!(
+                                "boot {boot} round {round}: rocksdb {} {vs} B",
+                                names.join(",")
+                            ),
                         );
-                        let dir = if w == Workload::DurablePut {
-                            mnt.join("db-sync")
-                        } else {
-                            db.clone()
-                        };
-                        // Not pinned: RocksDB's flush and compaction threads get the other vCPU, as nvkv's
-                        // shard thread does.
-                        let (ops_per_s, latency, ops) =
-                            kv::db_bench(Path::new(&kv.db_bench), w, &spec, &dir, true, None)?;
-                        sink.kv(kv::KvMeasurement {
-                            system: "rocksdb".into(),
-                            workload: w.name(),
-                            path: path.clone(),
-                            key_size: spec.key_size,
-                            value_size: vs,
-                            keys: spec.keys,
-                            threads: if w == Workload::DurablePut {
-                                1
-                            } else {
-                                spec.threads
-                            },
-                            ops,
-                            seconds: ops as f64 / ops_per_s.max(1e-9),
-                            ops_per_s,
-                            mb_per_s: None,
-                            latency,
-                            boot,
-                            round,
-                            engine: None,
-                        });
+                        let dir = mnt.join(format!("db{si}"));
+                        let results = kv::db_bench_session(
+                            Path::new(&kv.db_bench),
+                            session,
+                            &spec,
+                            &dir,
+                            true,
+                            None,
+                        )?;
+                        for (j, (w, ops_per_s, latency, ops)) in results.into_iter().enumerate() {
+                            // A later session's own fill only prepares its mix.
+                            if si > 0 && j == 0 && w == Workload::FillRandom {
+                                continue;
+                            }
+                            step += 1;
+                            sink.kv(kv::KvMeasurement {
+                                system: "rocksdb".into(),
+                                workload: w.name(),
+                                path: path.clone(),
+                                key_size: spec.key_size,
+                                value_size: vs,
+                                keys: spec.keys,
+                                threads: if w == Workload::DurablePut {
+                                    1
+                                } else {
+                                    spec.threads
+                                },
+                                ops,
+                                seconds: ops as f64 / ops_per_s.max(1e-9),
+                                ops_per_s,
+                                mb_per_s: None,
+                                latency,
+                                boot,
+                                round,
+                                engine: None,
+                            });
+                        }
                     }
                     let _ = std::process::Command::new("umount").arg("/mnt").status();
                 }
