@@ -65,12 +65,8 @@ impl EngineWork {
     /// The work done between two snapshots of every shard's stats.
     pub fn between(before: &[nvkv::ShardStats], after: &[nvkv::ShardStats]) -> EngineWork {
         let sum = |f: fn(&nvkv::ShardStats) -> u64| -> u64 {
-            after.iter().map(f).sum::<u64>()
-                - before
-                    .iter()
-                    .map(f)
-                    .sum::<u64>()
-                    .min(after.iter().map(f).sum())
+            let (a, b): (u64, u64) = (after.iter().map(f).sum(), before.iter().map(f).sum());
+            a.saturating_sub(b)
         };
         let max =
             |f: fn(&nvkv::ShardStats) -> u64| -> u64 { after.iter().map(f).max().unwrap_or(0) };
@@ -281,22 +277,21 @@ pub struct KvSpec {
     pub duration_s: f64,
 }
 
+/// A read of key `k` found a value of `got` bytes (None: missing); `expected` bytes were written.
+fn check_value(k: u64, got: Option<usize>, expected: usize) -> Result<()> {
+    match got {
+        Some(n) if n == expected => Ok(()),
+        Some(n) => bail!("key {k}: value of {n} bytes, expected {expected}"),
+        None => bail!("key {k} missing"),
+    }
+}
+
 /// Runs workload `w` on nvkv through the handle. The database must hold keys 0..keys for reads and mixes
 /// (run FillRandom first).
 pub fn nvkv_run(h: &DbHandle, w: Workload, s: &KvSpec) -> Result<(u64, f64, Histogram<u64>)> {
     let limit = Duration::from_secs_f64(s.duration_s);
     let per_thread = s.keys / s.threads as u64;
-    let check = |k: u64, got: Option<Vec<u8>>| -> Result<()> {
-        match got {
-            Some(v) if v.len() == s.value_size => Ok(()),
-            Some(v) => bail!(
-                "key {k}: value of {} bytes, expected {}",
-                v.len(),
-                s.value_size
-            ),
-            None => bail!("key {k} missing"),
-        }
-    };
+    let check = |k: u64, got: Option<Vec<u8>>| check_value(k, got.map(|v| v.len()), s.value_size);
     match w {
         // A fill writes every key once, however long it takes: the reads after it need them all.
         Workload::FillRandom => drive(s.threads, per_thread, Duration::from_secs(3600), |t, i| {
@@ -374,15 +369,8 @@ pub fn nvkv_local_run<D: nvkv::bdev::BlockDevice>(
     let mut out = Vec::with_capacity(s.value_size);
     let mut read = |shard: &mut nvkv::Shard<D>, k: u64| -> Result<()> {
         out.clear();
-        match shard.get_into(&key(k, s.key_size), &mut out)? {
-            Some(_) if out.len() == s.value_size => Ok(()),
-            Some(_) => bail!(
-                "key {k}: value of {} bytes, expected {}",
-                out.len(),
-                s.value_size
-            ),
-            None => bail!("key {k} missing"),
-        }
+        let got = shard.get_into(&key(k, s.key_size), &mut out)?;
+        check_value(k, got.map(|_| out.len()), s.value_size)
     };
     let mut h = hist()?;
     let start = Instant::now();

@@ -166,11 +166,10 @@ impl<D: BlockDevice> Shard<D> {
         }
         for i in 0..self.pipeline.writes.len() {
             let f = &mut self.pipeline.writes[i];
-            if !matches!(f.state, WriteState::Submit(_)) {
-                continue;
-            }
-            let WriteState::Submit(buf) = std::mem::replace(&mut f.state, WriteState::Writing)
-            else {
+            let state = std::mem::replace(&mut f.state, WriteState::Writing);
+            let WriteState::Submit(buf) = state else {
+                // Writing or Written: leave it as it was.
+                f.state = state;
                 continue;
             };
             let (lba, nblocks, tag) = (self.base + f.lba, f.nblocks, TAG_CYCLE_WRITE | f.gen);
@@ -281,10 +280,7 @@ impl<D: BlockDevice> Shard<D> {
             self.advance_cycle();
             self.poll_dev();
         }
-        match &self.failed {
-            Some(e) => Err(Error::Io(e.clone())),
-            None => Ok(()),
-        }
+        self.check_writable()
     }
 
     /// Seals the active buffer into the next segment and starts writing it. A cycle slot must be free
@@ -395,10 +391,7 @@ impl<D: BlockDevice> Shard<D> {
                 self.poll_dev();
             }
         }
-        match &self.failed {
-            Some(e) => Err(Error::Io(e.clone())),
-            None => Ok(()),
-        }
+        self.check_writable()
     }
 
     /// Polls until the segment holding block `blk`, if it is being written, is on the device (reads
@@ -408,10 +401,7 @@ impl<D: BlockDevice> Shard<D> {
             self.advance_cycle();
             self.poll_dev();
         }
-        match &self.failed {
-            Some(e) => Err(Error::Io(e.clone())),
-            None => Ok(()),
-        }
+        self.check_writable()
     }
 
     fn sync_io(

@@ -277,7 +277,7 @@ impl<D: BlockDevice> Shard<D> {
         self.failed.clone().map(Error::Io)
     }
 
-    fn check_writable(&self) -> Result<(), Error> {
+    pub(crate) fn check_writable(&self) -> Result<(), Error> {
         match &self.failed {
             Some(e) => Err(Error::Io(e.clone())),
             None => Ok(()),
