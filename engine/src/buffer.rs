@@ -10,6 +10,8 @@ use crate::format::{self, SegmentHeader, REC_HDR_LEN, SEG_HDR_LEN};
 #[derive(Debug)]
 pub struct WriteBuffer<B> {
     buf: B,
+    /// Bytes this buffer may fill: the log reservation it will be written to (at most the capacity).
+    limit: usize,
     len: usize,
     dead_bytes: usize,
     records: u32,
@@ -19,6 +21,7 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
     /// Wraps an empty device buffer (its length is the capacity).
     pub fn new(buf: B) -> Self {
         WriteBuffer {
+            limit: buf.len(),
             buf,
             len: SEG_HDR_LEN,
             dead_bytes: 0,
@@ -42,13 +45,21 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
     pub fn dead_bytes(&self) -> usize {
         self.dead_bytes
     }
-    /// Whether a record of `rec_len` bytes fits (after compaction when that helps).
+    /// Limits the bytes this buffer fills (header included) to the reservation it will be written to.
+    pub fn set_limit(&mut self, bytes: usize) {
+        self.limit = bytes.min(self.buf.len());
+    }
+    /// Whether a record of `rec_len` bytes fits.
     pub fn fits(&self, rec_len: usize) -> bool {
-        self.len + rec_len <= self.capacity()
+        self.len + rec_len <= self.limit
     }
     /// Whether it would fit once dead records are squeezed out.
     pub fn fits_after_compaction(&self, rec_len: usize) -> bool {
-        self.len - self.dead_bytes + rec_len <= self.capacity()
+        self.len - self.dead_bytes + rec_len <= self.limit
+    }
+    /// Whether it would fit in an empty buffer of a full reservation.
+    pub fn fits_empty(&self, rec_len: usize) -> bool {
+        SEG_HDR_LEN + rec_len <= self.buf.len()
     }
 
     /// Appends a record, or overwrites the key's buffered record `prev` (its offset, as the index knows
@@ -142,8 +153,9 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
             .map(|(o, r)| (o + SEG_HDR_LEN, r))
     }
 
-    /// Writes the segment header and zeroes the tail of the last block; returns the blocks to write.
-    pub fn seal(&mut self, hdr: &mut SegmentHeader, block_size: usize) -> u32 {
+    /// Writes the segment header and zeroes the tail of the last block; returns the blocks to write
+    /// and the header's crc.
+    pub fn seal(&mut self, hdr: &mut SegmentHeader, block_size: usize) -> (u32, u32) {
         let nblocks = self.len.div_ceil(block_size);
         let end = (nblocks * block_size).min(self.buf.len());
         self.buf[self.len..end].fill(0);
@@ -151,8 +163,8 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
         hdr.payload_len = (self.len - SEG_HDR_LEN) as u32;
         hdr.payload_crc = crc32c::crc32c(&self.buf[SEG_HDR_LEN..self.len]);
         hdr.nrecords = self.records;
-        hdr.encode(&mut self.buf[..SEG_HDR_LEN]);
-        nblocks as u32
+        let crc = hdr.encode(&mut self.buf[..SEG_HDR_LEN]);
+        (nblocks as u32, crc)
     }
 
     /// The first `len` bytes of the sealed buffer (the segment image).
@@ -205,6 +217,8 @@ mod tests {
         );
         let mut h = SegmentHeader {
             seq: 1,
+            volume: [1; 16],
+            epoch: 1,
             shard_id: 0,
             nblocks: 0,
             payload_len: 0,
@@ -212,11 +226,13 @@ mod tests {
             next_lba: 9,
             next_blocks: 1,
             nrecords: 0,
+            prev_crc: 0,
         };
-        assert_eq!(b.seal(&mut h, 512), 1);
+        let (n, crc) = b.seal(&mut h, 512);
+        assert_eq!(n, 1);
         let img = b.swap(vec![0u8; 4096]);
-        let h2 = SegmentHeader::decode(&img, 512).expect("header");
-        assert_eq!(h2, h);
+        let (h2, crc2) = SegmentHeader::decode(&img, 512).expect("header");
+        assert_eq!((&h2, crc2), (&h, crc));
         assert!(h2.check_payload(&img).is_ok());
     }
 }

@@ -54,9 +54,17 @@ pub enum Error {
     /// The device or its format does not fit the options.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The device holds something that is not an nvkv image (and `create` was not asked for on blank).
-    #[error("unrecoverable image: {0}")]
+    /// The device holds something that is not an nvkv database of this format (a foreign file, a
+    /// version 1 image, a damaged superblock area) or is blank without `create`. Nothing was written.
+    #[error("not an nvkv database: {0}")]
+    NotADatabase(String),
+    /// An nvkv database that cannot be recovered from what is valid on it (every checkpoint damaged,
+    /// or the index and the log disagree). Nothing was written; salvage copies what the segments hold.
+    #[error("unrecoverable database: {0}")]
     Unrecoverable(String),
+    /// The device is opened by another handle or process.
+    #[error("in use: {0}")]
+    Locked(String),
     /// The database is closed.
     #[error("database closed")]
     Closed,

@@ -2,8 +2,9 @@
 //! records and index checkpoints. Little-endian; crc32c over everything; every field checked on decode.
 //! Decoders take untrusted bytes and return typed errors; they never panic.
 
-/// Format version written in every superblock and checkpoint.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written in every superblock and checkpoint. Version 1 images (no volume id, no
+/// chained segment headers) are refused with [`FormatError::BadVersion`].
+pub const FORMAT_VERSION: u32 = 2;
 /// Superblock magic.
 pub const SB_MAGIC: [u8; 8] = *b"NVKVSUPR";
 /// Segment header magic.
@@ -11,13 +12,13 @@ pub const SEG_MAGIC: [u8; 8] = *b"NVKVSEGM";
 /// Checkpoint header magic.
 pub const CKPT_MAGIC: [u8; 8] = *b"NVKVCKPT";
 /// Encoded superblock length (it occupies one block).
-pub const SB_LEN: usize = 84;
+pub const SB_LEN: usize = 164;
 /// Segment header length.
-pub const SEG_HDR_LEN: usize = 64;
+pub const SEG_HDR_LEN: usize = 80;
 /// Record header length.
 pub const REC_HDR_LEN: usize = 32;
 /// Checkpoint header length.
-pub const CKPT_HDR_LEN: usize = 64;
+pub const CKPT_HDR_LEN: usize = 96;
 /// A checkpoint's segment-table row.
 pub const CKPT_SEG_LEN: usize = 24;
 /// A checkpoint's index-entry header (the key follows).
@@ -26,6 +27,13 @@ pub const CKPT_ENTRY_LEN: usize = 32;
 pub const SB_BLOCKS: u64 = 2;
 /// Record flag: tombstone (the key was deleted; no value).
 pub const FLAG_TOMBSTONE: u8 = 1;
+/// Versions of one life of a shard live in `[life << LIFE_SHIFT, (life + 1) << LIFE_SHIFT)`: a version
+/// handed out by a life that crashed before persisting it is never handed out again by a later life.
+pub const LIFE_SHIFT: u32 = 40;
+
+/// The random identity of one formatted database (all its shards share it). Everything the engine
+/// writes carries it, so nothing an earlier format left on the device is ever replayed.
+pub type VolumeId = [u8; 16];
 
 /// Why bytes read from the device were rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,8 +41,8 @@ pub enum FormatError {
     /// Not this structure (blank or overwritten).
     #[error("bad magic in {0}")]
     BadMagic(&'static str),
-    /// Written by an unknown format version.
-    #[error("unsupported format version {0}")]
+    /// Written by another format version.
+    #[error("format version {0} (this build reads version {FORMAT_VERSION} only)")]
     BadVersion(u32),
     /// The checksum does not match.
     #[error("checksum mismatch in {0}")]
@@ -66,6 +74,91 @@ fn u64_at(b: &[u8], at: usize, w: &'static str) -> R<u64> {
 fn put(b: &mut [u8], at: usize, v: &[u8]) {
     b[at..at + v.len()].copy_from_slice(v);
 }
+/// The crc32c of `b[..n]`, or Truncated.
+fn crc_of(b: &[u8], n: usize, what: &'static str) -> R<u32> {
+    Ok(crc32c::crc32c(
+        b.get(..n).ok_or(FormatError::Truncated(what))?,
+    ))
+}
+
+/// A new random volume id (from the kernel's random source).
+pub fn new_volume_id() -> std::io::Result<VolumeId> {
+    let mut id = [0u8; 16];
+    let mut got = 0;
+    while got < id.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `id`, which lives across the call.
+        let n = unsafe { libc::getrandom(id[got..].as_mut_ptr().cast(), id.len() - got, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += n as usize;
+    }
+    Ok(id)
+}
+
+/// Where a checkpoint is and where the log that follows it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CkptRef {
+    /// Checkpoint extent (slice-relative block; 0 = none).
+    pub lba: u64,
+    /// Checkpoint extent length in blocks.
+    pub blocks: u64,
+    /// Segments with a sequence number up to this one are covered by the checkpoint.
+    pub seg_seq: u64,
+    /// Where segment `seg_seq + 1` is (or will be) written: the head of the log to replay.
+    pub log_lba: u64,
+    /// Blocks reserved there.
+    pub log_blocks: u64,
+    /// The chain value segment `seg_seq + 1` must carry: the header crc of segment `seg_seq`.
+    pub log_prev: u32,
+}
+
+/// Encoded length of a [`CkptRef`].
+const CKPT_REF_LEN: usize = 48;
+
+impl CkptRef {
+    fn encode(&self, out: &mut [u8]) {
+        put(out, 0, &self.lba.to_le_bytes());
+        put(out, 8, &self.blocks.to_le_bytes());
+        put(out, 16, &self.seg_seq.to_le_bytes());
+        put(out, 24, &self.log_lba.to_le_bytes());
+        put(out, 32, &self.log_blocks.to_le_bytes());
+        put(out, 40, &self.log_prev.to_le_bytes());
+        put(out, 44, &0u32.to_le_bytes());
+    }
+
+    fn decode(b: &[u8], slice_blocks: u64) -> R<CkptRef> {
+        let r = CkptRef {
+            lba: u64_at(b, 0, "superblock")?,
+            blocks: u64_at(b, 8, "superblock")?,
+            seg_seq: u64_at(b, 16, "superblock")?,
+            log_lba: u64_at(b, 24, "superblock")?,
+            log_blocks: u64_at(b, 32, "superblock")?,
+            log_prev: u32_at(b, 40, "superblock")?,
+        };
+        if u32_at(b, 44, "superblock")? != 0 {
+            return Err(FormatError::BadField("superblock.reserved"));
+        }
+        let in_slice = |lba: u64, n: u64| {
+            n > 0 && lba >= SB_BLOCKS && lba.checked_add(n).is_some_and(|e| e <= slice_blocks)
+        };
+        if !in_slice(r.lba, r.blocks) {
+            return Err(FormatError::BadField("superblock.ckpt"));
+        }
+        if !in_slice(r.log_lba, r.log_blocks) {
+            return Err(FormatError::BadField("superblock.log"));
+        }
+        Ok(r)
+    }
+
+    fn is_none(b: &[u8]) -> bool {
+        b.iter().all(|&x| x == 0)
+    }
+}
 
 /// The superblock of one shard slice (two copies: blocks 0 and 1 of the slice).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,18 +171,18 @@ pub struct Superblock {
     pub shard_count: u32,
     /// Blocks in the slice.
     pub slice_blocks: u64,
-    /// Incremented at every superblock write; the valid copy with the highest wins.
+    /// The database's identity (the same in every shard).
+    pub volume: VolumeId,
+    /// Incremented at every superblock write; the valid copy with the highest wins. Segments written
+    /// while this superblock is the newest carry it as their epoch.
     pub seq: u64,
-    /// Checkpoint extent (slice-relative block; 0 = no checkpoint yet).
-    pub ckpt_lba: u64,
-    /// Checkpoint extent length in blocks.
-    pub ckpt_blocks: u64,
-    /// Segments with a sequence number up to this one are covered by the checkpoint.
-    pub ckpt_seg_seq: u64,
-    /// Where segment `ckpt_seg_seq + 1` is (or will be) written: the head of the log to replay.
-    pub log_lba: u64,
-    /// Blocks reserved there.
-    pub log_blocks: u64,
+    /// Incremented by every open (and when a life used up its version range): versions handed out
+    /// from now on are at least `life << LIFE_SHIFT`.
+    pub life: u64,
+    /// The newest checkpoint.
+    pub ckpt: CkptRef,
+    /// The one before it, kept (with the log since it) as a fallback until a newer one is verified.
+    pub prev: Option<CkptRef>,
 }
 
 impl Superblock {
@@ -101,14 +194,16 @@ impl Superblock {
         put(out, 16, &self.shard_id.to_le_bytes());
         put(out, 20, &self.shard_count.to_le_bytes());
         put(out, 24, &self.slice_blocks.to_le_bytes());
-        put(out, 32, &self.seq.to_le_bytes());
-        put(out, 40, &self.ckpt_lba.to_le_bytes());
-        put(out, 48, &self.ckpt_blocks.to_le_bytes());
-        put(out, 56, &self.ckpt_seg_seq.to_le_bytes());
-        put(out, 64, &self.log_lba.to_le_bytes());
-        put(out, 72, &self.log_blocks.to_le_bytes());
-        let crc = crc32c::crc32c(&out[..80]);
-        put(out, 80, &crc.to_le_bytes());
+        put(out, 32, &self.volume);
+        put(out, 48, &self.seq.to_le_bytes());
+        put(out, 56, &self.life.to_le_bytes());
+        self.ckpt.encode(&mut out[64..64 + CKPT_REF_LEN]);
+        match &self.prev {
+            Some(p) => p.encode(&mut out[112..112 + CKPT_REF_LEN]),
+            None => out[112..112 + CKPT_REF_LEN].fill(0),
+        }
+        let crc = crc32c::crc32c(&out[..160]);
+        put(out, 160, &crc.to_le_bytes());
     }
 
     /// Decodes and checks a superblock.
@@ -116,28 +211,35 @@ impl Superblock {
         if get::<8>(b, 0, "superblock")? != SB_MAGIC {
             return Err(FormatError::BadMagic("superblock"));
         }
-        let crc = u32_at(b, 80, "superblock")?;
-        if crc32c::crc32c(&b[..80]) != crc {
+        let version = u32_at(b, 8, "superblock")?;
+        // A version 1 superblock is shorter (its crc covers bytes 0..80, stored at 80): named as such,
+        // while a damaged version field is just a damaged copy.
+        if version == 1 && crc_of(b, 80, "superblock")? == u32_at(b, 80, "superblock")? {
+            return Err(FormatError::BadVersion(1));
+        }
+        let crc = u32_at(b, 160, "superblock")?;
+        if crc_of(b, 160, "superblock")? != crc {
             return Err(FormatError::BadCrc("superblock"));
         }
-        let version = u32_at(b, 8, "superblock")?;
         if version != FORMAT_VERSION {
             return Err(FormatError::BadVersion(version));
         }
+        let slice_blocks = u64_at(b, 24, "superblock")?;
+        let prev_bytes = &b[112..112 + CKPT_REF_LEN];
         let sb = Superblock {
             block_size: u32_at(b, 12, "superblock")?,
             shard_id: u32_at(b, 16, "superblock")?,
             shard_count: u32_at(b, 20, "superblock")?,
-            slice_blocks: u64_at(b, 24, "superblock")?,
-            seq: u64_at(b, 32, "superblock")?,
-            ckpt_lba: u64_at(b, 40, "superblock")?,
-            ckpt_blocks: u64_at(b, 48, "superblock")?,
-            ckpt_seg_seq: u64_at(b, 56, "superblock")?,
-            log_lba: u64_at(b, 64, "superblock")?,
-            log_blocks: u64_at(b, 72, "superblock")?,
-        };
-        let in_slice = |lba: u64, n: u64| {
-            lba >= SB_BLOCKS && lba.checked_add(n).is_some_and(|e| e <= sb.slice_blocks)
+            slice_blocks,
+            volume: get::<16>(b, 32, "superblock")?,
+            seq: u64_at(b, 48, "superblock")?,
+            life: u64_at(b, 56, "superblock")?,
+            ckpt: CkptRef::decode(&b[64..64 + CKPT_REF_LEN], slice_blocks)?,
+            prev: if CkptRef::is_none(prev_bytes) {
+                None
+            } else {
+                Some(CkptRef::decode(prev_bytes, slice_blocks)?)
+            },
         };
         if !sb.block_size.is_power_of_two() || sb.block_size < 512 {
             return Err(FormatError::BadField("superblock.block_size"));
@@ -145,21 +247,29 @@ impl Superblock {
         if sb.shard_count == 0 || sb.shard_id >= sb.shard_count {
             return Err(FormatError::BadField("superblock.shard"));
         }
-        if sb.ckpt_lba != 0 && (sb.ckpt_blocks == 0 || !in_slice(sb.ckpt_lba, sb.ckpt_blocks)) {
-            return Err(FormatError::BadField("superblock.ckpt"));
+        if sb.volume == [0; 16] {
+            return Err(FormatError::BadField("superblock.volume"));
         }
-        if sb.log_blocks == 0 || !in_slice(sb.log_lba, sb.log_blocks) {
-            return Err(FormatError::BadField("superblock.log"));
+        if sb.seq == 0 || sb.life == 0 || sb.life >= 1 << (64 - LIFE_SHIFT) {
+            return Err(FormatError::BadField("superblock.seq"));
+        }
+        if sb.prev.is_some_and(|p| p.seg_seq > sb.ckpt.seg_seq) {
+            return Err(FormatError::BadField("superblock.prev"));
         }
         Ok(sb)
     }
 }
 
-/// The header at the start of every segment (the first 64 bytes of its first block).
+/// The header at the start of every segment (the first [`SEG_HDR_LEN`] bytes of its first block).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentHeader {
     /// Log sequence number: segment n+1 is found at segment n's `next_lba`.
     pub seq: u64,
+    /// The database this segment belongs to.
+    pub volume: VolumeId,
+    /// Sequence number of the superblock in force when it was written. Along the log epochs never
+    /// decrease, so a segment an earlier life left behind at the next location ends the log.
+    pub epoch: u64,
     /// Owner shard.
     pub shard_id: u32,
     /// Blocks this segment occupies.
@@ -174,48 +284,53 @@ pub struct SegmentHeader {
     pub next_blocks: u32,
     /// Number of records.
     pub nrecords: u32,
+    /// The header crc of the segment before this one (or the superblock's `log_prev`): the chain.
+    pub prev_crc: u32,
 }
 
 impl SegmentHeader {
-    /// Encodes into `out[..SEG_HDR_LEN]`.
-    pub fn encode(&self, out: &mut [u8]) {
+    /// Encodes into `out[..SEG_HDR_LEN]`; returns the header crc (the next segment's `prev_crc`).
+    pub fn encode(&self, out: &mut [u8]) -> u32 {
         put(out, 0, &SEG_MAGIC);
         put(out, 8, &self.seq.to_le_bytes());
-        put(out, 16, &self.shard_id.to_le_bytes());
-        put(out, 20, &self.nblocks.to_le_bytes());
-        put(out, 24, &self.payload_len.to_le_bytes());
-        put(out, 28, &self.payload_crc.to_le_bytes());
-        put(out, 32, &self.next_lba.to_le_bytes());
-        put(out, 40, &self.next_blocks.to_le_bytes());
-        put(out, 44, &self.nrecords.to_le_bytes());
-        put(out, 48, &0u64.to_le_bytes());
-        let crc = crc32c::crc32c(&out[..56]);
-        put(out, 56, &crc.to_le_bytes());
-        put(out, 60, &0u32.to_le_bytes());
+        put(out, 16, &self.volume);
+        put(out, 32, &self.epoch.to_le_bytes());
+        put(out, 40, &self.shard_id.to_le_bytes());
+        put(out, 44, &self.nblocks.to_le_bytes());
+        put(out, 48, &self.payload_len.to_le_bytes());
+        put(out, 52, &self.payload_crc.to_le_bytes());
+        put(out, 56, &self.next_lba.to_le_bytes());
+        put(out, 64, &self.next_blocks.to_le_bytes());
+        put(out, 68, &self.nrecords.to_le_bytes());
+        put(out, 72, &self.prev_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&out[..76]);
+        put(out, 76, &crc.to_le_bytes());
+        crc
     }
 
-    /// Decodes and checks the header alone (the payload crc is checked by [`SegmentHeader::check_payload`]).
-    pub fn decode(b: &[u8], block_size: u32) -> R<SegmentHeader> {
+    /// Decodes and checks the header alone (the payload crc is checked by
+    /// [`SegmentHeader::check_payload`]); returns it with its crc.
+    pub fn decode(b: &[u8], block_size: u32) -> R<(SegmentHeader, u32)> {
         if get::<8>(b, 0, "segment")? != SEG_MAGIC {
             return Err(FormatError::BadMagic("segment"));
         }
-        let crc = u32_at(b, 56, "segment")?;
-        if crc32c::crc32c(&b[..56]) != crc {
+        let crc = u32_at(b, 76, "segment")?;
+        if crc_of(b, 76, "segment")? != crc {
             return Err(FormatError::BadCrc("segment header"));
         }
         let h = SegmentHeader {
             seq: u64_at(b, 8, "segment")?,
-            shard_id: u32_at(b, 16, "segment")?,
-            nblocks: u32_at(b, 20, "segment")?,
-            payload_len: u32_at(b, 24, "segment")?,
-            payload_crc: u32_at(b, 28, "segment")?,
-            next_lba: u64_at(b, 32, "segment")?,
-            next_blocks: u32_at(b, 40, "segment")?,
-            nrecords: u32_at(b, 44, "segment")?,
+            volume: get::<16>(b, 16, "segment")?,
+            epoch: u64_at(b, 32, "segment")?,
+            shard_id: u32_at(b, 40, "segment")?,
+            nblocks: u32_at(b, 44, "segment")?,
+            payload_len: u32_at(b, 48, "segment")?,
+            payload_crc: u32_at(b, 52, "segment")?,
+            next_lba: u64_at(b, 56, "segment")?,
+            next_blocks: u32_at(b, 64, "segment")?,
+            nrecords: u32_at(b, 68, "segment")?,
+            prev_crc: u32_at(b, 72, "segment")?,
         };
-        if u64_at(b, 48, "segment")? != 0 || u32_at(b, 60, "segment")? != 0 {
-            return Err(FormatError::BadField("segment.reserved"));
-        }
         let cap = u64::from(h.nblocks) * u64::from(block_size);
         if h.nblocks == 0 || SEG_HDR_LEN as u64 + u64::from(h.payload_len) > cap {
             return Err(FormatError::BadField("segment.length"));
@@ -223,7 +338,7 @@ impl SegmentHeader {
         if h.next_blocks == 0 {
             return Err(FormatError::BadField("segment.next"));
         }
-        Ok(h)
+        Ok((h, crc))
     }
 
     /// Checks the payload (`seg` is the whole segment, header included).
@@ -374,30 +489,55 @@ pub struct CkptEntry {
 pub struct CkptHeader {
     /// Owner shard.
     pub shard_id: u32,
+    /// The database it belongs to.
+    pub volume: VolumeId,
     /// Segments up to this sequence number are covered.
     pub seg_seq: u64,
+    /// Sequence number of the superblock that points at it.
+    pub sb_seq: u64,
+    /// The shard's version counter when it was written: no version up to it is handed out again.
+    pub version_ctr: u64,
+    /// Extents after the first (the extent table opens the payload).
+    pub n_extents: u32,
     /// Rows in the segment table.
     pub n_segments: u32,
     /// Index entries.
     pub n_entries: u64,
-    /// Payload bytes after the header.
+    /// Payload bytes after the header (extent table, segment table, entries).
     pub payload_len: u64,
 }
 
-/// Encoded size of a checkpoint.
-pub fn ckpt_len(n_segments: usize, key_bytes: usize, n_entries: usize) -> usize {
-    CKPT_HDR_LEN + n_segments * CKPT_SEG_LEN + n_entries * CKPT_ENTRY_LEN + key_bytes
+/// Most extents a checkpoint is written in (its first extent holds their table).
+pub const CKPT_MAX_EXTENTS: usize = 32;
+/// A row of the checkpoint's extent table.
+pub const CKPT_EXT_LEN: usize = 16;
+
+/// Encoded size of a checkpoint in `n_extents` extents.
+pub fn ckpt_len(n_segments: usize, key_bytes: usize, n_entries: usize, n_extents: usize) -> usize {
+    CKPT_HDR_LEN
+        + n_extents.saturating_sub(1) * CKPT_EXT_LEN
+        + n_segments * CKPT_SEG_LEN
+        + n_entries * CKPT_ENTRY_LEN
+        + key_bytes
 }
 
-/// Writes a checkpoint into `out` (at least [`ckpt_len`] bytes).
+/// Writes a checkpoint into `out` (at least [`ckpt_len`] bytes), to be stored in `extents` (slice
+/// block, blocks) in that order: the first extent holds `out`'s first bytes, and so on. The header
+/// counts are filled in from what is written. Returns the encoded length.
 pub fn encode_ckpt<'a>(
     out: &mut [u8],
-    shard_id: u32,
-    seg_seq: u64,
+    h: &mut CkptHeader,
+    extents: &[(u64, u64)],
     segments: &[SegmentRef],
     entries: impl Iterator<Item = (&'a [u8], u32, u64, u64, u64)>,
 ) -> usize {
     let mut off = CKPT_HDR_LEN;
+    for &(lba, blocks) in extents.iter().skip(1) {
+        put(out, off, &lba.to_le_bytes());
+        put(out, off + 8, &(blocks as u32).to_le_bytes());
+        put(out, off + 12, &0u32.to_le_bytes());
+        off += CKPT_EXT_LEN;
+    }
     for s in segments {
         put(out, off, &s.seq.to_le_bytes());
         put(out, off + 8, &s.lba.to_le_bytes());
@@ -417,33 +557,40 @@ pub fn encode_ckpt<'a>(
         off += CKPT_ENTRY_LEN + key.len();
         n += 1;
     }
-    let payload_len = (off - CKPT_HDR_LEN) as u64;
+    h.n_extents = extents.len().saturating_sub(1) as u32;
+    h.n_segments = segments.len() as u32;
+    h.n_entries = n;
+    h.payload_len = (off - CKPT_HDR_LEN) as u64;
     let payload_crc = crc32c::crc32c(&out[CKPT_HDR_LEN..off]);
     put(out, 0, &CKPT_MAGIC);
     put(out, 8, &FORMAT_VERSION.to_le_bytes());
-    put(out, 12, &shard_id.to_le_bytes());
-    put(out, 16, &seg_seq.to_le_bytes());
-    put(out, 24, &(segments.len() as u32).to_le_bytes());
-    put(out, 28, &0u32.to_le_bytes());
-    put(out, 32, &n.to_le_bytes());
-    put(out, 40, &payload_len.to_le_bytes());
-    put(out, 48, &payload_crc.to_le_bytes());
-    put(out, 52, &0u32.to_le_bytes());
-    let crc = crc32c::crc32c(&out[..56]);
-    put(out, 56, &crc.to_le_bytes());
-    put(out, 60, &0u32.to_le_bytes());
+    put(out, 12, &h.shard_id.to_le_bytes());
+    put(out, 16, &h.volume);
+    put(out, 32, &h.seg_seq.to_le_bytes());
+    put(out, 40, &h.n_segments.to_le_bytes());
+    put(out, 44, &h.n_extents.to_le_bytes());
+    put(out, 48, &h.n_entries.to_le_bytes());
+    put(out, 56, &h.payload_len.to_le_bytes());
+    put(out, 64, &payload_crc.to_le_bytes());
+    put(out, 68, &0u32.to_le_bytes());
+    put(out, 72, &h.version_ctr.to_le_bytes());
+    put(out, 80, &h.sb_seq.to_le_bytes());
+    let crc = crc32c::crc32c(&out[..88]);
+    put(out, 88, &crc.to_le_bytes());
+    put(out, 92, &0u32.to_le_bytes());
     off
 }
 
-/// Decodes and checks a checkpoint: header, segment table, entries. `slice_bytes` bounds record locations.
-pub fn decode_ckpt(b: &[u8], slice_bytes: u64) -> R<(CkptHeader, Vec<SegmentRef>, Vec<CkptEntry>)> {
+/// Decodes and checks a checkpoint's header (in the first bytes of its first extent) and returns it
+/// with the extents after the first, which the caller reads and appends before [`decode_ckpt`].
+pub fn decode_ckpt_header(b: &[u8], slice_blocks: u64) -> R<(CkptHeader, Vec<(u64, u64)>)> {
     if get::<8>(b, 0, "checkpoint")? != CKPT_MAGIC {
         return Err(FormatError::BadMagic("checkpoint"));
     }
-    if crc32c::crc32c(&b[..56]) != u32_at(b, 56, "checkpoint")? {
+    if crc_of(b, 88, "checkpoint")? != u32_at(b, 88, "checkpoint")? {
         return Err(FormatError::BadCrc("checkpoint header"));
     }
-    if u32_at(b, 60, "checkpoint")? != 0 {
+    if u32_at(b, 92, "checkpoint")? != 0 || u32_at(b, 68, "checkpoint")? != 0 {
         return Err(FormatError::BadField("checkpoint.reserved"));
     }
     let version = u32_at(b, 8, "checkpoint")?;
@@ -452,11 +599,45 @@ pub fn decode_ckpt(b: &[u8], slice_bytes: u64) -> R<(CkptHeader, Vec<SegmentRef>
     }
     let h = CkptHeader {
         shard_id: u32_at(b, 12, "checkpoint")?,
-        seg_seq: u64_at(b, 16, "checkpoint")?,
-        n_segments: u32_at(b, 24, "checkpoint")?,
-        n_entries: u64_at(b, 32, "checkpoint")?,
-        payload_len: u64_at(b, 40, "checkpoint")?,
+        volume: get::<16>(b, 16, "checkpoint")?,
+        seg_seq: u64_at(b, 32, "checkpoint")?,
+        n_segments: u32_at(b, 40, "checkpoint")?,
+        n_extents: u32_at(b, 44, "checkpoint")?,
+        n_entries: u64_at(b, 48, "checkpoint")?,
+        payload_len: u64_at(b, 56, "checkpoint")?,
+        version_ctr: u64_at(b, 72, "checkpoint")?,
+        sb_seq: u64_at(b, 80, "checkpoint")?,
     };
+    if h.n_extents as usize >= CKPT_MAX_EXTENTS {
+        return Err(FormatError::BadField("checkpoint.n_extents"));
+    }
+    let mut ext = Vec::with_capacity(h.n_extents as usize);
+    for i in 0..h.n_extents as usize {
+        let at = CKPT_HDR_LEN + i * CKPT_EXT_LEN;
+        let lba = u64_at(b, at, "checkpoint.extent")?;
+        let blocks = u64::from(u32_at(b, at + 8, "checkpoint.extent")?);
+        if u32_at(b, at + 12, "checkpoint.extent")? != 0
+            || blocks == 0
+            || lba < SB_BLOCKS
+            || lba.checked_add(blocks).is_none_or(|e| e > slice_blocks)
+        {
+            return Err(FormatError::BadField("checkpoint.extent"));
+        }
+        ext.push((lba, blocks));
+    }
+    Ok((h, ext))
+}
+
+/// Decodes and checks a whole checkpoint (its extents' bytes concatenated): header, extent table,
+/// segment table, entries. `slice_blocks` bounds extents and record locations.
+#[allow(clippy::type_complexity)]
+pub fn decode_ckpt(
+    b: &[u8],
+    slice_blocks: u64,
+    block_size: u32,
+) -> R<(CkptHeader, Vec<(u64, u64)>, Vec<SegmentRef>, Vec<CkptEntry>)> {
+    let (h, extents) = decode_ckpt_header(b, slice_blocks)?;
+    let slice_bytes = slice_blocks.saturating_mul(u64::from(block_size));
     let end = usize::try_from(h.payload_len)
         .ok()
         .and_then(|l| l.checked_add(CKPT_HDR_LEN))
@@ -464,10 +645,10 @@ pub fn decode_ckpt(b: &[u8], slice_bytes: u64) -> R<(CkptHeader, Vec<SegmentRef>
     let payload = b
         .get(CKPT_HDR_LEN..end)
         .ok_or(FormatError::Truncated("checkpoint"))?;
-    if crc32c::crc32c(payload) != u32_at(b, 48, "checkpoint")? {
+    if crc32c::crc32c(payload) != u32_at(b, 64, "checkpoint")? {
         return Err(FormatError::BadCrc("checkpoint payload"));
     }
-    let mut off = 0usize;
+    let mut off = extents.len() * CKPT_EXT_LEN;
     let mut segs = Vec::with_capacity((h.n_segments as usize).min(payload.len() / CKPT_SEG_LEN));
     for _ in 0..h.n_segments {
         let s = SegmentRef {
@@ -475,7 +656,10 @@ pub fn decode_ckpt(b: &[u8], slice_bytes: u64) -> R<(CkptHeader, Vec<SegmentRef>
             lba: u64_at(payload, off + 8, "checkpoint.segment")?,
             blocks: u32_at(payload, off + 16, "checkpoint.segment")?,
         };
-        if s.seq > h.seg_seq || s.blocks == 0 {
+        if s.seq > h.seg_seq
+            || s.blocks == 0
+            || u32_at(payload, off + 20, "checkpoint.segment")? != 0
+        {
             return Err(FormatError::BadField("checkpoint.segment"));
         }
         segs.push(s);
@@ -497,7 +681,9 @@ pub fn decode_ckpt(b: &[u8], slice_bytes: u64) -> R<(CkptHeader, Vec<SegmentRef>
         };
         if kl == 0
             || kl > crate::error::MAX_KEY_LEN
+            || u16_at(payload, off + 2, "checkpoint.entry")? != 0
             || e.val_len as usize > crate::error::MAX_VALUE_LEN
+            || e.version > h.version_ctr
             || e.loc
                 .saturating_add(record_len(kl, e.val_len as usize) as u64)
                 > slice_bytes
@@ -510,7 +696,7 @@ pub fn decode_ckpt(b: &[u8], slice_bytes: u64) -> R<(CkptHeader, Vec<SegmentRef>
     if off != payload.len() {
         return Err(FormatError::BadField("checkpoint.payload_len"));
     }
-    Ok((h, segs, entries))
+    Ok((h, extents, segs, entries))
 }
 
 #[cfg(test)]
@@ -523,26 +709,86 @@ mod tests {
             shard_id: 1,
             shard_count: 2,
             slice_blocks: 1000,
+            volume: [7; 16],
             seq: 9,
-            ckpt_lba: 10,
-            ckpt_blocks: 3,
-            ckpt_seg_seq: 4,
-            log_lba: 20,
-            log_blocks: 8,
+            life: 3,
+            ckpt: CkptRef {
+                lba: 10,
+                blocks: 3,
+                seg_seq: 4,
+                log_lba: 20,
+                log_blocks: 8,
+                log_prev: 0xdead_beef,
+            },
+            prev: Some(CkptRef {
+                lba: 30,
+                blocks: 2,
+                seg_seq: 2,
+                log_lba: 40,
+                log_blocks: 8,
+                log_prev: 5,
+            }),
         }
     }
 
     #[test]
     fn superblock_roundtrip_and_every_bit_flip_rejected() {
+        for prev in [sb().prev, None] {
+            let s = Superblock { prev, ..sb() };
+            let mut b = vec![0u8; 512];
+            s.encode(&mut b);
+            assert_eq!(Superblock::decode(&b), Ok(s.clone()));
+            for bit in 0..SB_LEN * 8 {
+                let mut c = b.clone();
+                c[bit / 8] ^= 1 << (bit % 8);
+                assert!(Superblock::decode(&c).is_err(), "bit {bit}");
+            }
+            assert!(Superblock::decode(&b[..10]).is_err());
+            assert!(Superblock::decode(&b[..SB_LEN - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn version_1_superblock_is_named() {
+        // A version 1 superblock: magic, version 1, a crc at offset 80 that does not check at 160.
         let mut b = vec![0u8; 512];
-        sb().encode(&mut b);
-        assert_eq!(Superblock::decode(&b), Ok(sb()));
-        for bit in 0..SB_LEN * 8 {
+        b[..8].copy_from_slice(&SB_MAGIC);
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..80]);
+        b[80..84].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Superblock::decode(&b), Err(FormatError::BadVersion(1)));
+    }
+
+    fn seg() -> SegmentHeader {
+        SegmentHeader {
+            seq: 5,
+            volume: [3; 16],
+            epoch: 9,
+            shard_id: 0,
+            nblocks: 2,
+            payload_len: 100,
+            payload_crc: 77,
+            next_lba: 50,
+            next_blocks: 8,
+            nrecords: 1,
+            prev_crc: 0x1234_5678,
+        }
+    }
+
+    #[test]
+    fn segment_header_roundtrip_and_every_bit_flip_rejected() {
+        let mut b = vec![0u8; 1024];
+        let crc = seg().encode(&mut b);
+        assert_eq!(SegmentHeader::decode(&b, 512), Ok((seg(), crc)));
+        for bit in 0..SEG_HDR_LEN * 8 {
             let mut c = b.clone();
             c[bit / 8] ^= 1 << (bit % 8);
-            assert!(Superblock::decode(&c).is_err(), "bit {bit}");
+            assert!(SegmentHeader::decode(&c, 512).is_err(), "bit {bit}");
         }
-        assert!(Superblock::decode(&b[..10]).is_err());
+        // Different chain values give different header crcs: the next segment's check tells them apart.
+        let mut other = seg();
+        other.prev_crc ^= 1;
+        assert_ne!(other.encode(&mut vec![0u8; 1024]), crc);
     }
 
     #[test]
@@ -574,16 +820,33 @@ mod tests {
             (b"a", 1, 5, 1, 40 * 512 + 64),
             (b"bb", 2, 6, 3, 40 * 512 + 100),
         ];
-        let len = ckpt_len(1, 3, 2);
+        let extents = [(100, 1), (7, 2)];
+        let len = ckpt_len(1, 3, 2, extents.len());
         let mut b = vec![0u8; len + 100];
-        assert_eq!(encode_ckpt(&mut b, 0, 3, &segs, entries.into_iter()), len);
-        let (h, s, e) = decode_ckpt(&b, 1 << 20).expect("decode");
-        assert_eq!((h.seg_seq, s.len(), e.len()), (3, 1, 2));
+        let mut h = CkptHeader {
+            shard_id: 0,
+            volume: [9; 16],
+            seg_seq: 3,
+            sb_seq: 4,
+            version_ctr: 10,
+            n_extents: 0,
+            n_segments: 0,
+            n_entries: 0,
+            payload_len: 0,
+        };
+        assert_eq!(
+            encode_ckpt(&mut b, &mut h, &extents, &segs, entries.into_iter()),
+            len
+        );
+        let (dh, x, s, e) = decode_ckpt(&b, 2048, 512).expect("decode");
+        assert_eq!(dh, h);
+        assert_eq!(x, vec![(7, 2)]);
+        assert_eq!((dh.seg_seq, s.len(), e.len()), (3, 1, 2));
         assert_eq!(e[1].key, b"bb");
         for bit in 0..len * 8 {
             let mut c = b.clone();
             c[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode_ckpt(&c, 1 << 20).is_err(), "bit {bit}");
+            assert!(decode_ckpt(&c, 2048, 512).is_err(), "bit {bit}");
         }
     }
 }

@@ -12,8 +12,13 @@ use crate::format::{self, SegmentHeader, SEG_HDR_LEN};
 use crate::shard::Shard;
 
 impl<D: BlockDevice> Shard<D> {
+    /// The fraction of the slice free beyond the reserve.
     fn free_fraction(&self) -> f64 {
-        self.space.free_blocks() as f64 / self.slice_blocks.max(1) as f64
+        let spare = self
+            .space
+            .free_blocks()
+            .saturating_sub(self.reserve_blocks());
+        spare as f64 / self.slice_blocks.max(1) as f64
     }
 
     /// Is cleaning worth a step now?
@@ -26,10 +31,17 @@ impl<D: BlockDevice> Shard<D> {
         let bs = self.bs;
         self.segments
             .iter()
-            .filter(|(l, s)| s.seq <= self.ckpt_seg_seq && !self.gc_bad.contains(l))
+            .filter(|(l, s)| s.seq <= self.gc_horizon() && !self.gc_bad.contains(l))
             .map(|(&l, s)| (l, (u64::from(s.blocks) * bs).saturating_sub(s.live)))
             .filter(|&(_, dead)| dead > 0)
             .max_by_key(|&(l, dead)| (dead, std::cmp::Reverse(l)))
+    }
+
+    /// Segments up to this sequence number may be cleaned: those the fallback checkpoint covers too.
+    /// A later segment is still needed to replay the log from the fallback, should the newest
+    /// checkpoint be found damaged.
+    pub(crate) fn gc_horizon(&self) -> u64 {
+        self.prev_ckpt.as_ref().map_or(0, |p| p.r.seg_seq)
     }
 
     /// Cleans one segment. Returns whether it did anything.
@@ -52,25 +64,32 @@ impl<D: BlockDevice> Shard<D> {
         let buf = self
             .dev
             .alloc_buf((u64::from(seg.blocks) * self.bs) as usize)?;
-        let buf = self.sync_read(lba, seg.blocks, buf)?;
-        let payload = SegmentHeader::decode(&buf, self.bs as u32).and_then(|h| {
-            if h.seq != seg.seq {
-                return Err(format::FormatError::BadField("segment.seq"));
-            }
-            h.check_payload(&buf).map(<[u8]>::to_vec)
-        });
-        let payload = match payload {
-            Ok(p) => p,
-            Err(_) => {
-                // Unreadable: leave it (its records fail their checks when read) and do not retry.
-                self.gc_bad.insert(lba);
-                return Ok(true);
-            }
+        let payload = match self.sync_read(lba, seg.blocks, buf) {
+            Ok(buf) => SegmentHeader::decode(&buf, self.bs as u32).and_then(|(h, _)| {
+                if h.seq != seg.seq || h.volume != self.volume {
+                    return Err(format::FormatError::BadField("segment.seq"));
+                }
+                h.check_payload(&buf).map(<[u8]>::to_vec)
+            }),
+            Err(Error::Io(_)) => Err(format::FormatError::BadField("segment unreadable")),
+            Err(e) => return Err(e),
+        };
+        let Ok(payload) = payload else {
+            // Unreadable: leave it whole (its records fail their checks when read) and do not retry.
+            self.gc_bad.insert(lba);
+            self.stats.gc_unreadable += 1;
+            return Ok(true);
         };
         let base = lba * self.bs;
         let mut moved = 0u64;
+        let mut whole = true;
         for r in format::records(&payload) {
-            let Ok((off, rec)) = r else { break };
+            let Ok((off, rec)) = r else {
+                // A record that does not decode in a payload whose crc checked: keep the segment
+                // (the records after it would be lost with it), never free what was not moved.
+                whole = false;
+                break;
+            };
             if rec.tombstone {
                 continue;
             }
@@ -85,19 +104,24 @@ impl<D: BlockDevice> Shard<D> {
             self.write_record(rec.key, Some(rec.value), e.ts, e.version, true)?;
             moved += format::record_len(rec.key.len(), rec.value.len()) as u64;
         }
+        self.stats.gc_bytes_moved += moved;
+        if !whole {
+            self.gc_bad.insert(lba);
+            self.stats.gc_unreadable += 1;
+            return Ok(true);
+        }
         self.segments.remove(&lba);
         // Freed once the copies are durable (they are in the active generation or an earlier one).
         self.pending_free
             .push((self.active_gen, lba, u64::from(seg.blocks)));
         self.stats.gc_segments += 1;
-        self.stats.gc_bytes_moved += moved;
         Ok(true)
     }
 
     /// Makes room for the next log reservation, cleaning synchronously; NoSpace when nothing helps.
     pub(crate) fn make_room(&mut self) -> Result<(), Error> {
         let mut tries = 0;
-        while self.space.largest() < self.buf_blocks {
+        while !self.room_for_writes() {
             tries += 1;
             if tries > 64 {
                 return Err(Error::NoSpace);
@@ -111,15 +135,25 @@ impl<D: BlockDevice> Shard<D> {
                 }
                 continue;
             }
-            if self.segs_since_ckpt > 0 || self.segments.values().any(|s| s.live == 0) {
+            if self.victim().is_some() {
+                self.gc_step()?;
+                continue;
+            }
+            // Nothing to clean below the horizon: a checkpoint moves it up (and frees segments
+            // nothing points at).
+            let horizon = self.gc_horizon();
+            let behind = self
+                .segments
+                .values()
+                .any(|s| s.seq > horizon && u64::from(s.blocks) * self.bs > s.live);
+            if behind || self.segs_since_ckpt > 0 {
+                let before = self.stats.checkpoints;
                 self.checkpoint()?;
-                if self.space.largest() >= self.buf_blocks {
-                    break;
+                if self.stats.checkpoints > before {
+                    continue;
                 }
             }
-            if !self.gc_step()? {
-                return Err(Error::NoSpace);
-            }
+            return Err(Error::NoSpace);
         }
         Ok(())
     }

@@ -21,9 +21,11 @@ use std::time::Instant;
 
 use crate::bdev::{BlockDevice, Completion, IoError, SubmitError};
 use crate::error::Error;
-use crate::format::{self, SegmentHeader, SegmentRef, Superblock};
+use crate::format::{
+    self, CkptHeader, CkptRef, FormatError, SegmentHeader, SegmentRef, Superblock,
+};
 use crate::index::LOC_BUFFERED;
-use crate::shard::{SegInfo, Shard, TAG_CYCLE_FLUSH, TAG_CYCLE_WRITE};
+use crate::shard::{CkptPlace, SegInfo, Shard, TAG_CYCLE_FLUSH, TAG_CYCLE_WRITE};
 
 /// Where the write of one cycle is.
 pub(crate) enum WriteState<B> {
@@ -258,12 +260,7 @@ impl<D: BlockDevice> Shard<D> {
         // counting them made checkpoints (three Flushes, the shard blocked) the main work of a busy shard.
         let full_buffers = u64::from(self.cfg.checkpoint_every) * self.buf_blocks * self.bs;
         if self.log_bytes_since_ckpt >= full_buffers
-            && self.log_bytes_since_ckpt
-                >= format::ckpt_len(
-                    self.segments.len(),
-                    self.index.key_bytes(),
-                    self.index.len(),
-                ) as u64
+            && self.log_bytes_since_ckpt >= self.ckpt_blocks_estimate() * self.bs
         {
             self.need_checkpoint = true;
         }
@@ -286,31 +283,42 @@ impl<D: BlockDevice> Shard<D> {
     /// Seals the active buffer into the next segment and starts writing it. A cycle slot must be free
     /// ([`Self::cycle_slot_free`]).
     pub(crate) fn start_cycle(&mut self) -> Result<(), Error> {
-        debug_assert!(self.cycle_slot_free());
         if self.active.is_empty() {
             return Ok(());
         }
+        self.seal_cycle(1)
+    }
+
+    /// Seals the active buffer (even when empty: a header-only segment) so that the next one has a
+    /// reservation of at least `min_next` blocks; a record that does not fit in the current
+    /// reservation gets one that holds it this way.
+    pub(crate) fn seal_cycle(&mut self, min_next: u64) -> Result<(), Error> {
+        debug_assert!(self.cycle_slot_free());
         self.compact_active();
         let (lba, reserved) = self.log_head;
         let used = self.active.len().div_ceil(self.bs as usize) as u64;
         if used > reserved {
-            // Cannot happen: reservations are made at least a buffer long.
+            // Cannot happen: the buffer's limit is its reservation.
             return Err(Error::Config("segment larger than its reservation".into()));
         }
-        let next = self.next_reservation(lba, reserved, used)?;
+        let (next, next_blocks) = self.next_reservation(lba, reserved, used, min_next)?;
         let seq = self.next_seq;
         let mut hdr = SegmentHeader {
             seq,
+            volume: self.volume,
+            epoch: self.sb_seq,
             shard_id: self.cfg.shard_id,
             nblocks: 0,
             payload_len: 0,
             payload_crc: 0,
             next_lba: next,
-            next_blocks: self.buf_blocks as u32,
+            next_blocks: next_blocks as u32,
             nrecords: 0,
+            prev_crc: self.chain_crc,
         };
-        let nblocks = self.active.seal(&mut hdr, self.bs as usize);
+        let (nblocks, crc) = self.active.seal(&mut hdr, self.bs as usize);
         debug_assert_eq!(u64::from(nblocks), used);
+        self.chain_crc = crc;
         // Reads of this segment (also while it is being written) come from memory.
         self.cache
             .insert(lba, self.active.image(nblocks as usize * self.bs as usize));
@@ -335,7 +343,7 @@ impl<D: BlockDevice> Shard<D> {
         // Give back the part of this reservation that neither this segment nor the next one uses.
         let tail_end = lba + reserved;
         let keep_until = if next == lba + used {
-            (next + self.buf_blocks).min(tail_end)
+            (next + next_blocks).min(tail_end)
         } else {
             lba + used
         };
@@ -350,13 +358,14 @@ impl<D: BlockDevice> Shard<D> {
                 live,
             },
         );
-        self.log_head = (next, self.buf_blocks);
+        self.log_head = (next, next_blocks);
         self.next_seq += 1;
         let fresh = match self.spares.pop() {
             Some(b) => b,
             None => self.dev.alloc_buf(self.active.capacity())?,
         };
         let buf = self.active.swap(fresh);
+        self.active.set_limit((next_blocks * self.bs) as usize);
         self.pipeline.writes.push_back(InFlight {
             gen: self.active_gen,
             lba,
@@ -366,21 +375,43 @@ impl<D: BlockDevice> Shard<D> {
         });
         self.active_gen += 1;
         self.active_since = None;
+        self.check_space();
         self.advance_cycle();
         Ok(())
     }
 
-    /// Where the segment after the one being sealed (at `lba`, `reserved` blocks, `used` of them) goes:
-    /// right behind it when that space is free — the log stays sequential and free space does not
-    /// fragment into reservation-sized holes — else the best fit elsewhere.
-    fn next_reservation(&mut self, lba: u64, reserved: u64, used: u64) -> Result<u64, Error> {
+    /// Where the segment after the one being sealed (at `lba`, `reserved` blocks, `used` of them) goes,
+    /// and how many blocks it may fill: right behind it when a whole buffer's worth is free there — the
+    /// log stays sequential and free space does not fragment into reservation-sized holes — else the
+    /// best fit for a whole buffer elsewhere, else the largest free extent (at least `min` blocks):
+    /// fragmented free space still takes segments, only smaller ones.
+    fn next_reservation(
+        &mut self,
+        lba: u64,
+        reserved: u64,
+        used: u64,
+        min: u64,
+    ) -> Result<(u64, u64), Error> {
         let next = lba + used;
         let owned_end = lba + reserved;
         let want_end = next + self.buf_blocks;
         if want_end <= owned_end || self.space.alloc_at(owned_end, want_end - owned_end) {
-            return Ok(next);
+            return Ok((next, self.buf_blocks));
         }
-        self.space.alloc(self.buf_blocks).ok_or(Error::NoSpace)
+        if let Some(l) = self.space.alloc(self.buf_blocks) {
+            return Ok((l, self.buf_blocks));
+        }
+        let tail = owned_end - next;
+        let largest = self.space.largest();
+        if largest > tail && largest >= min {
+            if let Some(l) = self.space.alloc(largest) {
+                return Ok((l, largest));
+            }
+        }
+        if tail >= min.max(1) {
+            return Ok((next, tail));
+        }
+        Err(Error::NoSpace)
     }
 
     /// Polls until every cycle started is durable (or the pipeline failed).
@@ -442,10 +473,21 @@ impl<D: BlockDevice> Shard<D> {
         nblocks: u32,
         buf: D::Buf,
     ) -> Result<D::Buf, Error> {
+        self.sync_read_at(lba, nblocks, buf, 0)
+    }
+
+    /// Reads `nblocks` at slice block `lba` into `buf[off..]`, waiting.
+    pub(crate) fn sync_read_at(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        buf: D::Buf,
+        off: usize,
+    ) -> Result<D::Buf, Error> {
         let dev_lba = self.base + lba;
         let b = self.sync_io(
             |d, tag, b| match b {
-                Some(b) => d.submit_read(dev_lba, nblocks, b, 0, tag),
+                Some(b) => d.submit_read(dev_lba, nblocks, b, off, tag),
                 None => Err(SubmitError::Invalid(None, "no buffer")),
             },
             Some(buf),
@@ -460,10 +502,21 @@ impl<D: BlockDevice> Shard<D> {
         nblocks: u32,
         buf: D::Buf,
     ) -> Result<Option<D::Buf>, Error> {
+        self.sync_write_at(lba, nblocks, buf, 0)
+    }
+
+    /// Writes `nblocks` at slice block `lba` from `buf[off..]`, waiting; returns the buffer.
+    pub(crate) fn sync_write_at(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        buf: D::Buf,
+        off: usize,
+    ) -> Result<Option<D::Buf>, Error> {
         let dev_lba = self.base + lba;
         self.sync_io(
             |d, tag, b| match b {
-                Some(b) => d.submit_write(dev_lba, nblocks, b, 0, tag),
+                Some(b) => d.submit_write(dev_lba, nblocks, b, off, tag),
                 None => Err(SubmitError::Invalid(None, "no buffer")),
             },
             Some(buf),
@@ -497,80 +550,199 @@ impl<D: BlockDevice> Shard<D> {
             self.drive_cycle()?;
         }
         let seg_seq = self.next_seq - 1;
-        // Segments nothing points at are not needed once this checkpoint is in place.
-        let empty: Vec<(u64, u32)> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.live == 0)
-            .map(|(&l, s)| (l, s.blocks))
-            .collect();
+        // The checkpoint being replaced becomes the fallback: the log since it must stay whole, so
+        // segments after it are listed (and kept) even when nothing points at them any more.
+        let keep_after = self.ckpt.r.seg_seq;
         let segs: Vec<SegmentRef> = self
             .segments
             .iter()
-            .filter(|(_, s)| s.live > 0)
+            .filter(|(_, s)| s.live > 0 || s.seq > keep_after)
             .map(|(&lba, s)| SegmentRef {
                 seq: s.seq,
                 lba,
                 blocks: s.blocks,
             })
             .collect();
-        let len = format::ckpt_len(segs.len(), self.index.key_bytes(), self.index.len());
-        let blocks = (len as u64).div_ceil(self.bs);
-        let Some(lba) = self.space.alloc(blocks) else {
+        let Some(extents) = self.alloc_ckpt_extents(segs.len()) else {
             self.stats.checkpoints_skipped += 1;
             return Ok(());
         };
-        let mut buf = match self.dev.alloc_buf((blocks * self.bs) as usize) {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = self.space.free(lba, blocks);
-                return Err(e.into());
+        if let Err(e) = self.write_and_verify_ckpt(&extents, seg_seq, &segs) {
+            for &(l, n) in &extents {
+                // Cannot fail: the extents were allocated above and nothing else took them.
+                let _ = self.space.free(l, n);
             }
-        };
-        format::encode_ckpt(
-            &mut buf,
-            self.cfg.shard_id,
-            seg_seq,
-            &segs,
-            self.index
-                .iter_unordered()
-                .map(|(k, e)| (k, e.val_len, e.ts, e.version, e.loc)),
-        );
-        let written = self
-            .sync_write(lba, blocks as u32, buf)
-            .and_then(|_| self.sync_flush());
-        if let Err(e) = written {
-            let _ = self.space.free(lba, blocks);
             return Err(e);
         }
+        let new = CkptPlace {
+            r: CkptRef {
+                lba: extents[0].0,
+                blocks: extents[0].1,
+                seg_seq,
+                log_lba: self.log_head.0,
+                log_blocks: self.log_head.1,
+                log_prev: self.chain_crc,
+            },
+            extents,
+        };
+        let kept = (self.ckpt.r.lba != 0).then(|| self.ckpt.clone());
         let sb = Superblock {
             block_size: self.bs as u32,
             shard_id: self.cfg.shard_id,
             shard_count: self.cfg.shard_count,
             slice_blocks: self.slice_blocks,
+            volume: self.volume,
             seq: self.sb_seq + 1,
-            ckpt_lba: lba,
-            ckpt_blocks: blocks,
-            ckpt_seg_seq: seg_seq,
-            log_lba: self.log_head.0,
-            log_blocks: self.log_head.1,
+            life: self.life,
+            ckpt: new.r,
+            prev: kept.as_ref().map(|k| k.r),
         };
         if let Err(e) = self.write_superblock(&sb) {
-            let _ = self.space.free(lba, blocks);
+            // The superblock may or may not be on the device: keep the new checkpoint's extents
+            // allocated (they may be referenced) and stop writing.
+            self.failed.get_or_insert(match &e {
+                Error::Io(io) => io.clone(),
+                _ => IoError::Device(libc::EIO),
+            });
             return Err(e);
         }
         self.sb_seq = sb.seq;
-        if let Some((old, n)) = self.ckpt.replace((lba, blocks)) {
-            let _ = self.space.free(old, n);
+        // The superblock no longer references the fallback before the old one: free its extents, and
+        // the segments nothing points at that only the dropped fallback's log still needed.
+        if let Some(old) = self.prev_ckpt.take() {
+            for (l, n) in old.extents {
+                // Cannot fail: the extent was in use until now.
+                let _ = self.space.free(l, n);
+            }
         }
+        self.prev_ckpt = kept;
+        self.ckpt = new;
+        let empty: Vec<(u64, u32)> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.live == 0 && s.seq <= keep_after)
+            .map(|(&l, s)| (l, s.blocks))
+            .collect();
         for (l, n) in empty {
             self.segments.remove(&l);
+            // Cannot fail: a live segment's extent is allocated.
             let _ = self.space.free(l, u64::from(n));
         }
-        self.ckpt_seg_seq = seg_seq;
         self.segs_since_ckpt = 0;
         self.log_bytes_since_ckpt = 0;
         self.stats.checkpoints += 1;
+        self.check_space();
+        Ok(())
+    }
+
+    /// Blocks a checkpoint of the current index takes (in one extent).
+    pub(crate) fn ckpt_blocks_estimate(&self) -> u64 {
+        let len = format::ckpt_len(
+            self.segments.len(),
+            self.index.key_bytes(),
+            self.index.len(),
+            1,
+        );
+        (len as u64).div_ceil(self.bs)
+    }
+
+    /// Extents for a checkpoint with `n_segs` segment rows: one when a free extent is large enough,
+    /// else the largest ones (fragmented free space still takes a checkpoint). None: no room.
+    fn alloc_ckpt_extents(&mut self, n_segs: usize) -> Option<Vec<(u64, u64)>> {
+        let need = |n: usize| {
+            let len = format::ckpt_len(n_segs, self.index.key_bytes(), self.index.len(), n);
+            (len as u64).div_ceil(self.bs)
+        };
+        if let Some(l) = self.space.alloc(need(1)) {
+            return Some(vec![(l, need(1))]);
+        }
+        let mut got: Vec<(u64, u64)> = Vec::new();
+        loop {
+            let total: u64 = got.iter().map(|e| e.1).sum();
+            let want = need(got.len() + 1).saturating_sub(total);
+            if want == 0 {
+                return Some(got);
+            }
+            let piece = if got.len() + 1 >= format::CKPT_MAX_EXTENTS {
+                None
+            } else if let Some(l) = self.space.alloc(want) {
+                Some((l, want))
+            } else {
+                let n = self.space.largest();
+                self.space.alloc(n).map(|l| (l, n))
+            };
+            match piece {
+                // The first extent holds the header and the extent table.
+                Some(p) if !got.is_empty() || p.1 * self.bs >= 2048 => got.push(p),
+                other => {
+                    for (l, n) in got.into_iter().chain(other) {
+                        // Cannot fail: allocated just above.
+                        let _ = self.space.free(l, n);
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Writes the checkpoint of the current index into `extents`, flushes it, and reads it back to
+    /// check it decodes to what was written before anything references it.
+    fn write_and_verify_ckpt(
+        &mut self,
+        extents: &[(u64, u64)],
+        seg_seq: u64,
+        segs: &[SegmentRef],
+    ) -> Result<(), Error> {
+        let blocks: u64 = extents.iter().map(|e| e.1).sum();
+        let mut buf = self.dev.alloc_buf((blocks * self.bs) as usize)?;
+        let mut h = CkptHeader {
+            shard_id: self.cfg.shard_id,
+            volume: self.volume,
+            seg_seq,
+            sb_seq: self.sb_seq + 1,
+            version_ctr: self.version_ctr,
+            n_extents: 0,
+            n_segments: 0,
+            n_entries: 0,
+            payload_len: 0,
+        };
+        format::encode_ckpt(
+            &mut buf,
+            &mut h,
+            extents,
+            segs,
+            self.index
+                .iter_unordered()
+                .map(|(k, e)| (k, e.val_len, e.ts, e.version, e.loc)),
+        );
+        let mut buf = Some(buf);
+        let mut off = 0usize;
+        for &(l, n) in extents {
+            let b = buf.take().ok_or(Error::Io(IoError::Device(libc::EIO)))?;
+            buf = Some(
+                self.sync_write_at(l, n as u32, b, off)?
+                    .ok_or(Error::Io(IoError::Device(libc::EIO)))?,
+            );
+            off += (n * self.bs) as usize;
+        }
+        self.sync_flush()?;
+        let mut back = self.dev.alloc_buf((blocks * self.bs) as usize)?;
+        let mut off = 0usize;
+        for &(l, n) in extents {
+            back = self.sync_read_at(l, n as u32, back, off)?;
+            off += (n * self.bs) as usize;
+        }
+        let (got, got_ext, got_segs, got_entries) =
+            format::decode_ckpt(&back, self.slice_blocks, self.bs as u32)?;
+        if got != h
+            || got_ext.as_slice() != &extents[1..]
+            || got_segs.len() != segs.len()
+            || got_entries.len() != self.index.len()
+        {
+            return Err(Error::Corrupt(FormatError::BadField(
+                "checkpoint read back differs from what was written",
+            )));
+        }
         Ok(())
     }
 

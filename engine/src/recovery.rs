@@ -1,7 +1,18 @@
-//! Opening a shard: find the newest valid superblock, load its checkpoint, replay the segments written
-//! after it (following each segment's pointer to the next) until one does not check out, rebuild the
-//! free-space trees from what is in use, and write a fresh checkpoint. A blank slice is formatted.
-//! Nothing read is trusted: every structure is checked, and what fails is reported and skipped.
+//! Opening a shard, in two steps so that a failed open writes nothing:
+//!
+//! 1. [`Shard::probe`] reads only: the superblock copies, then a checkpoint (the newest, else the one
+//!    kept before it) and the log that follows it, segment by segment along the chain (same volume,
+//!    expected sequence number, the previous header's crc, epochs that never decrease), until one does
+//!    not check out. It rebuilds the index, the live segments and the free-space trees, and checks
+//!    that every index entry points into a live segment. A slice whose superblock area is all zeroes
+//!    is [`SliceState::Blank`]; anything else that is not a recoverable nvkv slice is an error.
+//! 2. [`Shard::commit_open`] writes: a blank slice is formatted (when the caller allows it); a
+//!    recovered one gets a fresh checkpoint and superblock, which also starts a new life (a new
+//!    version range) and a new epoch for the segments written from now on.
+//!
+//! [`Shard::open`] does both for one shard; the `api` layer probes every shard before any commits, so
+//! a database with one damaged shard is refused as a whole, and a database is formatted only when
+//! every shard is blank.
 
 use std::collections::BTreeMap;
 
@@ -9,11 +20,14 @@ use crate::bdev::BlockDevice;
 use crate::buffer::WriteBuffer;
 use crate::cache::SegmentCache;
 use crate::error::Error;
-use crate::format::{self, FormatError, SegmentHeader, Superblock, SB_BLOCKS, SEG_HDR_LEN};
+use crate::format::{
+    self, CkptRef, FormatError, SegmentHeader, Superblock, VolumeId, LIFE_SHIFT, SB_BLOCKS,
+    SEG_HDR_LEN,
+};
 use crate::hlc::Hlc;
 use crate::index::{Entry, Index};
 use crate::persist::Pipeline;
-use crate::shard::{SegInfo, Shard, ShardConfig, ShardStats, TAG_SYNC_FIRST};
+use crate::shard::{CkptPlace, SegInfo, Shard, ShardConfig, ShardStats, TAG_SYNC_FIRST};
 use crate::space::FreeSpace;
 
 /// What opening a shard found.
@@ -23,12 +37,14 @@ pub struct RecoveryReport {
     pub shard: u32,
     /// The slice was blank and has been formatted.
     pub formatted: bool,
-    /// Sequence number of the superblock used.
+    /// Sequence number of the newest valid superblock.
     pub superblock_seq: u64,
     /// Problems with superblock copies (one bad copy is survivable).
     pub superblock_errors: Vec<String>,
     /// Whether a checkpoint was loaded.
     pub checkpoint_loaded: bool,
+    /// The newest checkpoint failed its checks and the one before it was used (with a longer replay).
+    pub checkpoint_fallback: bool,
     /// Keys the checkpoint held.
     pub checkpoint_keys: u64,
     /// Problems loading checkpoints.
@@ -39,19 +55,61 @@ pub struct RecoveryReport {
     pub records_replayed: u64,
     /// Why replay stopped (normally: the next segment is not there yet).
     pub replay_stop: String,
-    /// Index entries dropped because they point at no live segment.
-    pub entries_dropped: u64,
     /// Keys after recovery.
     pub keys: u64,
 }
 
-fn describe(e: &Error) -> String {
-    e.to_string()
+/// What [`Shard::probe`] found in the slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceState {
+    /// Both superblock blocks are all zeroes: nothing was ever written here.
+    Blank,
+    /// A recovered nvkv slice of this volume.
+    Database(VolumeId),
+}
+
+/// The state one checkpoint and the log after it rebuild.
+struct Rebuilt {
+    /// The checkpoint loaded, and the fallback the newest superblock keeps (when that one was loaded).
+    place: CkptPlace,
+    kept: Option<CkptPlace>,
+    index: Index,
+    segments: BTreeMap<u64, SegInfo>,
+    space: FreeSpace,
+    next_seq: u64,
+    log_head: (u64, u64),
+    chain_crc: u32,
+    version_ctr: u64,
+    max_ts: u64,
 }
 
 impl<D: BlockDevice> Shard<D> {
-    /// Opens (recovering or formatting) the slice of `dev` that `cfg.shard_id` owns.
-    pub fn open(mut dev: D, cfg: ShardConfig) -> Result<(Self, RecoveryReport), Error> {
+    /// Opens (recovering, or formatting a blank slice when `cfg.create`) the slice of `dev` that
+    /// `cfg.shard_id` owns. A slice that is neither blank nor a recoverable nvkv slice is refused
+    /// without writing anything.
+    pub fn open(dev: D, cfg: ShardConfig) -> Result<(Self, RecoveryReport), Error> {
+        let (mut shard, mut rep, state) = Self::probe(dev, cfg)?;
+        let volume = match state {
+            SliceState::Blank if shard.cfg.create => Some(
+                format::new_volume_id()
+                    .map_err(|e| Error::Config(format!("no random volume id: {e}")))?,
+            ),
+            SliceState::Blank => {
+                return Err(Error::NotADatabase(
+                    "blank device and `create` is off".into(),
+                ))
+            }
+            SliceState::Database(_) => None,
+        };
+        shard.commit_open(volume, &mut rep)?;
+        Ok((shard, rep))
+    }
+
+    /// Reads the slice and rebuilds the shard's state from it; writes nothing.
+    pub fn probe(
+        mut dev: D,
+        cfg: ShardConfig,
+    ) -> Result<(Self, RecoveryReport, SliceState), Error> {
         let bs = u64::from(dev.block_size());
         if cfg.shard_count == 0 || cfg.shard_id >= cfg.shard_count {
             return Err(Error::Config("shard id out of range".into()));
@@ -87,9 +145,12 @@ impl<D: BlockDevice> Shard<D> {
             segments: BTreeMap::new(),
             next_seq: 1,
             log_head: (0, 0),
+            chain_crc: 0,
+            volume: [0; 16],
+            life: 0,
             sb_seq: 0,
-            ckpt: None,
-            ckpt_seg_seq: 0,
+            ckpt: CkptPlace::default(),
+            prev_ckpt: None,
             segs_since_ckpt: 0,
             log_bytes_since_ckpt: 0,
             need_checkpoint: false,
@@ -106,8 +167,49 @@ impl<D: BlockDevice> Shard<D> {
             cache: SegmentCache::new(cfg.cache_bytes, bs),
             cfg,
         };
-        let report = shard.recover()?;
-        Ok((shard, report))
+        let mut rep = RecoveryReport {
+            shard: shard.cfg.shard_id,
+            ..Default::default()
+        };
+        let state = shard.recover(&mut rep)?;
+        Ok((shard, rep, state))
+    }
+
+    /// Finishes an open: formats a blank slice as part of `volume` (Some), or writes the recovered
+    /// state's checkpoint (None), starting a new life.
+    pub fn commit_open(
+        &mut self,
+        volume: Option<VolumeId>,
+        rep: &mut RecoveryReport,
+    ) -> Result<(), Error> {
+        match volume {
+            Some(v) => {
+                if self.life != 0 {
+                    return Err(Error::Config(
+                        "formatting a slice that holds a database".into(),
+                    ));
+                }
+                self.volume = v;
+                self.life = 1;
+                self.space = FreeSpace::new(SB_BLOCKS, self.slice_blocks);
+                let head = self.space.alloc(self.buf_blocks).ok_or(Error::NoSpace)?;
+                self.log_head = (head, self.buf_blocks);
+                self.active.set_limit((self.buf_blocks * self.bs) as usize);
+                self.chain_crc = crc32c::crc32c(&v);
+                self.version_ctr = 1 << LIFE_SHIFT;
+                self.checkpoint()?;
+                rep.formatted = true;
+                rep.superblock_seq = self.sb_seq;
+            }
+            None => {
+                if self.life == 0 {
+                    return Err(Error::Config("nothing recovered to commit".into()));
+                }
+                self.checkpoint()?;
+            }
+        }
+        rep.keys = self.index.len() as u64;
+        Ok(())
     }
 
     fn read_blocks(&mut self, lba: u64, n: u64) -> Result<D::Buf, Error> {
@@ -121,105 +223,175 @@ impl<D: BlockDevice> Shard<D> {
         self.sync_read(lba, n as u32, buf)
     }
 
-    fn recover(&mut self) -> Result<RecoveryReport, Error> {
-        let mut rep = RecoveryReport {
-            shard: self.cfg.shard_id,
-            ..Default::default()
-        };
+    fn recover(&mut self, rep: &mut RecoveryReport) -> Result<SliceState, Error> {
         // Superblocks: both copies, newest valid first.
-        let mut sbs = Vec::new();
+        let mut sbs: Vec<Superblock> = Vec::new();
         let mut blank = 0;
         for copy in 0..SB_BLOCKS {
             let b = self.read_blocks(copy, 1)?;
+            if b.iter().all(|&x| x == 0) {
+                blank += 1;
+                rep.superblock_errors.push(format!("copy {copy}: blank"));
+                continue;
+            }
             match Superblock::decode(&b) {
-                Ok(sb) => match self.check_geometry(&sb) {
-                    Ok(()) => sbs.push(sb),
-                    Err(e) => return Err(e),
-                },
-                Err(FormatError::BadMagic(_)) => {
-                    blank += 1;
-                    rep.superblock_errors
-                        .push(format!("copy {copy}: no superblock"));
+                Ok(sb) => {
+                    self.check_geometry(&sb)?;
+                    sbs.push(sb);
+                }
+                Err(FormatError::BadVersion(v)) => {
+                    return Err(Error::NotADatabase(format!(
+                        "shard {}: superblock of format version {v}; this build reads version {} \
+                         only (no migration: export with the old build and import)",
+                        self.cfg.shard_id,
+                        format::FORMAT_VERSION
+                    )))
                 }
                 Err(e) => rep.superblock_errors.push(format!("copy {copy}: {e}")),
             }
         }
-        sbs.sort_by_key(|s| std::cmp::Reverse(s.seq));
-        let Some(newest) = sbs.first().cloned() else {
-            if blank == SB_BLOCKS as usize && self.cfg.create {
-                self.format()?;
-                rep.formatted = true;
-                rep.superblock_seq = self.sb_seq;
-                rep.superblock_errors.clear();
-                return Ok(rep);
+        if sbs.is_empty() {
+            if blank == SB_BLOCKS as usize {
+                return Ok(SliceState::Blank);
             }
-            return Err(Error::Unrecoverable(format!(
-                "no valid superblock: {:?}",
-                rep.superblock_errors
+            return Err(Error::NotADatabase(format!(
+                "shard {}: no valid nvkv superblock ({})",
+                self.cfg.shard_id,
+                rep.superblock_errors.join("; ")
             )));
-        };
-        // Checkpoint: the newest superblock's, else an older copy's (its extent may have been reused; the
-        // checksum tells), else none: replay alone, reporting the loss.
-        let mut base = newest.clone();
-        let mut ckpt_segs = Vec::new();
-        let mut loaded = newest.ckpt_lba == 0;
+        }
+        sbs.sort_by_key(|s| std::cmp::Reverse(s.seq));
+        if sbs.iter().any(|s| s.volume != sbs[0].volume) {
+            return Err(Error::Unrecoverable(format!(
+                "shard {}: the two superblock copies belong to different volumes",
+                self.cfg.shard_id
+            )));
+        }
+        let newest = sbs[0].clone();
+        rep.superblock_seq = newest.seq;
+        self.volume = newest.volume;
+
+        // The checkpoints the superblocks reference, newest first; the first that rebuilds a
+        // consistent state wins. The one kept before the newest has its log intact behind it.
+        let mut candidates: Vec<CkptRef> = Vec::new();
         for sb in &sbs {
-            if sb.ckpt_lba == 0 {
-                base = sb.clone();
-                loaded = true;
-                break;
+            for c in std::iter::once(sb.ckpt).chain(sb.prev) {
+                if !candidates.contains(&c) {
+                    candidates.push(c);
+                }
             }
-            match self.load_checkpoint(sb) {
-                Ok(segs) => {
-                    base = sb.clone();
-                    ckpt_segs = segs;
-                    loaded = true;
-                    rep.checkpoint_loaded = true;
-                    rep.checkpoint_keys = self.index.len() as u64;
+        }
+        let mut chosen = None;
+        for (i, c) in candidates.iter().enumerate() {
+            match self.rebuild(c, &newest, rep) {
+                Ok(r) => {
+                    chosen = Some((i, *c, r));
                     break;
                 }
                 Err(e) => {
                     rep.checkpoint_errors
-                        .push(format!("superblock {}: {}", sb.seq, describe(&e)))
+                        .push(format!("checkpoint at block {}: {e}", c.lba));
+                    rep.segments_replayed = 0;
+                    rep.records_replayed = 0;
                 }
             }
         }
-        if !loaded {
-            rep.checkpoint_errors
-                .push("no checkpoint could be loaded; keys only it held are lost".into());
+        let Some((i, _, r)) = chosen else {
+            return Err(Error::Unrecoverable(format!(
+                "shard {}: no checkpoint rebuilds a consistent index ({}); nothing was written — \
+                 `nvkv salvage` copies what the segments hold",
+                self.cfg.shard_id,
+                rep.checkpoint_errors.join("; ")
+            )));
+        };
+        rep.checkpoint_loaded = true;
+        rep.checkpoint_fallback = i > 0;
+        self.index = r.index;
+        self.segments = r.segments;
+        self.space = r.space;
+        self.next_seq = r.next_seq;
+        self.log_head = r.log_head;
+        self.chain_crc = r.chain_crc;
+        self.hlc.observe(r.max_ts);
+        // The newest checkpoint's predecessor stays allocated until the next superblock no longer
+        // references it (only when the newest itself was loaded: a damaged one is not kept).
+        self.ckpt = r.place;
+        self.prev_ckpt = r.kept;
+        self.sb_seq = newest.seq;
+        let life = sbs.iter().map(|s| s.life).max().unwrap_or(0) + 1;
+        if life >= 1 << (64 - LIFE_SHIFT) {
+            return Err(Error::Unrecoverable("version space exhausted".into()));
         }
-        rep.superblock_seq = base.seq;
-        self.sb_seq = sbs.iter().map(|s| s.seq).max().unwrap_or(base.seq);
-        if base.ckpt_lba != 0 && rep.checkpoint_loaded {
-            self.ckpt = Some((base.ckpt_lba, base.ckpt_blocks));
-        }
-        self.ckpt_seg_seq = base.ckpt_seg_seq;
+        self.life = life;
+        // Nothing an earlier life handed out (persisted or lost in a crash) is handed out again.
+        self.version_ctr = r.version_ctr.max(life << LIFE_SHIFT);
+        self.active.set_limit((self.log_head.1 * self.bs) as usize);
+        rep.checkpoint_keys = self.index.len() as u64;
+        rep.keys = self.index.len() as u64;
+        Ok(SliceState::Database(self.volume))
+    }
 
-        // Replay.
+    /// Loads checkpoint `c`, replays the log after it and checks the result; touches no shard state.
+    fn rebuild(
+        &mut self,
+        c: &CkptRef,
+        newest: &Superblock,
+        rep: &mut RecoveryReport,
+    ) -> Result<Rebuilt, Error> {
+        let (b, _) = self.read_checkpoint(c)?;
+        let (h, extents, ckpt_segs, entries) =
+            format::decode_ckpt(&b, self.slice_blocks, self.bs as u32)?;
+        if h.shard_id != self.cfg.shard_id || h.volume != self.volume || h.seg_seq != c.seg_seq {
+            return Err(Error::Corrupt(FormatError::BadField(
+                "checkpoint does not match its superblock",
+            )));
+        }
+        let mut index = Index::new();
+        let mut version_ctr = h.version_ctr;
+        let mut max_ts = 0u64;
+        for e in entries {
+            max_ts = max_ts.max(e.ts);
+            let entry = Entry {
+                loc: e.loc,
+                val_len: e.val_len,
+                ts: e.ts,
+                version: e.version,
+            };
+            if index
+                .insert(&e.key, entry)
+                .map_err(|_| Error::NoSpace)?
+                .is_some()
+            {
+                return Err(Error::Corrupt(FormatError::BadField(
+                    "checkpoint.duplicate_key",
+                )));
+            }
+        }
+
+        // Replay along the chain.
         let mut replayed: Vec<(u64, SegInfo)> = Vec::new();
-        let (mut lba, mut reserved) = (base.log_lba, base.log_blocks);
-        let mut expect = base.ckpt_seg_seq + 1;
+        let (mut lba, mut reserved) = (c.log_lba, c.log_blocks);
+        let mut expect = c.seg_seq + 1;
+        let mut chain = c.log_prev;
+        let mut epoch = h.sb_seq;
+        rep.segments_replayed = 0;
+        rep.records_replayed = 0;
         rep.replay_stop = loop {
-            match self.read_segment(lba, reserved, expect) {
-                Ok(Some((hdr, records))) => {
+            match self.read_segment(lba, reserved, expect, chain, epoch, newest.seq) {
+                Ok(Some((hdr, crc, records))) => {
                     for (off, tomb, ts, version, key, value) in records {
-                        self.hlc.observe(ts);
-                        self.version_ctr = self.version_ctr.max(version);
+                        max_ts = max_ts.max(ts);
+                        version_ctr = version_ctr.max(version);
                         if tomb {
-                            self.index.remove(&key);
+                            index.remove(&key);
                         } else {
-                            let loc = lba * self.bs + off as u64;
-                            self.index
-                                .insert(
-                                    &key,
-                                    Entry {
-                                        loc,
-                                        val_len: value as u32,
-                                        ts,
-                                        version,
-                                    },
-                                )
-                                .map_err(|_| Error::NoSpace)?;
+                            let entry = Entry {
+                                loc: lba * self.bs + off as u64,
+                                val_len: value as u32,
+                                ts,
+                                version,
+                            };
+                            index.insert(&key, entry).map_err(|_| Error::NoSpace)?;
                         }
                         rep.records_replayed += 1;
                     }
@@ -235,13 +407,14 @@ impl<D: BlockDevice> Shard<D> {
                     lba = hdr.next_lba;
                     reserved = u64::from(hdr.next_blocks);
                     expect += 1;
+                    chain = crc;
+                    epoch = hdr.epoch;
                 }
                 Ok(None) => break format!("segment {expect} not written"),
-                Err(e) => break format!("segment {expect}: {}", describe(&e)),
+                Err(e) => break format!("segment {expect}: {e}"),
             }
         };
-        self.next_seq = expect;
-        self.log_head = (lba, reserved);
+        let log_head = (lba, reserved);
 
         // Live segments: the checkpoint's, less those a replayed segment or the log head now occupies
         // (they were cleaned and their space reused), plus the replayed ones.
@@ -251,29 +424,29 @@ impl<D: BlockDevice> Shard<D> {
             let taken = replayed
                 .iter()
                 .any(|(l, r)| overlaps(s.lba, u64::from(s.blocks), *l, u64::from(r.blocks)))
-                || overlaps(s.lba, u64::from(s.blocks), self.log_head.0, self.log_head.1);
+                || overlaps(s.lba, u64::from(s.blocks), log_head.0, log_head.1);
             if !taken {
-                segs.insert(
-                    s.lba,
-                    SegInfo {
-                        seq: s.seq,
-                        blocks: s.blocks,
-                        live: 0,
-                    },
-                );
+                let info = SegInfo {
+                    seq: s.seq,
+                    blocks: s.blocks,
+                    live: 0,
+                };
+                if segs.insert(s.lba, info).is_some() {
+                    return Err(Error::Corrupt(FormatError::BadField("checkpoint.segment")));
+                }
             }
         }
         for (l, s) in replayed {
             segs.insert(l, s);
         }
-        // Every entry must point inside a live segment's payload; count live bytes.
+        // Every entry must point inside a live segment's payload: one that does not means the
+        // checkpoint and the log disagree, and this checkpoint is not used (never drop a key).
         let bs = self.bs;
-        let mut dropped = Vec::new();
-        for (k, e) in self.index.iter_unordered() {
+        let mut stray = 0u64;
+        for (k, e) in index.iter_unordered() {
             let blk = e.loc / bs;
             let end = e.loc + format::record_len(k.len(), e.val_len as usize) as u64;
-            self.hlc.observe(e.ts);
-            self.version_ctr = self.version_ctr.max(e.version);
+            version_ctr = version_ctr.max(e.version);
             match segs.range_mut(..=blk).next_back() {
                 Some((&l, s))
                     if e.loc >= l * bs + SEG_HDR_LEN as u64
@@ -281,36 +454,75 @@ impl<D: BlockDevice> Shard<D> {
                 {
                     s.live += end - e.loc;
                 }
-                _ => dropped.push(k.to_vec()),
+                _ => stray += 1,
             }
         }
-        for k in &dropped {
-            self.index.remove(k);
+        if stray > 0 {
+            return Err(Error::Corrupt(FormatError::BadField(
+                "index entries point outside the live segments",
+            )));
         }
-        rep.entries_dropped = dropped.len() as u64;
-        self.segments = segs;
 
-        // Free space: everything not used by a segment, the checkpoint or the log reservation.
-        let mut used: Vec<(u64, u64)> = self
-            .segments
+        // Free space: everything not used by a segment, this checkpoint, the one the newest
+        // superblock keeps before it (still referenced until the next superblock) or the log head.
+        let mut used: Vec<(u64, u64)> = segs
             .iter()
             .map(|(&l, s)| (l, u64::from(s.blocks)))
             .collect();
-        if let Some(c) = self.ckpt {
-            used.push(c);
+        let place = CkptPlace {
+            r: *c,
+            extents: std::iter::once((c.lba, c.blocks)).chain(extents).collect(),
+        };
+        used.extend(place.extents.iter().copied());
+        let mut kept = None;
+        if newest.ckpt == *c {
+            if let Some(p) = newest.prev {
+                // Its header names its extents; when it does not check out only the first is known
+                // (a damaged fallback is of no use, its other extents may be reused).
+                let k = match self.read_checkpoint(&p) {
+                    Ok((_, x)) => x,
+                    Err(_) => CkptPlace {
+                        r: p,
+                        extents: vec![(p.lba, p.blocks)],
+                    },
+                };
+                used.extend(k.extents.iter().copied());
+                kept = Some(k);
+            }
         }
-        used.push(self.log_head);
-        self.space = FreeSpace::with_used(SB_BLOCKS, self.slice_blocks, &mut used)
-            .map_err(|e| Error::Unrecoverable(format!("extents overlap: {e}")))?;
-        // A reservation made with a smaller buffer: take a fresh one (nothing valid is there).
-        if self.log_head.1 < self.buf_blocks {
-            let next = self.space.alloc(self.buf_blocks).ok_or(Error::NoSpace)?;
-            let _ = self.space.free(self.log_head.0, self.log_head.1);
-            self.log_head = (next, self.buf_blocks);
+        used.push(log_head);
+        let space = FreeSpace::with_used(SB_BLOCKS, self.slice_blocks, &mut used)
+            .map_err(|e| Error::Corrupt(FormatError::BadField(overlap_what(&e))))?;
+        Ok(Rebuilt {
+            place,
+            kept,
+            index,
+            segments: segs,
+            space,
+            next_seq: expect,
+            log_head,
+            chain_crc: chain,
+            version_ctr,
+            max_ts,
+        })
+    }
+
+    /// Reads checkpoint `c` whole (its first extent names the others); returns its bytes, the
+    /// extents concatenated, and where it lies.
+    fn read_checkpoint(&mut self, c: &CkptRef) -> Result<(Vec<u8>, CkptPlace), Error> {
+        let first = self.read_blocks(c.lba, c.blocks)?;
+        let (_, more) = format::decode_ckpt_header(&first, self.slice_blocks)?;
+        // Buffers may be longer than asked (whole pages): take exactly the extents' bytes.
+        let mut all = first[..(c.blocks * self.bs) as usize].to_vec();
+        for &(l, n) in &more {
+            let b = self.read_blocks(l, n)?;
+            all.extend_from_slice(&b[..(n * self.bs) as usize]);
         }
-        self.checkpoint()?;
-        rep.keys = self.index.len() as u64;
-        Ok(rep)
+        let place = CkptPlace {
+            r: *c,
+            extents: std::iter::once((c.lba, c.blocks)).chain(more).collect(),
+        };
+        Ok((all, place))
     }
 
     fn check_geometry(&self, sb: &Superblock) -> Result<(), Error> {
@@ -334,54 +546,40 @@ impl<D: BlockDevice> Shard<D> {
         Ok(())
     }
 
-    fn format(&mut self) -> Result<(), Error> {
-        self.space = FreeSpace::new(SB_BLOCKS, self.slice_blocks);
-        let head = self.space.alloc(self.buf_blocks).ok_or(Error::NoSpace)?;
-        self.log_head = (head, self.buf_blocks);
-        self.checkpoint()
-    }
-
-    fn load_checkpoint(&mut self, sb: &Superblock) -> Result<Vec<format::SegmentRef>, Error> {
-        let b = self.read_blocks(sb.ckpt_lba, sb.ckpt_blocks)?;
-        let (h, segs, entries) = format::decode_ckpt(&b, self.slice_blocks * self.bs)?;
-        if h.shard_id != self.cfg.shard_id || h.seg_seq != sb.ckpt_seg_seq {
-            return Err(Error::Corrupt(FormatError::BadField(
-                "checkpoint does not match its superblock",
-            )));
-        }
-        self.index = Index::new();
-        for e in entries {
-            self.index
-                .insert(
-                    &e.key,
-                    Entry {
-                        loc: e.loc,
-                        val_len: e.val_len,
-                        ts: e.ts,
-                        version: e.version,
-                    },
-                )
-                .map_err(|_| Error::NoSpace)?;
-        }
-        Ok(segs)
-    }
-
-    /// Reads and checks segment `expect` at `lba`. None when what is there is not that segment.
+    /// Reads and checks segment `expect` at `lba`: it must belong to this volume and shard, carry the
+    /// chain value `chain` and an epoch in `min_epoch..=max_epoch`. None when what is there is not
+    /// that segment (the end of the log).
     #[allow(clippy::type_complexity)]
     fn read_segment(
         &mut self,
         lba: u64,
         reserved: u64,
         expect: u64,
-    ) -> Result<Option<(SegmentHeader, Vec<(usize, bool, u64, u64, Vec<u8>, usize)>)>, Error> {
+        chain: u32,
+        min_epoch: u64,
+        max_epoch: u64,
+    ) -> Result<
+        Option<(
+            SegmentHeader,
+            u32,
+            Vec<(usize, bool, u64, u64, Vec<u8>, usize)>,
+        )>,
+        Error,
+    > {
         let first = self.read_blocks(lba, 1)?;
-        let hdr = match SegmentHeader::decode(&first, self.bs as u32) {
+        let (hdr, crc) = match SegmentHeader::decode(&first, self.bs as u32) {
             Ok(h) => h,
-            // A magic a bit or two away from ours is a damaged header, not the end of the log.
-            Err(FormatError::BadMagic(_)) if !near_magic(&first[..8]) => return Ok(None),
+            Err(FormatError::BadMagic(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        if hdr.seq != expect {
+        // Another volume, another place in the log, another branch of it, or an earlier life: not
+        // the segment the chain continues with.
+        if hdr.volume != self.volume
+            || hdr.seq != expect
+            || hdr.prev_crc != chain
+            || hdr.epoch < min_epoch
+            || hdr.epoch > max_epoch
+        {
             return Ok(None);
         }
         if hdr.shard_id != self.cfg.shard_id || u64::from(hdr.nblocks) > reserved {
@@ -416,16 +614,13 @@ impl<D: BlockDevice> Shard<D> {
         if out.len() != hdr.nrecords as usize {
             return Err(Error::Corrupt(FormatError::BadField("segment.nrecords")));
         }
-        Ok(Some((hdr, out)))
+        Ok(Some((hdr, crc, out)))
     }
 }
 
-/// True when `b` differs from the segment magic in one or two bits.
-fn near_magic(b: &[u8]) -> bool {
-    let bits: u32 = b
-        .iter()
-        .zip(format::SEG_MAGIC.iter())
-        .map(|(x, y)| (x ^ y).count_ones())
-        .sum();
-    (1..=2).contains(&bits)
+fn overlap_what(e: &crate::space::SpaceError) -> &'static str {
+    match e {
+        crate::space::SpaceError::OutOfRange(..) => "an extent outside the slice",
+        crate::space::SpaceError::DoubleFree(..) => "two extents in use overlap",
+    }
 }

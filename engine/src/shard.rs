@@ -152,6 +152,8 @@ pub struct ShardStats {
     pub gc_segments: u64,
     /// Bytes of live records GC moved.
     pub gc_bytes_moved: u64,
+    /// Segments GC could not read or decode (left in place, not tried again).
+    pub gc_unreadable: u64,
     /// Buffered records overwritten in place or squeezed out before being written.
     pub buffer_bytes_saved: u64,
     /// Requests waiting in the shard's queue when last looked at (handle path).
@@ -183,6 +185,13 @@ pub(crate) struct SegInfo {
     pub blocks: u32,
     /// Bytes of records the index points at.
     pub live: u64,
+}
+
+/// A checkpoint on the device: what the superblock says of it, and every extent it occupies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CkptPlace {
+    pub r: crate::format::CkptRef,
+    pub extents: Vec<(u64, u64)>,
 }
 
 /// A cycle's segment write: this bit plus the generation.
@@ -218,9 +227,18 @@ pub struct Shard<D: BlockDevice> {
     pub(crate) next_seq: u64,
     /// Where the next segment goes, and the blocks reserved there.
     pub(crate) log_head: (u64, u64),
+    /// The header crc of the last segment sealed: the next one carries it (the chain).
+    pub(crate) chain_crc: u32,
+    /// The database's identity, written into everything.
+    pub(crate) volume: crate::format::VolumeId,
+    /// This life's number (versions handed out are at least `life << LIFE_SHIFT`); 0 before open.
+    pub(crate) life: u64,
+    /// Sequence number of the newest superblock: the epoch of the segments written now.
     pub(crate) sb_seq: u64,
-    pub(crate) ckpt: Option<(u64, u64)>,
-    pub(crate) ckpt_seg_seq: u64,
+    /// The newest checkpoint (lba 0 before the first).
+    pub(crate) ckpt: CkptPlace,
+    /// The checkpoint kept before it: its extents and the log since it stay until the next one.
+    pub(crate) prev_ckpt: Option<CkptPlace>,
     pub(crate) segs_since_ckpt: u32,
     /// Bytes of segments written since the last checkpoint.
     pub(crate) log_bytes_since_ckpt: u64,
@@ -284,6 +302,54 @@ impl<D: BlockDevice> Shard<D> {
         }
     }
 
+    /// Blocks kept free for what must always proceed: the next checkpoint, one segment of GC moves
+    /// and the reservation of the segment after the active one.
+    pub(crate) fn reserve_blocks(&self) -> u64 {
+        self.ckpt_blocks_estimate() + 2 * self.buf_blocks
+    }
+
+    /// Whether new data may be buffered now without eating into the reserve.
+    pub(crate) fn room_for_writes(&self) -> bool {
+        self.space.free_blocks() >= self.reserve_blocks() + self.buf_blocks
+    }
+
+    /// Everything in use — live segments, both checkpoints, the log reservation, extents waiting to be
+    /// freed — is disjoint, and disjoint from the free space, and together they cover the slice. O(n):
+    /// debug builds check it after every cycle and checkpoint.
+    pub(crate) fn check_space(&self) {
+        if !cfg!(debug_assertions) || self.segments.len() > 512 {
+            return;
+        }
+        let mut used: Vec<(u64, u64, &str)> = self
+            .segments
+            .iter()
+            .map(|(&l, s)| (l, u64::from(s.blocks), "segment"))
+            .collect();
+        used.extend(self.ckpt.extents.iter().map(|&(l, n)| (l, n, "checkpoint")));
+        if let Some(p) = &self.prev_ckpt {
+            used.extend(
+                p.extents
+                    .iter()
+                    .map(|&(l, n)| (l, n, "fallback checkpoint")),
+            );
+        }
+        used.push((self.log_head.0, self.log_head.1, "log head"));
+        used.extend(
+            self.pending_free
+                .iter()
+                .map(|&(_, l, n)| (l, n, "pending free")),
+        );
+        used.extend(self.space.iter().map(|(l, n)| (l, n, "free")));
+        used.sort_unstable();
+        let mut at = format::SB_BLOCKS;
+        let mut last = "superblocks";
+        for (l, n, what) in used {
+            assert!(l >= at, "{what} at {l}+{n} overlaps {last} ending at {at}");
+            at = l + n;
+            last = what;
+        }
+    }
+
     /// Marks the record at disk location `loc` dead in its segment's accounting.
     pub(crate) fn kill(&mut self, e: &Entry, key_len: usize) {
         if e.is_buffered() {
@@ -310,17 +376,28 @@ impl<D: BlockDevice> Shard<D> {
     ) -> Result<u32, Error> {
         let (tombstone, value) = (value.is_none(), value.unwrap_or(&[]));
         let rl = format::record_len(key.len(), value.len());
-        if !self.active.fits(rl) {
+        if check_room && !self.room_for_writes() {
+            // New data may not eat into the reserve that deletes, GC moves, checkpoints, `sync` and
+            // `close` need: clean first, or refuse the write.
+            self.make_room()?;
+        }
+        let mut tries = 0;
+        while !self.active.fits(rl) {
             if self.active.fits_after_compaction(rl) {
                 self.compact_active();
-            } else {
-                self.wait_cycle_slot()?;
-                self.start_cycle()?;
+                continue;
             }
-        }
-        if check_room && self.active.is_empty() && self.space.largest() < self.buf_blocks {
-            // The next seal needs a reservation for the segment after it: clean first.
-            self.make_room()?;
+            tries += 1;
+            if tries > 2 {
+                return Err(Error::NoSpace);
+            }
+            self.wait_cycle_slot()?;
+            // The next reservation must hold this record (the current one may be a small extent).
+            let need = ((SEG_HDR_LEN + rl) as u64).div_ceil(self.bs);
+            if self.active.is_empty() && self.space.largest() < need {
+                self.make_room()?;
+            }
+            self.seal_cycle(need)?;
         }
         // The key's record in this buffer, if its newest is one (looked up after making room: a
         // compaction or a new cycle may have moved it).
@@ -385,7 +462,8 @@ impl<D: BlockDevice> Shard<D> {
         if value.is_some() && !found.is_present() && !self.index.has_room(key) {
             return Err(Error::NoSpace);
         }
-        let off = self.append(key, value, ts, version, !moving, found)?;
+        // Deletes and GC moves may use the reserve: they make room, never take it.
+        let off = self.append(key, value, ts, version, !moving && value.is_some(), found)?;
         let old = match value {
             Some(v) => self
                 .index
@@ -420,6 +498,19 @@ impl<D: BlockDevice> Shard<D> {
 
     fn next_version(&mut self) -> u64 {
         self.version_ctr += 1;
+        // Half way through this life's version range: start a new life at the next checkpoint, long
+        // before the range runs out (the superblock then guarantees the next range to a later open).
+        let used = self.version_ctr - (self.life << format::LIFE_SHIFT);
+        if used >= 1 << (format::LIFE_SHIFT - 1)
+            && self.version_ctr >> format::LIFE_SHIFT == self.life
+        {
+            self.life += 1;
+            self.need_checkpoint = true;
+        }
+        assert!(
+            self.version_ctr < (self.life + 1) << format::LIFE_SHIFT,
+            "version counter left its life's range"
+        );
         self.version_ctr
     }
 

@@ -141,8 +141,9 @@ fn overwrites_cycle_and_gc_keep_data() {
     for round in 0..60u32 {
         for k in 0..40u32 {
             let v = vec![(round % 251) as u8; 100 + (k as usize % 7)];
-            s.put(format!("key{k}").as_bytes(), &v, WriteOpts::default())
-                .expect("put");
+            if let Err(e) = s.put(format!("key{k}").as_bytes(), &v, WriteOpts::default()) {
+                panic!("round {round} key {k}: {e}: {:?}", s.stats());
+            }
         }
         s.sync().expect("sync");
         s.tick().expect("tick");

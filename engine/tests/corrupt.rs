@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use nvkv::bdev::MemDisk;
-use nvkv::format::Superblock;
+use nvkv::format::{Superblock, SB_LEN};
 use nvkv::{Error, RecoveryReport, Shard, ShardConfig, WriteOpts};
 
 const BS: u32 = 512;
@@ -69,7 +69,7 @@ fn images() -> Vec<(&'static str, Vec<u8>, Model)> {
 
 fn lost_something(r: &RecoveryReport) -> bool {
     !r.checkpoint_errors.is_empty()
-        || r.entries_dropped > 0
+        || r.checkpoint_fallback
         || !r.replay_stop.ends_with("not written")
 }
 
@@ -96,7 +96,9 @@ fn check(img: &[u8], model: &BTreeMap<Vec<u8>, Vec<u8>>, what: &str) -> bool {
     let disk = MemDisk::from_image(BS, img);
     let (mut s, rep) = match Shard::open(disk.bdev(), cfg()) {
         Ok(x) => x,
-        Err(Error::Unrecoverable(_) | Error::Corrupt(_) | Error::Config(_)) => return false,
+        Err(
+            Error::Unrecoverable(_) | Error::NotADatabase(_) | Error::Corrupt(_) | Error::Config(_),
+        ) => return false,
         Err(e) => panic!("{what}: unexpected error kind {e:?}"),
     };
     for (k, v) in model {
@@ -136,7 +138,7 @@ fn bit_flips_are_detected_and_skipped() {
         );
         // Every bit of both superblock copies: one bad copy is always survivable.
         for copy in 0..2usize {
-            for bit in 0..84 * 8 {
+            for bit in 0..SB_LEN * 8 {
                 let mut d = img.clone();
                 d[copy * BS as usize + bit / 8] ^= 1 << (bit % 8);
                 assert!(
@@ -151,8 +153,8 @@ fn bit_flips_are_detected_and_skipped() {
             .filter_map(|c| Superblock::decode(&img[c * BS as usize..]).ok())
             .collect();
         let sb = sbs.iter().max_by_key(|s| s.seq).expect("a superblock");
-        let ck = sb.ckpt_lba as usize * BS as usize;
-        let ck_len = sb.ckpt_blocks as usize * BS as usize;
+        let ck = sb.ckpt.lba as usize * BS as usize;
+        let ck_len = sb.ckpt.blocks as usize * BS as usize;
         let mut rng = Rng(0x1234_5678 ^ ck as u64);
         for byte in (0..ck_len).step_by(3) {
             let mut d = img.clone();

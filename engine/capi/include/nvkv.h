@@ -109,12 +109,17 @@ typedef enum nvkv_result {
   NVKV_CORRUPT = 16,
   // The device or its format does not fit the options.
   NVKV_CONFIG = 17,
-  // The device holds something that is not an nvkv image (and creating was not asked for).
+  // An nvkv database that cannot be recovered from what is valid on it; nothing was written.
   NVKV_UNRECOVERABLE = 18,
   // The library could not allocate memory.
   NVKV_NO_MEMORY = 19,
   // A bug: the library panicked; the panic was caught at the ABI boundary.
   NVKV_PANIC = 20,
+  // The device holds something that is not an nvkv database of this format (or is blank and
+  // `create` is off); nothing was written.
+  NVKV_NOT_A_DATABASE = 21,
+  // The device is opened by another handle or process.
+  NVKV_LOCKED = 22,
 } nvkv_result;
 
 // Values of `nvkv_options.backend`.

@@ -46,12 +46,17 @@ pub enum nvkv_result {
     NVKV_CORRUPT = 16,
     /// The device or its format does not fit the options.
     NVKV_CONFIG = 17,
-    /// The device holds something that is not an nvkv image (and creating was not asked for).
+    /// An nvkv database that cannot be recovered from what is valid on it; nothing was written.
     NVKV_UNRECOVERABLE = 18,
     /// The library could not allocate memory.
     NVKV_NO_MEMORY = 19,
     /// A bug: the library panicked; the panic was caught at the ABI boundary.
     NVKV_PANIC = 20,
+    /// The device holds something that is not an nvkv database of this format (or is blank and
+    /// `create` is off); nothing was written.
+    NVKV_NOT_A_DATABASE = 21,
+    /// The device is opened by another handle or process.
+    NVKV_LOCKED = 22,
 }
 
 use nvkv_result::*;
@@ -132,6 +137,8 @@ impl CapiError {
                 E::Corrupt(_) => NVKV_CORRUPT,
                 E::Config(_) => NVKV_CONFIG,
                 E::Unrecoverable(_) => NVKV_UNRECOVERABLE,
+                E::NotADatabase(_) => NVKV_NOT_A_DATABASE,
+                E::Locked(_) => NVKV_LOCKED,
                 E::Closed => NVKV_CLOSED,
             },
         }
@@ -140,7 +147,7 @@ impl CapiError {
 
 /// Static text of a code, NUL-terminated.
 pub fn strerror(code: i32) -> &'static [u8] {
-    const TEXTS: [&[u8]; 21] = [
+    const TEXTS: [&[u8]; 23] = [
         b"success\0",
         b"key not found\0",
         b"end of iteration\0",
@@ -159,9 +166,11 @@ pub fn strerror(code: i32) -> &'static [u8] {
         b"I/O error\0",
         b"corrupt data\0",
         b"invalid configuration\0",
-        b"unrecoverable image\0",
+        b"unrecoverable database\0",
         b"out of memory\0",
         b"panic in libnvkv (a bug)\0",
+        b"not an nvkv database\0",
+        b"database in use by another handle or process\0",
     ];
     usize::try_from(code)
         .ok()
@@ -215,11 +224,11 @@ mod tests {
 
     #[test]
     fn every_code_has_its_text() {
-        for c in 0..=NVKV_PANIC as i32 {
+        for c in 0..=NVKV_LOCKED as i32 {
             assert_ne!(strerror(c), b"unknown result code\0", "code {c}");
         }
         assert_eq!(strerror(-1), b"unknown result code\0");
-        assert_eq!(strerror(NVKV_PANIC as i32 + 1), b"unknown result code\0");
+        assert_eq!(strerror(NVKV_LOCKED as i32 + 1), b"unknown result code\0");
     }
 
     #[test]

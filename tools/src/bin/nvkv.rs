@@ -235,7 +235,7 @@ fn run() -> Result<()> {
             let mut problems = 0;
             for r in db.recovery_reports() {
                 println!(
-                    "shard {}: superblock seq {}, checkpoint {} ({} keys), {} segments / {} records replayed, stopped: {}, {} index entries dropped, {} keys",
+                    "shard {}: superblock seq {}, checkpoint {} ({} keys), {} segments / {} records replayed, stopped: {}, {}{} keys",
                     r.shard,
                     r.superblock_seq,
                     if r.checkpoint_loaded { "loaded" } else { "none" },
@@ -243,13 +243,17 @@ fn run() -> Result<()> {
                     r.segments_replayed,
                     r.records_replayed,
                     r.replay_stop,
-                    r.entries_dropped,
+                    if r.checkpoint_fallback {
+                        "NEWEST CHECKPOINT DAMAGED, the one before it used, "
+                    } else {
+                        ""
+                    },
                     r.keys
                 );
                 for e in r.superblock_errors.iter().chain(&r.checkpoint_errors) {
                     println!("shard {}: warning: {e}", r.shard);
                 }
-                problems += r.entries_dropped;
+                problems += u64::from(r.checkpoint_fallback);
             }
             // Reading every value checks its record: header and payload checksums, key, length and version
             // against the index.
