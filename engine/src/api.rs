@@ -15,8 +15,9 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::bdev::{BlockDevice, DeviceFactory, FileDisk, IoError, MemDisk};
 use crate::error::Error;
+use crate::format::VolumeId;
 use crate::mailbox::{Doorbell, Mailbox};
-use crate::recovery::RecoveryReport;
+use crate::recovery::{RecoveryReport, SliceState};
 use crate::shard::{
     Conflict, KvPairs, Meta, Shard, ShardConfig, ShardStats, WriteOpts, WriteResult,
 };
@@ -330,6 +331,57 @@ fn inbox() -> Inbox {
     INBOX.with(Arc::clone)
 }
 
+/// What a shard thread reports while the database opens.
+enum Opening {
+    /// Step 1 done: what the slice holds (nothing written yet).
+    Probed(SliceState),
+    /// Step 2 done: the shard runs.
+    Opened(Arc<Doorbell>, RecoveryReport),
+}
+
+/// Decides, from what every shard found, whether to format (Some(volume id)), to open (None), or to
+/// refuse. A database is formatted only when every slice is blank, and opened only when every slice
+/// holds the same volume: a blank or foreign slice among the others is a damaged database, never
+/// formatted over.
+fn decide_open(states: &[SliceState], create: bool) -> Result<Option<VolumeId>, Error> {
+    let blank = |s: &SliceState| *s == SliceState::Blank;
+    // Blank slices beside slices formatted and never written: a format that was interrupted (no
+    // data can be lost by formatting again).
+    let unwritten =
+        |s: &SliceState| blank(s) || matches!(s, SliceState::Database { pristine: true, .. });
+    if states.iter().any(blank) && states.iter().all(unwritten) {
+        if !create {
+            return Err(Error::NotADatabase(
+                "blank device and `create` is off".into(),
+            ));
+        }
+        let v = crate::format::new_volume_id()
+            .map_err(|e| Error::Config(format!("no random volume id: {e}")))?;
+        return Ok(Some(v));
+    }
+    let first = states.iter().find_map(|s| match s {
+        SliceState::Database { volume, .. } => Some(*volume),
+        SliceState::Blank => None,
+    });
+    for (i, s) in states.iter().enumerate() {
+        match s {
+            SliceState::Database { volume, .. } if Some(*volume) == first => {}
+            SliceState::Database { .. } => {
+                return Err(Error::Unrecoverable(format!(
+                    "shard {i} belongs to another database than shard 0's"
+                )))
+            }
+            SliceState::Blank => {
+                return Err(Error::Unrecoverable(format!(
+                    "shard {i} is blank while the others hold a database (damaged or partly \
+                     overwritten); nothing was written"
+                )))
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Which shard owns `key` (crc32c: hardware-accelerated and well spread).
 pub fn shard_of(key: &[u8], shards: usize) -> usize {
     (crc32c::crc32c(key) as usize) % shards.max(1)
@@ -341,8 +393,18 @@ impl Db {
         match opts.backend.clone() {
             Backend::Memory(disk) => Self::open_with(opts, Arc::new(disk)),
             Backend::File { path, size } => {
-                let disk = FileDisk::open(&path, size).map_err(|e| {
-                    Error::Io(IoError::Device(e.raw_os_error().unwrap_or(libc::EIO)))
+                let disk = FileDisk::open_with(&path, size, opts.create).map_err(|e| {
+                    match e.raw_os_error() {
+                        Some(libc::EWOULDBLOCK) => Error::Locked(format!(
+                            "{} is opened by another handle or process",
+                            path.display()
+                        )),
+                        Some(libc::ENOENT) => Error::NotADatabase(format!(
+                            "{} does not exist and `create` is off",
+                            path.display()
+                        )),
+                        n => Error::Io(IoError::Device(n.unwrap_or(libc::EIO))),
+                    }
                 })?;
                 Self::open_with(opts, Arc::new(disk))
             }
@@ -368,8 +430,11 @@ impl Db {
             .collect();
         // The shard threads create their doorbells; the links are assembled once all have reported.
         let inner_slot: Arc<std::sync::OnceLock<Arc<Inner>>> = Arc::new(std::sync::OnceLock::new());
+        let mut decide_tx = Vec::with_capacity(n);
         for id in 0..n {
-            let (tx, rx) = mpsc::channel::<Result<(Arc<Doorbell>, RecoveryReport), Error>>();
+            let (tx, rx) = mpsc::channel::<Result<Opening, Error>>();
+            let (dtx, drx) = mpsc::channel::<Option<Option<VolumeId>>>();
+            decide_tx.push(dtx);
             let factory = factory.clone();
             let cfg = opts.shard_config(id);
             let core = cores.get(id % cores.len().max(1)).copied();
@@ -382,19 +447,34 @@ impl Db {
                         // Best effort: containers and small machines may refuse; the shard runs anyway.
                         let _ = core_affinity::set_for_current(c);
                     }
-                    let opened = factory
+                    // Step 1, reads only: what the slice holds.
+                    let probed = factory
                         .open(id)
                         .map_err(Error::from)
-                        .and_then(|dev| Shard::open(dev, cfg));
-                    let (shard, report) = match opened {
+                        .and_then(|dev| Shard::probe(dev, cfg));
+                    let (mut shard, mut report, state) = match probed {
                         Ok(x) => x,
                         Err(e) => {
+                            // The opener waits for this answer; if it is gone there is no one to tell.
                             let _ = tx.send(Err(e.clone()));
                             return Err(e);
                         }
                     };
+                    if tx.send(Ok(Opening::Probed(state))).is_err() {
+                        return Err(Error::Closed);
+                    }
+                    // Step 2, once every shard has probed: format, commit, or give up unwritten.
+                    let committed = match drx.recv() {
+                        Ok(Some(volume)) => shard.commit_open(volume, &mut report),
+                        _ => return Err(Error::Closed),
+                    };
+                    if let Err(e) = committed {
+                        // As above: the opener is waiting for this answer or gone.
+                        let _ = tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
                     let bell = Arc::new(Doorbell::new());
-                    if tx.send(Ok((bell, report))).is_err() {
+                    if tx.send(Ok(Opening::Opened(bell, report))).is_err() {
                         return Ok(shard.stats());
                     }
                     // Wait for the shared state (all shards opened) or give up when open failed.
@@ -433,14 +513,27 @@ impl Db {
             threads.push(t);
             starts.push(rx);
         }
-        let mut bells = Vec::with_capacity(n);
-        let mut reports = Vec::with_capacity(n);
+        let fail = |threads: Vec<std::thread::JoinHandle<Result<ShardStats, Error>>>,
+                    decide_tx: Vec<mpsc::Sender<Option<Option<VolumeId>>>>,
+                    e: Error| {
+            for d in decide_tx {
+                // A shard that already failed has dropped its receiver: nothing to tell it.
+                let _ = d.send(None);
+            }
+            for t in threads {
+                // Its error is the one reported (or a consequence of it).
+                let _ = t.join();
+            }
+            Err(e)
+        };
+        // Step 1 everywhere before anything is written.
+        let mut states = Vec::with_capacity(n);
         let mut first_err = None;
-        for rx in starts {
+        for rx in &starts {
             match rx.recv() {
-                Ok(Ok((b, r))) => {
-                    bells.push(b);
-                    reports.push(r);
+                Ok(Ok(Opening::Probed(s))) => states.push(s),
+                Ok(Ok(Opening::Opened(..))) => {
+                    first_err.get_or_insert(Error::Config("shard opened out of turn".into()));
                 }
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
@@ -453,10 +546,42 @@ impl Db {
         }
         if let Some(e) = first_err {
             drop(inner_slot);
-            for t in threads {
-                let _ = t.join();
+            return fail(threads, decide_tx, e);
+        }
+        let decision = match decide_open(&states, opts.create) {
+            Ok(d) => d,
+            Err(e) => {
+                drop(inner_slot);
+                return fail(threads, decide_tx, e);
             }
-            return Err(e);
+        };
+        for d in &decide_tx {
+            // A shard thread that died is reported by its channel below.
+            let _ = d.send(Some(decision));
+        }
+        let mut bells = Vec::with_capacity(n);
+        let mut reports = Vec::with_capacity(n);
+        for rx in starts {
+            match rx.recv() {
+                Ok(Ok(Opening::Opened(b, r))) => {
+                    bells.push(b);
+                    reports.push(r);
+                }
+                Ok(Ok(Opening::Probed(_))) => {
+                    first_err.get_or_insert(Error::Config("shard probed twice".into()));
+                }
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err
+                        .get_or_insert(Error::Config("shard thread died while opening".into()));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            drop(inner_slot);
+            return fail(threads, Vec::new(), e);
         }
         let shards = queues
             .into_iter()

@@ -41,6 +41,9 @@ impl<D: BlockDevice> Shard<D> {
     /// A later segment is still needed to replay the log from the fallback, should the newest
     /// checkpoint be found damaged.
     pub(crate) fn gc_horizon(&self) -> u64 {
+        if self.fallback_spent {
+            return self.ckpt.r.seg_seq;
+        }
         self.prev_ckpt.as_ref().map_or(0, |p| p.r.seg_seq)
     }
 
@@ -118,12 +121,12 @@ impl<D: BlockDevice> Shard<D> {
         Ok(true)
     }
 
-    /// Makes room for the next log reservation, cleaning synchronously; NoSpace when nothing helps.
-    pub(crate) fn make_room(&mut self) -> Result<(), Error> {
+    /// Makes `need` blocks free, cleaning synchronously; NoSpace when nothing helps.
+    pub(crate) fn make_room(&mut self, need: u64) -> Result<(), Error> {
         let mut tries = 0;
-        while !self.room_for_writes() {
+        while self.space.free_blocks() < need {
             tries += 1;
-            if tries > 64 {
+            if tries > 256 {
                 return Err(Error::NoSpace);
             }
             if !self.pending_free.is_empty() || !self.pipeline.is_idle() {
@@ -150,6 +153,12 @@ impl<D: BlockDevice> Shard<D> {
                 let before = self.stats.checkpoints;
                 self.checkpoint()?;
                 if self.stats.checkpoints > before {
+                    continue;
+                }
+                if !self.fallback_spent {
+                    // No room for a checkpoint either: give up the fallback's log to GC.
+                    self.fallback_spent = true;
+                    self.stats.fallbacks_spent += 1;
                     continue;
                 }
             }

@@ -630,6 +630,8 @@ impl<D: BlockDevice> Shard<D> {
         }
         self.segs_since_ckpt = 0;
         self.log_bytes_since_ckpt = 0;
+        // The old checkpoint's log (the new fallback's) was never open to GC.
+        self.fallback_spent = false;
         self.stats.checkpoints += 1;
         self.check_space();
         Ok(())

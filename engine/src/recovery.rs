@@ -64,8 +64,14 @@ pub struct RecoveryReport {
 pub enum SliceState {
     /// Both superblock blocks are all zeroes: nothing was ever written here.
     Blank,
-    /// A recovered nvkv slice of this volume.
-    Database(VolumeId),
+    /// A recovered nvkv slice of this volume. `pristine`: just formatted, never written to (an
+    /// interrupted format of a multi-shard database leaves such slices beside blank ones).
+    Database {
+        /// The database's identity.
+        volume: VolumeId,
+        /// Formatted and never written to.
+        pristine: bool,
+    },
 }
 
 /// The state one checkpoint and the log after it rebuild.
@@ -99,7 +105,7 @@ impl<D: BlockDevice> Shard<D> {
                     "blank device and `create` is off".into(),
                 ))
             }
-            SliceState::Database(_) => None,
+            SliceState::Database { .. } => None,
         };
         shard.commit_open(volume, &mut rep)?;
         Ok((shard, rep))
@@ -151,6 +157,7 @@ impl<D: BlockDevice> Shard<D> {
             sb_seq: 0,
             ckpt: CkptPlace::default(),
             prev_ckpt: None,
+            fallback_spent: false,
             segs_since_ckpt: 0,
             log_bytes_since_ckpt: 0,
             need_checkpoint: false,
@@ -184,11 +191,17 @@ impl<D: BlockDevice> Shard<D> {
     ) -> Result<(), Error> {
         match volume {
             Some(v) => {
-                if self.life != 0 {
+                if self.life != 0 && !(self.sb_seq == 1 && self.index.is_empty()) {
                     return Err(Error::Config(
                         "formatting a slice that holds a database".into(),
                     ));
                 }
+                // A slice formatted and never written (an interrupted format) starts over.
+                self.sb_seq = 0;
+                self.ckpt = CkptPlace::default();
+                self.prev_ckpt = None;
+                self.segments.clear();
+                self.next_seq = 1;
                 self.volume = v;
                 self.life = 1;
                 self.space = FreeSpace::new(SB_BLOCKS, self.slice_blocks);
@@ -328,7 +341,11 @@ impl<D: BlockDevice> Shard<D> {
         self.active.set_limit((self.log_head.1 * self.bs) as usize);
         rep.checkpoint_keys = self.index.len() as u64;
         rep.keys = self.index.len() as u64;
-        Ok(SliceState::Database(self.volume))
+        let pristine = newest.seq == 1 && self.index.is_empty() && self.segments.is_empty();
+        Ok(SliceState::Database {
+            volume: self.volume,
+            pristine,
+        })
     }
 
     /// Loads checkpoint `c`, replays the log after it and checks the result; touches no shard state.
@@ -415,6 +432,13 @@ impl<D: BlockDevice> Shard<D> {
             }
         };
         let log_head = (lba, reserved);
+        // A fallback must replay at least what the newest checkpoint covered: a shorter log has holes
+        // (GC cleaned it when space ran out) and would bring back an older state.
+        if c.seg_seq < newest.ckpt.seg_seq && expect <= newest.ckpt.seg_seq {
+            return Err(Error::Corrupt(FormatError::BadField(
+                "the log after this checkpoint ends before the newest checkpoint's",
+            )));
+        }
 
         // Live segments: the checkpoint's, less those a replayed segment or the log head now occupies
         // (they were cleaned and their space reused), plus the replayed ones.

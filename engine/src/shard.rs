@@ -154,6 +154,8 @@ pub struct ShardStats {
     pub gc_bytes_moved: u64,
     /// Segments GC could not read or decode (left in place, not tried again).
     pub gc_unreadable: u64,
+    /// Times space ran out so far that GC had to clean the fallback checkpoint's log.
+    pub fallbacks_spent: u64,
     /// Buffered records overwritten in place or squeezed out before being written.
     pub buffer_bytes_saved: u64,
     /// Requests waiting in the shard's queue when last looked at (handle path).
@@ -239,6 +241,10 @@ pub struct Shard<D: BlockDevice> {
     pub(crate) ckpt: CkptPlace,
     /// The checkpoint kept before it: its extents and the log since it stay until the next one.
     pub(crate) prev_ckpt: Option<CkptPlace>,
+    /// Space ran out with nothing to clean below the fallback's horizon and no room for a checkpoint:
+    /// GC may clean the fallback's log until the next checkpoint (recovery then refuses that fallback
+    /// rather than replay a log with holes). Reset by the next checkpoint.
+    pub(crate) fallback_spent: bool,
     pub(crate) segs_since_ckpt: u32,
     /// Bytes of segments written since the last checkpoint.
     pub(crate) log_bytes_since_ckpt: u64,
@@ -308,9 +314,15 @@ impl<D: BlockDevice> Shard<D> {
         self.ckpt_blocks_estimate() + 2 * self.buf_blocks
     }
 
-    /// Whether new data may be buffered now without eating into the reserve.
-    pub(crate) fn room_for_writes(&self) -> bool {
-        self.space.free_blocks() >= self.reserve_blocks() + self.buf_blocks
+    /// Free blocks new data needs before it is buffered: the reserve and a buffer's worth.
+    pub(crate) fn room_for_puts(&self) -> u64 {
+        self.reserve_blocks() + self.buf_blocks
+    }
+
+    /// Free blocks a delete needs: room for GC to move records (deletes make room, but only GC gives
+    /// it back).
+    pub(crate) fn room_for_deletes(&self) -> u64 {
+        2 * self.buf_blocks
     }
 
     /// Everything in use — live segments, both checkpoints, the log reservation, extents waiting to be
@@ -376,10 +388,18 @@ impl<D: BlockDevice> Shard<D> {
     ) -> Result<u32, Error> {
         let (tombstone, value) = (value.is_none(), value.unwrap_or(&[]));
         let rl = format::record_len(key.len(), value.len());
-        if check_room && !self.room_for_writes() {
+        if check_room {
             // New data may not eat into the reserve that deletes, GC moves, checkpoints, `sync` and
-            // `close` need: clean first, or refuse the write.
-            self.make_room()?;
+            // `close` need: clean first, or refuse the write. Deletes may use the reserve, except the
+            // part GC needs to give their space back.
+            let need = if tombstone {
+                self.room_for_deletes()
+            } else {
+                self.room_for_puts()
+            };
+            if self.space.free_blocks() < need {
+                self.make_room(need)?;
+            }
         }
         let mut tries = 0;
         while !self.active.fits(rl) {
@@ -395,7 +415,7 @@ impl<D: BlockDevice> Shard<D> {
             // The next reservation must hold this record (the current one may be a small extent).
             let need = ((SEG_HDR_LEN + rl) as u64).div_ceil(self.bs);
             if self.active.is_empty() && self.space.largest() < need {
-                self.make_room()?;
+                self.make_room(self.room_for_deletes())?;
             }
             self.seal_cycle(need)?;
         }
@@ -462,8 +482,8 @@ impl<D: BlockDevice> Shard<D> {
         if value.is_some() && !found.is_present() && !self.index.has_room(key) {
             return Err(Error::NoSpace);
         }
-        // Deletes and GC moves may use the reserve: they make room, never take it.
-        let off = self.append(key, value, ts, version, !moving && value.is_some(), found)?;
+        // GC moves may use the whole reserve: they make room, never take it.
+        let off = self.append(key, value, ts, version, !moving, found)?;
         let old = match value {
             Some(v) => self
                 .index

@@ -34,12 +34,21 @@ fn errno(e: &std::io::Error) -> IoError {
 }
 
 impl FileDisk {
-    /// Opens `path` (created if absent). When `size` is given and the path is a regular file smaller than
-    /// that, it is extended. O_DIRECT is used when the filesystem accepts it (tmpfs does not).
+    /// Opens `path` (created if absent). When `size` is given and the path is an empty regular file
+    /// (or a new one), it is extended to that size. O_DIRECT is used when the filesystem accepts it
+    /// (tmpfs does not). See [`FileDisk::open_with`].
     pub fn open(path: &Path, size: Option<u64>) -> std::io::Result<FileDisk> {
+        Self::open_with(path, size, true)
+    }
+
+    /// Opens `path`, creating it only when `create` is set. A file that holds data is never resized
+    /// (a foreign file is refused by the engine without being touched). The file or device is locked
+    /// (`flock`, exclusive) for as long as this disk or an instance of it lives: a second open fails
+    /// with `EWOULDBLOCK`.
+    pub fn open_with(path: &Path, size: Option<u64>, create: bool) -> std::io::Result<FileDisk> {
         let open = |direct: bool| {
             let mut o = OpenOptions::new();
-            o.read(true).write(true).create(true).truncate(false);
+            o.read(true).write(true).create(create).truncate(false);
             if direct {
                 o.custom_flags(libc::O_DIRECT);
             }
@@ -50,12 +59,14 @@ impl FileDisk {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(false)?, false),
             Err(e) => return Err(e),
         };
+        // SAFETY: flock on a file descriptor this function owns; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         let meta = file.metadata()?;
-        if meta.is_file() {
+        if meta.is_file() && meta.len() == 0 {
             if let Some(sz) = size {
-                if meta.len() < sz {
-                    file.set_len(sz)?;
-                }
+                file.set_len(sz)?;
             }
         }
         // Block devices report a zero length in metadata; seeking to the end gives their size.
@@ -552,6 +563,14 @@ mod tests {
         let p = dir.join("disk");
         let disk = FileDisk::open(&p, Some(1 << 20)).expect("open");
         assert_eq!(disk.num_blocks, 256);
+        let again = FileDisk::open(&p, None)
+            .map(|_| ())
+            .map_err(|e| e.raw_os_error());
+        assert_eq!(
+            again,
+            Err(Some(libc::EWOULDBLOCK)),
+            "a second open is refused"
+        );
         roundtrip(disk.clone());
         roundtrip(disk.without_uring());
         let _ = std::fs::remove_dir_all(&dir);
