@@ -399,7 +399,7 @@ impl Db {
                             "{} is opened by another handle or process",
                             path.display()
                         )),
-                        Some(libc::ENOENT) => Error::NotADatabase(format!(
+                        Some(libc::ENOENT) if !opts.create => Error::NotADatabase(format!(
                             "{} does not exist and `create` is off",
                             path.display()
                         )),
@@ -704,8 +704,15 @@ fn run_shard<D: BlockDevice>(
         if !waiting.is_empty() {
             let durable = shard.durable_gen();
             let failed = shard.sync_failed();
+            // Writes that cannot be sealed now (no room for the next segment): told at once.
+            let stuck = shard.cycle_error().map(|e| (shard.active_gen(), e));
             let mut i = 0;
             while i < waiting.len() {
+                if let Some((_, e)) = stuck.as_ref().filter(|(from, _)| waiting[i].0 >= *from) {
+                    let (_, rid, inbox, _) = waiting.swap_remove(i);
+                    answer_id(&inbox, rid, Err(e.clone()));
+                    continue;
+                }
                 if waiting[i].0 <= durable || failed.is_some() {
                     let (gen, rid, inbox, reply) = waiting.swap_remove(i);
                     match &failed {
@@ -869,6 +876,11 @@ impl DbHandle {
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.inner.shards.len()
+    }
+
+    /// Whether the database was closed (every call then fails with [`Error::Closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
     }
 
     fn send(&self, shard: usize, op: Op, id: u64, inbox: &Inbox) -> Result<(), Error> {

@@ -43,7 +43,12 @@ pub(crate) struct InFlight<B> {
     pub nblocks: u32,
     pub state: WriteState<B>,
     pub started: Instant,
+    /// Times its write failed and was submitted again.
+    pub retries: u8,
 }
+
+/// Times a failed segment write is submitted again before the shard stops writing.
+const WRITE_RETRIES: u8 = 2;
 
 /// The Flush in flight and the cycles it makes durable.
 pub(crate) struct FlushInFlight {
@@ -116,9 +121,10 @@ impl<D: BlockDevice> Shard<D> {
         n
     }
 
-    /// A failed write or Flush: the segment may or may not be on the device, so stop writing rather than
-    /// guess. Nothing in the pipeline becomes durable.
-    fn fail_pipeline(&mut self, e: IoError) {
+    /// A failed write (after its retries) or Flush: the segment may or may not be on the device, so stop
+    /// writing rather than guess. Nothing in the pipeline becomes durable; reads go on.
+    pub(crate) fn fail_pipeline(&mut self, e: IoError, why: &str) {
+        self.stats.failed = Some(format!("read-only: {why}: {e}"));
         self.failed = Some(e);
         for f in self.pipeline.writes.drain(..) {
             if let WriteState::Submit(b) = f.state {
@@ -129,17 +135,22 @@ impl<D: BlockDevice> Shard<D> {
     }
 
     fn on_cycle_completion(&mut self, c: Completion<D::Buf>) {
-        if let Some(b) = c.buf {
-            self.spares.push(b);
-        }
         if self.failed.is_some() {
-            return;
-        }
-        if let Err(e) = c.result {
-            self.fail_pipeline(e);
+            if let Some(b) = c.buf {
+                self.spares.push(b);
+            }
             return;
         }
         if c.tag == TAG_CYCLE_FLUSH {
+            if let Some(b) = c.buf {
+                self.spares.push(b);
+            }
+            if let Err(e) = c.result {
+                // Not retried: after a failed Flush a device may have dropped what it cached, and a
+                // second Flush that succeeds would prove nothing about it (PostgreSQL's fsync lesson).
+                self.fail_pipeline(e, "a Flush failed");
+                return;
+            }
             if let Some(fl) = self.pipeline.flush.take() {
                 self.stats.flushes += 1;
                 let ns = elapsed_ns(fl.started);
@@ -149,11 +160,38 @@ impl<D: BlockDevice> Shard<D> {
             }
         } else {
             let gen = c.tag & !TAG_CYCLE_WRITE;
-            if let Some(f) = self.pipeline.writes.iter_mut().find(|f| f.gen == gen) {
-                f.state = WriteState::Written;
-                let ns = elapsed_ns(f.started);
-                self.stats.write_ns_total += ns;
-                self.stats.write_ns_max = self.stats.write_ns_max.max(ns);
+            let Some(i) = self.pipeline.writes.iter().position(|f| f.gen == gen) else {
+                if let Some(b) = c.buf {
+                    self.spares.push(b);
+                }
+                return;
+            };
+            match (c.result, c.buf) {
+                (Ok(()), buf) => {
+                    if let Some(b) = buf {
+                        self.spares.push(b);
+                    }
+                    let f = &mut self.pipeline.writes[i];
+                    f.state = WriteState::Written;
+                    let ns = elapsed_ns(f.started);
+                    self.stats.write_ns_total += ns;
+                    self.stats.write_ns_max = self.stats.write_ns_max.max(ns);
+                }
+                // A failed write is written again, whole, at the same place (the chain points there):
+                // a transient error costs a retry, not the shard.
+                (Err(_), Some(b)) if self.pipeline.writes[i].retries < WRITE_RETRIES => {
+                    let f = &mut self.pipeline.writes[i];
+                    f.retries += 1;
+                    f.state = WriteState::Submit(b);
+                    self.stats.write_retries += 1;
+                }
+                (Err(e), buf) => {
+                    if let Some(b) = buf {
+                        self.spares.push(b);
+                    }
+                    self.fail_pipeline(e, "a segment write failed");
+                    return;
+                }
             }
         }
         self.advance_cycle();
@@ -182,7 +220,7 @@ impl<D: BlockDevice> Shard<D> {
                         if let Some(b) = b {
                             self.spares.push(b);
                         }
-                        self.fail_pipeline(err);
+                        self.fail_pipeline(err, "a segment write was refused");
                         return;
                     }
                     (Some(b), None) => {
@@ -190,7 +228,7 @@ impl<D: BlockDevice> Shard<D> {
                         break;
                     }
                     (None, None) => {
-                        self.fail_pipeline(IoError::Device(libc::EIO));
+                        self.fail_pipeline(IoError::Device(libc::EIO), "a segment write was refused");
                         return;
                     }
                 },
@@ -229,7 +267,7 @@ impl<D: BlockDevice> Shard<D> {
                     Ok(()) => fl.submitted = true,
                     Err(e) => {
                         if let (_, Some(err)) = submit_err(e) {
-                            self.fail_pipeline(err);
+                            self.fail_pipeline(err, "a Flush was refused");
                         }
                     }
                 }
@@ -372,6 +410,7 @@ impl<D: BlockDevice> Shard<D> {
             nblocks,
             state: WriteState::Submit(buf),
             started: Instant::now(),
+            retries: 0,
         });
         self.active_gen += 1;
         self.active_since = None;
@@ -432,7 +471,9 @@ impl<D: BlockDevice> Shard<D> {
             self.advance_cycle();
             self.poll_dev();
         }
-        self.check_writable()
+        // After a failed cycle reads go on: a record whose segment never reached the device fails
+        // its checks when read back, everything durable reads as before.
+        Ok(())
     }
 
     fn sync_io(
@@ -600,10 +641,11 @@ impl<D: BlockDevice> Shard<D> {
         if let Err(e) = self.write_superblock(&sb) {
             // The superblock may or may not be on the device: keep the new checkpoint's extents
             // allocated (they may be referenced) and stop writing.
-            self.failed.get_or_insert(match &e {
+            let io = match &e {
                 Error::Io(io) => io.clone(),
                 _ => IoError::Device(libc::EIO),
-            });
+            };
+            self.fail_pipeline(io, "a superblock write failed");
             return Err(e);
         }
         self.sb_seq = sb.seq;

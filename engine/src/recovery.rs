@@ -170,6 +170,7 @@ impl<D: BlockDevice> Shard<D> {
             next_tag: TAG_SYNC_FIRST,
             stats: ShardStats::default(),
             failed: None,
+            cycle_error: None,
             read_buf: None,
             cache: SegmentCache::new(cfg.cache_bytes, bs),
             cfg,

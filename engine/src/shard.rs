@@ -156,6 +156,11 @@ pub struct ShardStats {
     pub gc_unreadable: u64,
     /// Times space ran out so far that GC had to clean the fallback checkpoint's log.
     pub fallbacks_spent: u64,
+    /// Segment writes that failed and were written again.
+    pub write_retries: u64,
+    /// Why the shard refuses writes (None: it takes them): a failed segment write or Flush. Reads of
+    /// everything durable go on; reopening recovers.
+    pub failed: Option<String>,
     /// Buffered records overwritten in place or squeezed out before being written.
     pub buffer_bytes_saved: u64,
     /// Requests waiting in the shard's queue when last looked at (handle path).
@@ -261,6 +266,8 @@ pub struct Shard<D: BlockDevice> {
     pub(crate) stats: ShardStats,
     /// A failed cycle makes the shard refuse writes: durability can no longer be promised.
     pub(crate) failed: Option<IoError>,
+    /// Why the active buffer could not be sealed when last tried (see [`Shard::cycle_error`]).
+    pub(crate) cycle_error: Option<Error>,
     /// Device buffer reused by reads of single records (no allocation per read).
     pub(crate) read_buf: Option<D::Buf>,
     /// Copies of the newest segments, for reads.
@@ -299,6 +306,17 @@ impl<D: BlockDevice> Shard<D> {
     /// The error that stopped writes, if one did.
     pub fn sync_failed(&self) -> Option<Error> {
         self.failed.clone().map(Error::Io)
+    }
+
+    /// Why the last attempt to start a persistence cycle failed (None once one starts): writes of
+    /// generation [`Shard::active_gen`] and later are not on their way to the device.
+    pub fn cycle_error(&self) -> Option<Error> {
+        self.cycle_error.clone()
+    }
+
+    /// The generation the active write buffer will be persisted as.
+    pub fn active_gen(&self) -> u64 {
+        self.active_gen
     }
 
     pub(crate) fn check_writable(&self) -> Result<(), Error> {
@@ -804,7 +822,25 @@ impl<D: BlockDevice> Shard<D> {
                     .active_since
                     .is_some_and(|t| t.elapsed() >= self.cfg.commit_interval);
                 if due || self.durable_wanted >= self.active_gen {
-                    self.start_cycle()?;
+                    match self.start_cycle() {
+                        Ok(()) => self.cycle_error = None,
+                        // No reservation for the segment after this one: clean, then try once more;
+                        // failing that, durable waiters are told now instead of waiting on.
+                        Err(Error::NoSpace) => {
+                            let again = self
+                                .make_room(self.room_for_deletes())
+                                .and_then(|()| self.start_cycle());
+                            if let Err(e) = again {
+                                self.cycle_error = Some(e.clone());
+                                return Err(e);
+                            }
+                            self.cycle_error = None;
+                        }
+                        Err(e) => {
+                            self.cycle_error = Some(e.clone());
+                            return Err(e);
+                        }
+                    }
                     did = true;
                 }
             }

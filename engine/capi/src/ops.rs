@@ -225,6 +225,11 @@ impl IterState {
     /// Moves to the next pair (into `cur`), or fails with `End`.
     pub fn advance(&mut self) -> Result<(), CapiError> {
         self.cur = None;
+        // Pages already fetched are not served after `nvkv_close`: the header promises NVKV_CLOSED.
+        if self.db.is_closed() {
+            self.page.clear();
+            return Err(CapiError::Closed("database"));
+        }
         if self.left == 0 {
             return Err(CapiError::End);
         }

@@ -135,7 +135,10 @@ int main(int argc, char **argv) {
     EXPECT_RC(nvkv_iter_free(&it_copy), NVKV_CLOSED);
 
     nvkv_iter *live_it = NULL;
+    OK(nvkv_put(db, K("k2"), K("v2"), NULL, NULL));
     OK(nvkv_scan(db, NULL, 0, NULL, 0, 0, &live_it));
+    /* one pair read: the iterator holds a page with another pair, which must not be served after close */
+    OK(nvkv_iter_next(live_it, &k, &kl, NULL, NULL));
     nvkv_async *ctx = NULL;
     OK(nvkv_async_new(db, &ctx));
     nvkv_db *copy = db;
