@@ -228,7 +228,10 @@ impl<D: BlockDevice> Shard<D> {
                         break;
                     }
                     (None, None) => {
-                        self.fail_pipeline(IoError::Device(libc::EIO), "a segment write was refused");
+                        self.fail_pipeline(
+                            IoError::Device(libc::EIO),
+                            "a segment write was refused",
+                        );
                         return;
                     }
                 },

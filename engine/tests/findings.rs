@@ -400,3 +400,270 @@ fn a_full_device_refuses_puts_and_nothing_else() {
         );
     }
 }
+
+/// A memory device whose writes fail (without reaching the medium) while `fail_writes` is above 0,
+/// and whose reads fail while `fail_reads` is set.
+struct Failing {
+    inner: nvkv::bdev::MemBdev,
+    fail_writes: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    fail_reads: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failed: std::collections::VecDeque<nvkv::bdev::Completion<nvkv::bdev::AlignedBuf>>,
+}
+
+impl nvkv::bdev::BlockDevice for Failing {
+    type Buf = nvkv::bdev::AlignedBuf;
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+    fn has_volatile_cache(&self) -> bool {
+        self.inner.has_volatile_cache()
+    }
+    fn alloc_buf(&mut self, len: usize) -> Result<Self::Buf, nvkv::bdev::IoError> {
+        self.inner.alloc_buf(len)
+    }
+    fn submit_read(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        buf: Self::Buf,
+        off: usize,
+        tag: u64,
+    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+        if self.fail_reads.load(std::sync::atomic::Ordering::SeqCst) {
+            self.failed.push_back(nvkv::bdev::Completion {
+                tag,
+                result: Err(nvkv::bdev::IoError::Device(libc_eio())),
+                buf: Some(buf),
+            });
+            return Ok(());
+        }
+        self.inner.submit_read(lba, nblocks, buf, off, tag)
+    }
+    fn submit_write(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        buf: Self::Buf,
+        off: usize,
+        tag: u64,
+    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+        let left = self.fail_writes.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.fail_writes
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            self.failed.push_back(nvkv::bdev::Completion {
+                tag,
+                result: Err(nvkv::bdev::IoError::Device(libc_eio())),
+                buf: Some(buf),
+            });
+            return Ok(());
+        }
+        self.inner.submit_write(lba, nblocks, buf, off, tag)
+    }
+    fn submit_flush(&mut self, tag: u64) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+        self.inner.submit_flush(tag)
+    }
+    fn submit_write_zeroes(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        tag: u64,
+    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+        self.inner.submit_write_zeroes(lba, nblocks, tag)
+    }
+    fn submit_deallocate(
+        &mut self,
+        lba: u64,
+        nblocks: u32,
+        tag: u64,
+    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+        self.inner.submit_deallocate(lba, nblocks, tag)
+    }
+    fn poll(&mut self, max: usize, mut f: impl FnMut(nvkv::bdev::Completion<Self::Buf>)) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(c) = self.failed.pop_front() else {
+                break;
+            };
+            f(c);
+            n += 1;
+        }
+        n + self.inner.poll(max - n, f)
+    }
+}
+
+fn libc_eio() -> i32 {
+    5
+}
+
+/// Finding 4: one failed segment write made every read of durable on-device data fail until reopen.
+/// Now a failed write is retried; when the retries fail too, the shard refuses writes (and says why)
+/// while everything durable reads as before.
+#[test]
+fn a_failed_write_is_retried_and_then_stops_writes_not_reads() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let disk = MemDisk::new(BS, 4096);
+    let fail_writes = Arc::new(AtomicU32::new(0));
+    let fail_reads = Arc::new(AtomicBool::new(false));
+    let dev = Failing {
+        inner: disk.bdev(),
+        fail_writes: fail_writes.clone(),
+        fail_reads: fail_reads.clone(),
+        failed: Default::default(),
+    };
+    let c = ShardConfig {
+        cache_bytes: 0, // reads of durable records go to the device
+        ..cfg()
+    };
+    let (mut s, _) = Shard::open(dev, c.clone()).expect("open");
+    for i in 0..200u32 {
+        s.put(
+            format!("d{i}").as_bytes(),
+            &[i as u8; 100],
+            WriteOpts::default(),
+        )
+        .expect("put");
+    }
+    s.sync().expect("sync");
+    // One failure: retried, nothing visible but the count.
+    fail_writes.store(1, Ordering::SeqCst);
+    let w = s.put(b"retried", b"yes", durable()).expect("put");
+    s.wait_durable(w.gen).expect("a failed write is retried");
+    assert_eq!(s.stats().write_retries, 1);
+    assert_eq!(s.stats().failed, None);
+    // Failures beyond the retries: the durable waiter gets an error, never Ok.
+    fail_writes.store(100, Ordering::SeqCst);
+    let w = s.put(b"lost", b"no", durable()).expect("put");
+    assert!(matches!(s.wait_durable(w.gen), Err(Error::Io(_))));
+    let why = s
+        .stats()
+        .failed
+        .expect("the shard says why it refuses writes");
+    assert!(why.contains("segment write failed"), "{why}");
+    assert!(matches!(
+        s.put(b"x", b"y", WriteOpts::default()),
+        Err(Error::Io(_))
+    ));
+    assert!(s.sync().is_err());
+    // Reads of everything durable go on.
+    for i in 0..200u32 {
+        let got = s
+            .get(format!("d{i}").as_bytes())
+            .expect("read after a failed write");
+        assert_eq!(got.map(|v| v.0), Some(vec![i as u8; 100]));
+    }
+    assert_eq!(
+        s.get(b"retried").expect("get").map(|v| v.0),
+        Some(b"yes".to_vec())
+    );
+    // A read error is an error for that read only.
+    fail_reads.store(true, Ordering::SeqCst);
+    assert!(matches!(s.get(b"d7"), Err(Error::Io(_))));
+    fail_reads.store(false, Ordering::SeqCst);
+    assert!(s.get(b"d7").expect("get").is_some());
+    drop(s);
+    // Reopening recovers what was durable.
+    fail_writes.store(0, Ordering::SeqCst);
+    let (mut s, _) = Shard::open(disk.bdev(), c).expect("reopen");
+    assert_eq!(
+        s.get(b"retried").expect("get").map(|v| v.0),
+        Some(b"yes".to_vec())
+    );
+    assert_eq!(
+        s.get(b"d199").expect("get").map(|v| v.0),
+        Some(vec![199u8; 100])
+    );
+}
+
+/// Finding 5: GC stopped moving at the first record that did not decode and freed the whole segment
+/// anyway, losing the records after it. Now such a segment is left in place.
+#[test]
+fn gc_never_frees_a_segment_it_could_not_move_whole() {
+    use nvkv::format::{self, SegmentHeader, SEG_HDR_LEN};
+    let disk = MemDisk::new(BS, 4096);
+    let c = ShardConfig {
+        gc_free_low: 0.999,
+        cache_bytes: 0,
+        ..cfg()
+    };
+    let (mut s, _) = Shard::open(disk.bdev(), c.clone()).expect("open");
+    for i in 0..20u32 {
+        s.put(
+            format!("g{i:02}").as_bytes(),
+            &[i as u8; 120],
+            WriteOpts::default(),
+        )
+        .expect("put");
+    }
+    s.close().expect("close");
+    // The segment holding g00: its first record made undecodable (an unknown flag), every checksum
+    // over it recomputed, so only decoding tells.
+    let mut img = disk.image();
+    let mut tampered = None;
+    for b in 2..4096usize {
+        let at = b * BS as usize;
+        let Ok((mut h, _)) = SegmentHeader::decode(&img[at..], BS) else {
+            continue;
+        };
+        let len = h.nblocks as usize * BS as usize;
+        let Ok(p) = h.check_payload(&img[at..at + len]) else {
+            continue;
+        };
+        let first = format::records(p).next();
+        if !matches!(first, Some(Ok((_, ref r))) if r.key == b"g00") {
+            continue;
+        }
+        let r0 = at + SEG_HDR_LEN;
+        let rl = format::record_len(3, 120);
+        img[r0 + 4] |= 0x80;
+        let crc = crc32c_of(&img[r0 + 4..r0 + rl]);
+        img[r0..r0 + 4].copy_from_slice(&crc.to_le_bytes());
+        h.payload_crc = crc32c_of(&img[r0..r0 + h.payload_len as usize]);
+        h.encode(&mut img[at..at + SEG_HDR_LEN]);
+        tampered = Some(b);
+        break;
+    }
+    assert!(tampered.is_some(), "segment of g00 not found");
+    let disk = MemDisk::from_image(BS, &img);
+    let (mut s, _) = Shard::open(disk.bdev(), c.clone()).expect("reopen");
+    // Two checkpoints later the segment is below GC's horizon; overwrites give it dead bytes.
+    for round in 0..3u32 {
+        for i in 1..4u32 {
+            s.put(
+                format!("g{i:02}").as_bytes(),
+                &[round as u8; 120],
+                WriteOpts::default(),
+            )
+            .expect("put");
+        }
+        s.close().expect("close");
+        let (s2, _) = Shard::open(disk.bdev(), c.clone()).expect("reopen");
+        s = s2;
+    }
+    for _ in 0..50 {
+        s.tick().expect("tick");
+    }
+    let st = s.stats();
+    assert!(
+        st.gc_unreadable >= 1,
+        "GC did not meet the damaged segment: {st:?}"
+    );
+    s.close().expect("close");
+    let (mut s, _) = Shard::open(disk.bdev(), c).expect("reopen");
+    for i in 4..20u32 {
+        let got = s.get(format!("g{i:02}").as_bytes()).expect("get");
+        assert_eq!(
+            got.map(|v| v.0),
+            Some(vec![i as u8; 120]),
+            "g{i:02} lost by GC"
+        );
+    }
+    assert!(
+        s.get(b"g00").is_err(),
+        "the damaged record is an error, never a value"
+    );
+}
