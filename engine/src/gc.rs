@@ -29,22 +29,18 @@ impl<D: BlockDevice> Shard<D> {
     /// The covered segment with the most dead bytes, if any has some.
     fn victim(&self) -> Option<(u64, u64)> {
         let bs = self.bs;
-        self.segments
+        self.log
+            .segments
             .iter()
-            .filter(|(l, s)| s.seq <= self.gc_horizon() && !self.gc_bad.contains(l))
+            .filter(|(l, s)| s.seq <= self.gc_horizon() && !self.log.gc_bad.contains(l))
             .map(|(&l, s)| (l, (u64::from(s.blocks) * bs).saturating_sub(s.live)))
             .filter(|&(_, dead)| dead > 0)
             .max_by_key(|&(l, dead)| (dead, std::cmp::Reverse(l)))
     }
 
-    /// Segments up to this sequence number may be cleaned: those the fallback checkpoint covers too.
-    /// A later segment is still needed to replay the log from the fallback, should the newest
-    /// checkpoint be found damaged.
+    /// Segments up to this sequence number may be cleaned (see [`crate::checkpoint::Checkpoints`]).
     pub(crate) fn gc_horizon(&self) -> u64 {
-        if self.fallback_spent {
-            return self.ckpt.r.seg_seq;
-        }
-        self.prev_ckpt.as_ref().map_or(0, |p| p.r.seg_seq)
+        self.ckpts.gc_horizon()
     }
 
     /// Cleans one segment. Returns whether it did anything.
@@ -52,16 +48,16 @@ impl<D: BlockDevice> Shard<D> {
         let Some((lba, _)) = self.victim() else {
             return Ok(false);
         };
-        let Some(seg) = self.segments.get(&lba).copied() else {
+        let Some(seg) = self.log.segments.get(&lba).copied() else {
             return Ok(false);
         };
         if seg.live == 0 {
             // Nothing to move: the next checkpoint frees it.
-            if !self.need_checkpoint && self.pipeline.is_idle() {
+            if !self.ckpts.due && self.pipeline.is_idle() {
                 self.checkpoint()?;
                 return Ok(true);
             }
-            self.need_checkpoint = true;
+            self.ckpts.due = true;
             return Ok(false);
         }
         let buf = self
@@ -69,7 +65,7 @@ impl<D: BlockDevice> Shard<D> {
             .alloc_buf((u64::from(seg.blocks) * self.bs) as usize)?;
         let payload = match self.sync_read(lba, seg.blocks, buf) {
             Ok(buf) => SegmentHeader::decode(&buf, self.bs as u32).and_then(|(h, _)| {
-                if h.seq != seg.seq || h.volume != self.volume {
+                if h.seq != seg.seq || h.volume != self.ckpts.volume {
                     return Err(format::FormatError::BadField("segment.seq"));
                 }
                 h.check_payload(&buf).map(<[u8]>::to_vec)
@@ -79,7 +75,7 @@ impl<D: BlockDevice> Shard<D> {
         };
         let Ok(payload) = payload else {
             // Unreadable: leave it whole (its records fail their checks when read) and do not retry.
-            self.gc_bad.insert(lba);
+            self.log.gc_bad.insert(lba);
             self.stats.gc_unreadable += 1;
             return Ok(true);
         };
@@ -109,13 +105,14 @@ impl<D: BlockDevice> Shard<D> {
         }
         self.stats.gc_bytes_moved += moved;
         if !whole {
-            self.gc_bad.insert(lba);
+            self.log.gc_bad.insert(lba);
             self.stats.gc_unreadable += 1;
             return Ok(true);
         }
-        self.segments.remove(&lba);
+        self.log.segments.remove(&lba);
         // Freed once the copies are durable (they are in the active generation or an earlier one).
-        self.pending_free
+        self.log
+            .pending_free
             .push((self.active_gen, lba, u64::from(seg.blocks)));
         self.stats.gc_segments += 1;
         Ok(true)
@@ -129,10 +126,10 @@ impl<D: BlockDevice> Shard<D> {
             if tries > 256 {
                 return Err(Error::NoSpace);
             }
-            if !self.pending_free.is_empty() || !self.pipeline.is_idle() {
+            if !self.log.pending_free.is_empty() || !self.pipeline.is_idle() {
                 // Copies waiting to become durable: finish that cycle (and the one holding them).
                 self.drive_cycle()?;
-                if !self.pending_free.is_empty() && !self.active.is_empty() {
+                if !self.log.pending_free.is_empty() && !self.active.is_empty() {
                     self.start_cycle()?;
                     self.drive_cycle()?;
                 }
@@ -146,18 +143,19 @@ impl<D: BlockDevice> Shard<D> {
             // nothing points at).
             let horizon = self.gc_horizon();
             let behind = self
+                .log
                 .segments
                 .values()
                 .any(|s| s.seq > horizon && u64::from(s.blocks) * self.bs > s.live);
-            if behind || self.segs_since_ckpt > 0 {
+            if behind || self.log.segs_since_ckpt > 0 {
                 let before = self.stats.checkpoints;
                 self.checkpoint()?;
                 if self.stats.checkpoints > before {
                     continue;
                 }
-                if !self.fallback_spent {
+                if !self.ckpts.fallback_spent {
                     // No room for a checkpoint either: give up the fallback's log to GC.
-                    self.fallback_spent = true;
+                    self.ckpts.fallback_spent = true;
                     self.stats.fallbacks_spent += 1;
                     continue;
                 }

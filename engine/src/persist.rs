@@ -21,11 +21,10 @@ use std::time::Instant;
 
 use crate::bdev::{BlockDevice, Completion, IoError, SubmitError};
 use crate::error::Error;
-use crate::format::{
-    self, CkptHeader, CkptRef, FormatError, SegmentHeader, SegmentRef, Superblock,
-};
+use crate::format::{self, SegmentHeader};
 use crate::index::LOC_BUFFERED;
-use crate::shard::{CkptPlace, SegInfo, Shard, TAG_CYCLE_FLUSH, TAG_CYCLE_WRITE};
+use crate::log::SegInfo;
+use crate::shard::{Shard, TAG_CYCLE_FLUSH, TAG_CYCLE_WRITE};
 
 /// Where the write of one cycle is.
 pub(crate) enum WriteState<B> {
@@ -283,27 +282,16 @@ impl<D: BlockDevice> Shard<D> {
     fn publish(&mut self, gen: u64, cycles: u32, blocks: u64) {
         self.durable_gen = gen;
         self.stats.cycles += u64::from(cycles);
-        let durable = self.durable_gen;
-        let mut i = 0;
-        while i < self.pending_free.len() {
-            let (gen, lba, blocks) = self.pending_free[i];
-            if gen <= durable {
-                self.pending_free.swap_remove(i);
-                // Cannot fail: the extent was in use until now.
-                let _ = self.space.free(lba, blocks);
-            } else {
-                i += 1;
-            }
-        }
-        self.segs_since_ckpt += cycles;
-        self.log_bytes_since_ckpt += blocks * self.bs;
+        self.log.free_durable(self.durable_gen, &mut self.space);
+        self.log.segs_since_ckpt += cycles;
+        self.log.bytes_since_ckpt += blocks * self.bs;
         // In bytes, not segments: with a short commit interval segments are a few blocks each, and
         // counting them made checkpoints (three Flushes, the shard blocked) the main work of a busy shard.
         let full_buffers = u64::from(self.cfg.checkpoint_every) * self.buf_blocks * self.bs;
-        if self.log_bytes_since_ckpt >= full_buffers
-            && self.log_bytes_since_ckpt >= self.ckpt_blocks_estimate() * self.bs
+        if self.log.bytes_since_ckpt >= full_buffers
+            && self.log.bytes_since_ckpt >= self.ckpt_blocks_estimate() * self.bs
         {
-            self.need_checkpoint = true;
+            self.ckpts.due = true;
         }
     }
 
@@ -336,18 +324,18 @@ impl<D: BlockDevice> Shard<D> {
     pub(crate) fn seal_cycle(&mut self, min_next: u64) -> Result<(), Error> {
         debug_assert!(self.cycle_slot_free());
         self.compact_active();
-        let (lba, reserved) = self.log_head;
+        let (lba, reserved) = self.log.head;
         let used = self.active.len().div_ceil(self.bs as usize) as u64;
         if used > reserved {
             // Cannot happen: the buffer's limit is its reservation.
             return Err(Error::Config("segment larger than its reservation".into()));
         }
         let (next, next_blocks) = self.next_reservation(lba, reserved, used, min_next)?;
-        let seq = self.next_seq;
+        let seq = self.log.next_seq;
         let mut hdr = SegmentHeader {
             seq,
-            volume: self.volume,
-            epoch: self.sb_seq,
+            volume: self.ckpts.volume,
+            epoch: self.ckpts.sb_seq,
             shard_id: self.cfg.shard_id,
             nblocks: 0,
             payload_len: 0,
@@ -355,11 +343,11 @@ impl<D: BlockDevice> Shard<D> {
             next_lba: next,
             next_blocks: next_blocks as u32,
             nrecords: 0,
-            prev_crc: self.chain_crc,
+            prev_crc: self.log.chain_crc,
         };
         let (nblocks, crc) = self.active.seal(&mut hdr, self.bs as usize);
         debug_assert_eq!(u64::from(nblocks), used);
-        self.chain_crc = crc;
+        self.log.chain_crc = crc;
         // Reads of this segment (also while it is being written) come from memory.
         self.cache
             .insert(lba, self.active.image(nblocks as usize * self.bs as usize));
@@ -391,7 +379,7 @@ impl<D: BlockDevice> Shard<D> {
         if tail_end > keep_until {
             let _ = self.space.free(keep_until, tail_end - keep_until);
         }
-        self.segments.insert(
+        self.log.segments.insert(
             lba,
             SegInfo {
                 seq,
@@ -399,8 +387,8 @@ impl<D: BlockDevice> Shard<D> {
                 live,
             },
         );
-        self.log_head = (next, next_blocks);
-        self.next_seq += 1;
+        self.log.head = (next, next_blocks);
+        self.log.next_seq += 1;
         let fresh = match self.spares.pop() {
             Some(b) => b,
             None => self.dev.alloc_buf(self.active.capacity())?,
@@ -571,238 +559,6 @@ impl<D: BlockDevice> Shard<D> {
     pub(crate) fn sync_flush(&mut self) -> Result<(), Error> {
         if self.dev.has_volatile_cache() {
             self.sync_io(|d, tag, _| d.submit_flush(tag), None)?;
-        }
-        Ok(())
-    }
-
-    /// Writes a checkpoint of the whole index and switches the superblock to it. Persists the active
-    /// buffer first, so every index entry points at a durable record.
-    pub(crate) fn checkpoint(&mut self) -> Result<(), Error> {
-        let started = Instant::now();
-        let r = self.write_checkpoint();
-        let ns = elapsed_ns(started);
-        self.stats.checkpoint_ns_total += ns;
-        self.stats.checkpoint_ns_max = self.stats.checkpoint_ns_max.max(ns);
-        r
-    }
-
-    fn write_checkpoint(&mut self) -> Result<(), Error> {
-        self.need_checkpoint = false;
-        self.drive_cycle()?;
-        if !self.active.is_empty() {
-            self.start_cycle()?;
-            self.drive_cycle()?;
-        }
-        let seg_seq = self.next_seq - 1;
-        // The checkpoint being replaced becomes the fallback: the log since it must stay whole, so
-        // segments after it are listed (and kept) even when nothing points at them any more.
-        let keep_after = self.ckpt.r.seg_seq;
-        let segs: Vec<SegmentRef> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.live > 0 || s.seq > keep_after)
-            .map(|(&lba, s)| SegmentRef {
-                seq: s.seq,
-                lba,
-                blocks: s.blocks,
-            })
-            .collect();
-        let Some(extents) = self.alloc_ckpt_extents(segs.len()) else {
-            self.stats.checkpoints_skipped += 1;
-            return Ok(());
-        };
-        if let Err(e) = self.write_and_verify_ckpt(&extents, seg_seq, &segs) {
-            for &(l, n) in &extents {
-                // Cannot fail: the extents were allocated above and nothing else took them.
-                let _ = self.space.free(l, n);
-            }
-            return Err(e);
-        }
-        let new = CkptPlace {
-            r: CkptRef {
-                lba: extents[0].0,
-                blocks: extents[0].1,
-                seg_seq,
-                log_lba: self.log_head.0,
-                log_blocks: self.log_head.1,
-                log_prev: self.chain_crc,
-            },
-            extents,
-        };
-        let kept = (self.ckpt.r.lba != 0).then(|| self.ckpt.clone());
-        let sb = Superblock {
-            block_size: self.bs as u32,
-            shard_id: self.cfg.shard_id,
-            shard_count: self.cfg.shard_count,
-            slice_blocks: self.slice_blocks,
-            volume: self.volume,
-            seq: self.sb_seq + 1,
-            life: self.life,
-            ckpt: new.r,
-            prev: kept.as_ref().map(|k| k.r),
-        };
-        if let Err(e) = self.write_superblock(&sb) {
-            // The superblock may or may not be on the device: keep the new checkpoint's extents
-            // allocated (they may be referenced) and stop writing.
-            let io = match &e {
-                Error::Io(io) => io.clone(),
-                _ => IoError::Device(libc::EIO),
-            };
-            self.fail_pipeline(io, "a superblock write failed");
-            return Err(e);
-        }
-        self.sb_seq = sb.seq;
-        // The superblock no longer references the fallback before the old one: free its extents, and
-        // the segments nothing points at that only the dropped fallback's log still needed.
-        if let Some(old) = self.prev_ckpt.take() {
-            for (l, n) in old.extents {
-                // Cannot fail: the extent was in use until now.
-                let _ = self.space.free(l, n);
-            }
-        }
-        self.prev_ckpt = kept;
-        self.ckpt = new;
-        let empty: Vec<(u64, u32)> = self
-            .segments
-            .iter()
-            .filter(|(_, s)| s.live == 0 && s.seq <= keep_after)
-            .map(|(&l, s)| (l, s.blocks))
-            .collect();
-        for (l, n) in empty {
-            self.segments.remove(&l);
-            // Cannot fail: a live segment's extent is allocated.
-            let _ = self.space.free(l, u64::from(n));
-        }
-        self.segs_since_ckpt = 0;
-        self.log_bytes_since_ckpt = 0;
-        // The old checkpoint's log (the new fallback's) was never open to GC.
-        self.fallback_spent = false;
-        self.stats.checkpoints += 1;
-        self.check_space();
-        Ok(())
-    }
-
-    /// Blocks a checkpoint of the current index takes (in one extent).
-    pub(crate) fn ckpt_blocks_estimate(&self) -> u64 {
-        let len = format::ckpt_len(
-            self.segments.len(),
-            self.index.key_bytes(),
-            self.index.len(),
-            1,
-        );
-        (len as u64).div_ceil(self.bs)
-    }
-
-    /// Extents for a checkpoint with `n_segs` segment rows: one when a free extent is large enough,
-    /// else the largest ones (fragmented free space still takes a checkpoint). None: no room.
-    fn alloc_ckpt_extents(&mut self, n_segs: usize) -> Option<Vec<(u64, u64)>> {
-        let need = |n: usize| {
-            let len = format::ckpt_len(n_segs, self.index.key_bytes(), self.index.len(), n);
-            (len as u64).div_ceil(self.bs)
-        };
-        if let Some(l) = self.space.alloc(need(1)) {
-            return Some(vec![(l, need(1))]);
-        }
-        let mut got: Vec<(u64, u64)> = Vec::new();
-        loop {
-            let total: u64 = got.iter().map(|e| e.1).sum();
-            let want = need(got.len() + 1).saturating_sub(total);
-            if want == 0 {
-                return Some(got);
-            }
-            let piece = if got.len() + 1 >= format::CKPT_MAX_EXTENTS {
-                None
-            } else if let Some(l) = self.space.alloc(want) {
-                Some((l, want))
-            } else {
-                let n = self.space.largest();
-                self.space.alloc(n).map(|l| (l, n))
-            };
-            match piece {
-                // The first extent holds the header and the extent table.
-                Some(p) if !got.is_empty() || p.1 * self.bs >= 2048 => got.push(p),
-                other => {
-                    for (l, n) in got.into_iter().chain(other) {
-                        // Cannot fail: allocated just above.
-                        let _ = self.space.free(l, n);
-                    }
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Writes the checkpoint of the current index into `extents`, flushes it, and reads it back to
-    /// check it decodes to what was written before anything references it.
-    fn write_and_verify_ckpt(
-        &mut self,
-        extents: &[(u64, u64)],
-        seg_seq: u64,
-        segs: &[SegmentRef],
-    ) -> Result<(), Error> {
-        let blocks: u64 = extents.iter().map(|e| e.1).sum();
-        let mut buf = self.dev.alloc_buf((blocks * self.bs) as usize)?;
-        let mut h = CkptHeader {
-            shard_id: self.cfg.shard_id,
-            volume: self.volume,
-            seg_seq,
-            sb_seq: self.sb_seq + 1,
-            version_ctr: self.version_ctr,
-            n_extents: 0,
-            n_segments: 0,
-            n_entries: 0,
-            payload_len: 0,
-        };
-        format::encode_ckpt(
-            &mut buf,
-            &mut h,
-            extents,
-            segs,
-            self.index
-                .iter_unordered()
-                .map(|(k, e)| (k, e.val_len, e.ts, e.version, e.loc)),
-        );
-        let mut buf = Some(buf);
-        let mut off = 0usize;
-        for &(l, n) in extents {
-            let b = buf.take().ok_or(Error::Io(IoError::Device(libc::EIO)))?;
-            buf = Some(
-                self.sync_write_at(l, n as u32, b, off)?
-                    .ok_or(Error::Io(IoError::Device(libc::EIO)))?,
-            );
-            off += (n * self.bs) as usize;
-        }
-        self.sync_flush()?;
-        let mut back = self.dev.alloc_buf((blocks * self.bs) as usize)?;
-        let mut off = 0usize;
-        for &(l, n) in extents {
-            back = self.sync_read_at(l, n as u32, back, off)?;
-            off += (n * self.bs) as usize;
-        }
-        let (got, got_ext, got_segs, got_entries) =
-            format::decode_ckpt(&back, self.slice_blocks, self.bs as u32)?;
-        if got != h
-            || got_ext.as_slice() != &extents[1..]
-            || got_segs.len() != segs.len()
-            || got_entries.len() != self.index.len()
-        {
-            return Err(Error::Corrupt(FormatError::BadField(
-                "checkpoint read back differs from what was written",
-            )));
-        }
-        Ok(())
-    }
-
-    /// Writes `sb` to both copies, one after the other, each followed by a flush: a torn write spoils
-    /// one copy while the other holds the previous (or the new) state, and afterwards a damaged copy has
-    /// an identical twin. The previous checkpoint is freed only after both are durable.
-    pub(crate) fn write_superblock(&mut self, sb: &Superblock) -> Result<(), Error> {
-        for copy in [sb.seq % 2, (sb.seq + 1) % 2] {
-            let mut buf = self.dev.alloc_buf(self.bs as usize)?;
-            buf.fill(0);
-            sb.encode(&mut buf);
-            self.sync_write(copy, 1, buf)?;
-            self.sync_flush()?;
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use crate::bdev::BlockDevice;
 use crate::buffer::WriteBuffer;
 use crate::cache::SegmentCache;
+use crate::checkpoint::{Checkpoints, CkptPlace};
 use crate::error::Error;
 use crate::format::{
     self, CkptRef, FormatError, SegmentHeader, Superblock, VolumeId, LIFE_SHIFT, SB_BLOCKS,
@@ -26,8 +27,9 @@ use crate::format::{
 };
 use crate::hlc::Hlc;
 use crate::index::{Entry, Index};
+use crate::log::{Log, SegInfo};
 use crate::persist::Pipeline;
-use crate::shard::{CkptPlace, SegInfo, Shard, ShardConfig, ShardStats, TAG_SYNC_FIRST};
+use crate::shard::{Shard, ShardConfig, ShardStats, TAG_SYNC_FIRST};
 use crate::space::FreeSpace;
 
 /// What opening a shard found.
@@ -148,21 +150,11 @@ impl<D: BlockDevice> Shard<D> {
             durable_gen: 0,
             durable_wanted: 0,
             space: FreeSpace::new(SB_BLOCKS, slice_blocks),
-            segments: BTreeMap::new(),
-            next_seq: 1,
-            log_head: (0, 0),
-            chain_crc: 0,
-            volume: [0; 16],
-            life: 0,
-            sb_seq: 0,
-            ckpt: CkptPlace::default(),
-            prev_ckpt: None,
-            fallback_spent: false,
-            segs_since_ckpt: 0,
-            log_bytes_since_ckpt: 0,
-            need_checkpoint: false,
-            pending_free: Vec::new(),
-            gc_bad: Default::default(),
+            log: Log {
+                next_seq: 1,
+                ..Default::default()
+            },
+            ckpts: Checkpoints::default(),
             hlc: Hlc::new(0),
             version_ctr: 0,
             sync_done: Vec::new(),
@@ -192,31 +184,31 @@ impl<D: BlockDevice> Shard<D> {
     ) -> Result<(), Error> {
         match volume {
             Some(v) => {
-                if self.life != 0 && !(self.sb_seq == 1 && self.index.is_empty()) {
+                if self.ckpts.life != 0 && !(self.ckpts.sb_seq == 1 && self.index.is_empty()) {
                     return Err(Error::Config(
                         "formatting a slice that holds a database".into(),
                     ));
                 }
                 // A slice formatted and never written (an interrupted format) starts over.
-                self.sb_seq = 0;
-                self.ckpt = CkptPlace::default();
-                self.prev_ckpt = None;
-                self.segments.clear();
-                self.next_seq = 1;
-                self.volume = v;
-                self.life = 1;
+                self.ckpts.sb_seq = 0;
+                self.ckpts.current = CkptPlace::default();
+                self.ckpts.fallback = None;
+                self.log.segments.clear();
+                self.log.next_seq = 1;
+                self.ckpts.volume = v;
+                self.ckpts.life = 1;
                 self.space = FreeSpace::new(SB_BLOCKS, self.slice_blocks);
                 let head = self.space.alloc(self.buf_blocks).ok_or(Error::NoSpace)?;
-                self.log_head = (head, self.buf_blocks);
+                self.log.head = (head, self.buf_blocks);
                 self.active.set_limit((self.buf_blocks * self.bs) as usize);
-                self.chain_crc = crc32c::crc32c(&v);
+                self.log.chain_crc = crc32c::crc32c(&v);
                 self.version_ctr = 1 << LIFE_SHIFT;
                 self.checkpoint()?;
                 rep.formatted = true;
-                rep.superblock_seq = self.sb_seq;
+                rep.superblock_seq = self.ckpts.sb_seq;
             }
             None => {
-                if self.life == 0 {
+                if self.ckpts.life == 0 {
                     return Err(Error::Config("nothing recovered to commit".into()));
                 }
                 self.checkpoint()?;
@@ -283,7 +275,7 @@ impl<D: BlockDevice> Shard<D> {
         }
         let newest = sbs[0].clone();
         rep.superblock_seq = newest.seq;
-        self.volume = newest.volume;
+        self.ckpts.volume = newest.volume;
 
         // The checkpoints the superblocks reference, newest first; the first that rebuilds a
         // consistent state wins. The one kept before the newest has its log intact behind it.
@@ -321,30 +313,30 @@ impl<D: BlockDevice> Shard<D> {
         rep.checkpoint_loaded = true;
         rep.checkpoint_fallback = i > 0;
         self.index = r.index;
-        self.segments = r.segments;
+        self.log.segments = r.segments;
         self.space = r.space;
-        self.next_seq = r.next_seq;
-        self.log_head = r.log_head;
-        self.chain_crc = r.chain_crc;
+        self.log.next_seq = r.next_seq;
+        self.log.head = r.log_head;
+        self.log.chain_crc = r.chain_crc;
         self.hlc.observe(r.max_ts);
         // The newest checkpoint's predecessor stays allocated until the next superblock no longer
         // references it (only when the newest itself was loaded: a damaged one is not kept).
-        self.ckpt = r.place;
-        self.prev_ckpt = r.kept;
-        self.sb_seq = newest.seq;
+        self.ckpts.current = r.place;
+        self.ckpts.fallback = r.kept;
+        self.ckpts.sb_seq = newest.seq;
         let life = sbs.iter().map(|s| s.life).max().unwrap_or(0) + 1;
         if life >= 1 << (64 - LIFE_SHIFT) {
             return Err(Error::Unrecoverable("version space exhausted".into()));
         }
-        self.life = life;
+        self.ckpts.life = life;
         // Nothing an earlier life handed out (persisted or lost in a crash) is handed out again.
         self.version_ctr = r.version_ctr.max(life << LIFE_SHIFT);
-        self.active.set_limit((self.log_head.1 * self.bs) as usize);
+        self.active.set_limit((self.log.head.1 * self.bs) as usize);
         rep.checkpoint_keys = self.index.len() as u64;
         rep.keys = self.index.len() as u64;
-        let pristine = newest.seq == 1 && self.index.is_empty() && self.segments.is_empty();
+        let pristine = newest.seq == 1 && self.index.is_empty() && self.log.segments.is_empty();
         Ok(SliceState::Database {
-            volume: self.volume,
+            volume: self.ckpts.volume,
             pristine,
         })
     }
@@ -359,7 +351,10 @@ impl<D: BlockDevice> Shard<D> {
         let (b, _) = self.read_checkpoint(c)?;
         let (h, extents, ckpt_segs, entries) =
             format::decode_ckpt(&b, self.slice_blocks, self.bs as u32)?;
-        if h.shard_id != self.cfg.shard_id || h.volume != self.volume || h.seg_seq != c.seg_seq {
+        if h.shard_id != self.cfg.shard_id
+            || h.volume != self.ckpts.volume
+            || h.seg_seq != c.seg_seq
+        {
             return Err(Error::Corrupt(FormatError::BadField(
                 "checkpoint does not match its superblock",
             )));
@@ -599,7 +594,7 @@ impl<D: BlockDevice> Shard<D> {
         };
         // Another volume, another place in the log, another branch of it, or an earlier life: not
         // the segment the chain continues with.
-        if hdr.volume != self.volume
+        if hdr.volume != self.ckpts.volume
             || hdr.seq != expect
             || hdr.prev_crc != chain
             || hdr.epoch < min_epoch

@@ -3,17 +3,18 @@
 //! module runs one per thread and routes keys to it. `persist`, `recovery` and `gc` add the rest of the
 //! impl.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bdev::{BlockDevice, Completion, IoError};
 use crate::buffer::WriteBuffer;
 use crate::cache::SegmentCache;
+use crate::checkpoint::Checkpoints;
 use crate::error::{check_sizes, Error, MAX_VALUE_LEN};
 use crate::format::{self, FormatError, REC_HDR_LEN, SEG_HDR_LEN};
 use crate::hlc::Hlc;
 use crate::index::{Entry, Found, Index, LOC_BUFFERED};
+use crate::log::Log;
 use crate::persist::Pipeline;
 use crate::space::FreeSpace;
 
@@ -185,22 +186,6 @@ pub struct ShardStats {
     pub checkpoint_ns_max: u64,
 }
 
-/// A segment on the device.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SegInfo {
-    pub seq: u64,
-    pub blocks: u32,
-    /// Bytes of records the index points at.
-    pub live: u64,
-}
-
-/// A checkpoint on the device: what the superblock says of it, and every extent it occupies.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct CkptPlace {
-    pub r: crate::format::CkptRef,
-    pub extents: Vec<(u64, u64)>,
-}
-
 /// A cycle's segment write: this bit plus the generation.
 pub(crate) const TAG_CYCLE_WRITE: u64 = 1 << 63;
 pub(crate) const TAG_CYCLE_FLUSH: u64 = 2;
@@ -229,35 +214,10 @@ pub struct Shard<D: BlockDevice> {
     /// Highest generation someone waits on (group commit: triggers a cycle when nothing is in flight).
     pub(crate) durable_wanted: u64,
     pub(crate) space: FreeSpace,
-    /// Segments by first block.
-    pub(crate) segments: BTreeMap<u64, SegInfo>,
-    pub(crate) next_seq: u64,
-    /// Where the next segment goes, and the blocks reserved there.
-    pub(crate) log_head: (u64, u64),
-    /// The header crc of the last segment sealed: the next one carries it (the chain).
-    pub(crate) chain_crc: u32,
-    /// The database's identity, written into everything.
-    pub(crate) volume: crate::format::VolumeId,
-    /// This life's number (versions handed out are at least `life << LIFE_SHIFT`); 0 before open.
-    pub(crate) life: u64,
-    /// Sequence number of the newest superblock: the epoch of the segments written now.
-    pub(crate) sb_seq: u64,
-    /// The newest checkpoint (lba 0 before the first).
-    pub(crate) ckpt: CkptPlace,
-    /// The checkpoint kept before it: its extents and the log since it stay until the next one.
-    pub(crate) prev_ckpt: Option<CkptPlace>,
-    /// Space ran out with nothing to clean below the fallback's horizon and no room for a checkpoint:
-    /// GC may clean the fallback's log until the next checkpoint (recovery then refuses that fallback
-    /// rather than replay a log with holes). Reset by the next checkpoint.
-    pub(crate) fallback_spent: bool,
-    pub(crate) segs_since_ckpt: u32,
-    /// Bytes of segments written since the last checkpoint.
-    pub(crate) log_bytes_since_ckpt: u64,
-    pub(crate) need_checkpoint: bool,
-    /// Extents to free once a generation is durable (GC victims).
-    pub(crate) pending_free: Vec<(u64, u64, u64)>,
-    /// Segments GC found unreadable: not tried again.
-    pub(crate) gc_bad: std::collections::BTreeSet<u64>,
+    /// The log: live segments, its head, sequence and chain, extents waiting to be freed.
+    pub(crate) log: Log,
+    /// The checkpoints and superblock state: volume, life, epoch, the newest and the fallback.
+    pub(crate) ckpts: Checkpoints,
     pub(crate) hlc: Hlc,
     pub(crate) version_ctr: u64,
     pub(crate) sync_done: Vec<Completion<D::Buf>>,
@@ -347,25 +307,33 @@ impl<D: BlockDevice> Shard<D> {
     /// freed — is disjoint, and disjoint from the free space, and together they cover the slice. O(n):
     /// debug builds check it after every cycle and checkpoint.
     pub(crate) fn check_space(&self) {
-        if !cfg!(debug_assertions) || self.segments.len() > 512 {
+        if !cfg!(debug_assertions) || self.log.segments.len() > 512 {
             return;
         }
         let mut used: Vec<(u64, u64, &str)> = self
+            .log
             .segments
             .iter()
             .map(|(&l, s)| (l, u64::from(s.blocks), "segment"))
             .collect();
-        used.extend(self.ckpt.extents.iter().map(|&(l, n)| (l, n, "checkpoint")));
-        if let Some(p) = &self.prev_ckpt {
+        used.extend(
+            self.ckpts
+                .current
+                .extents
+                .iter()
+                .map(|&(l, n)| (l, n, "checkpoint")),
+        );
+        if let Some(p) = &self.ckpts.fallback {
             used.extend(
                 p.extents
                     .iter()
                     .map(|&(l, n)| (l, n, "fallback checkpoint")),
             );
         }
-        used.push((self.log_head.0, self.log_head.1, "log head"));
+        used.push((self.log.head.0, self.log.head.1, "log head"));
         used.extend(
-            self.pending_free
+            self.log
+                .pending_free
                 .iter()
                 .map(|&(_, l, n)| (l, n, "pending free")),
         );
@@ -382,15 +350,7 @@ impl<D: BlockDevice> Shard<D> {
 
     /// Marks the record at disk location `loc` dead in its segment's accounting.
     pub(crate) fn kill(&mut self, e: &Entry, key_len: usize) {
-        if e.is_buffered() {
-            return;
-        }
-        let blk = e.loc / self.bs;
-        if let Some((_, seg)) = self.segments.range_mut(..=blk).next_back() {
-            seg.live = seg
-                .live
-                .saturating_sub(format::record_len(key_len, e.val_len as usize) as u64);
-        }
+        self.log.kill(e, key_len, self.bs);
     }
 
     /// Appends a record (`value` None: a tombstone) to the active buffer, making room first
@@ -538,15 +498,15 @@ impl<D: BlockDevice> Shard<D> {
         self.version_ctr += 1;
         // Half way through this life's version range: start a new life at the next checkpoint, long
         // before the range runs out (the superblock then guarantees the next range to a later open).
-        let used = self.version_ctr - (self.life << format::LIFE_SHIFT);
+        let used = self.version_ctr - (self.ckpts.life << format::LIFE_SHIFT);
         if used >= 1 << (format::LIFE_SHIFT - 1)
-            && self.version_ctr >> format::LIFE_SHIFT == self.life
+            && self.version_ctr >> format::LIFE_SHIFT == self.ckpts.life
         {
-            self.life += 1;
-            self.need_checkpoint = true;
+            self.ckpts.life += 1;
+            self.ckpts.due = true;
         }
         assert!(
-            self.version_ctr < (self.life + 1) << format::LIFE_SHIFT,
+            self.version_ctr < (self.ckpts.life + 1) << format::LIFE_SHIFT,
             "version counter left its life's range"
         );
         self.version_ctr
@@ -792,15 +752,10 @@ impl<D: BlockDevice> Shard<D> {
         let mut s = self.stats.clone();
         s.shard = self.cfg.shard_id;
         s.keys = self.index.len() as u64;
-        s.live_bytes = self.segments.values().map(|g| g.live).sum();
-        s.dead_bytes = self
-            .segments
-            .values()
-            .map(|g| u64::from(g.blocks) * self.bs - g.live.min(u64::from(g.blocks) * self.bs))
-            .sum();
+        (s.live_bytes, s.dead_bytes) = self.log.live_and_dead(self.bs);
         s.free_blocks = self.space.free_blocks();
         s.free_extents = self.space.extents() as u64;
-        s.segments = self.segments.len() as u64;
+        s.segments = self.log.segments.len() as u64;
         s.cache_hits = self.cache.hits;
         s.cache_misses = self.cache.misses;
         s.cache_bytes = self.cache.bytes() as u64;
@@ -814,7 +769,7 @@ impl<D: BlockDevice> Shard<D> {
         let mut did = self.poll_dev() > 0;
         self.advance_cycle();
         if self.failed.is_none() {
-            if self.need_checkpoint {
+            if self.ckpts.due {
                 self.checkpoint()?;
                 did = true;
             } else if !self.active.is_empty() && self.cycle_slot_free() {
