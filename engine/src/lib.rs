@@ -40,6 +40,7 @@ mod log;
 pub mod mailbox;
 mod persist;
 pub mod recovery;
+pub mod salvage;
 pub mod shard;
 pub mod space;
 

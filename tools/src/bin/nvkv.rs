@@ -11,7 +11,7 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(
     version,
-    about = "The nvkv key-value shell: format, put, get, delete, scan, stats, check"
+    about = "The nvkv key-value shell: format, put, get, delete, scan, stats, check, salvage"
 )]
 struct Cli {
     /// PCI address of an NVMe controller bound to vfio-pci (see `nvkv-setup bind`).
@@ -35,9 +35,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Zero the whole device and create an empty database on it.
+    /// Create an empty database on a blank device (with --force: zero the whole device first).
     Format {
-        /// Format even when the device holds a database.
+        /// Erase whatever the device holds (a database, a damaged one, foreign data).
         #[arg(long)]
         force: bool,
     },
@@ -57,8 +57,17 @@ enum Cmd {
     },
     /// Per-shard statistics.
     Stats,
-    /// Recover, then read back and verify every record; report what recovery found and dropped.
+    /// Recover, then read back and verify every record; report what recovery found.
     Check,
+    /// Read the newest record of every key the segments hold (for a database `open` refuses as
+    /// unrecoverable; it reads only) and copy them into a new database in the file TO.
+    Salvage {
+        /// The new database's file (must not exist or be blank).
+        to: PathBuf,
+        /// Its size (default: the source's).
+        #[arg(long, value_parser = parse_size)]
+        to_size: Option<u64>,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -142,23 +151,25 @@ fn run() -> Result<()> {
     let dev = cli.device()?;
     match &cli.cmd {
         Cmd::Format { force } => {
-            if !force {
-                if let Ok(db) = open(&dev, cli.options(false)) {
-                    let keys: u64 = db.recovery_reports().iter().map(|r| r.keys).sum();
-                    db.close().map_err(|e| anyhow!("{e}"))?;
-                    bail!("the device holds an nvkv database with {keys} keys: add --force to erase it");
-                }
+            if *force {
+                let blocks = match &dev {
+                    Device::Nvme(f) => zero_device(f.as_ref())?,
+                    Device::File(f) => zero_device(f.as_ref())?,
+                };
+                println!("{blocks} blocks zeroed");
             }
-            let blocks = match &dev {
-                Device::Nvme(f) => zero_device(f.as_ref())?,
-                Device::File(f) => zero_device(f.as_ref())?,
-            };
-            let db = open(&dev, cli.options(true))?;
+            // The engine formats only a blank device: anything else is reported, never erased.
+            let db = open(&dev, cli.options(true))
+                .context("add --force to erase what the device holds")?;
+            let formatted = db.recovery_reports().iter().all(|r| r.formatted);
+            let keys: u64 = db.recovery_reports().iter().map(|r| r.keys).sum();
             db.close().map_err(|e| anyhow!("{e}"))?;
-            println!(
-                "formatted: {blocks} blocks zeroed, {} shard(s)",
-                cli.shards.max(1)
-            );
+            if !formatted {
+                bail!(
+                    "the device holds an nvkv database with {keys} keys: add --force to erase it"
+                );
+            }
+            println!("formatted: {} shard(s)", cli.shards.max(1));
         }
         Cmd::Put { key, value } => {
             let db = open(&dev, cli.options(false))?;
@@ -276,9 +287,61 @@ fn run() -> Result<()> {
                 all.len()
             );
             if bad > 0 || problems > 0 {
-                bail!("check found {bad} bad records and {problems} dropped index entries");
+                bail!("check found {bad} bad records and {problems} damaged newest checkpoints");
             }
+        }
+        Cmd::Salvage { to, to_size } => {
+            let shards = cli.shards.max(1) as u32;
+            let mut found = Vec::new();
+            let mut source_bytes = 0u64;
+            for shard in 0..shards {
+                let (got, rep) = match &dev {
+                    Device::Nvme(f) => salvage(f.as_ref(), shard, shards, &mut source_bytes)?,
+                    Device::File(f) => salvage(f.as_ref(), shard, shards, &mut source_bytes)?,
+                };
+                println!(
+                    "shard {shard}: {} segments, {} records, {} keys found; {} segments of other volumes left alone",
+                    rep.segments, rep.records, rep.keys, rep.foreign_segments
+                );
+                found.extend(got);
+            }
+            let mut o = Options::file(to, Some(to_size.unwrap_or(source_bytes)));
+            o.shards = shards as usize;
+            o.create = true;
+            let db = Db::open(o).map_err(|e| anyhow!("opening {}: {e}", to.display()))?;
+            if !db.recovery_reports().iter().all(|r| r.formatted) {
+                bail!(
+                    "{} already holds a database: salvage into a new file",
+                    to.display()
+                );
+            }
+            let h = db.handle();
+            for s in &found {
+                let opts = nvkv::WriteOpts {
+                    ts: Some(s.ts),
+                    durable: false,
+                };
+                h.put_opts(&s.key, &s.value, opts)
+                    .map_err(|e| anyhow!("writing {}: {e}", to.display()))?;
+            }
+            h.sync().map_err(|e| anyhow!("sync: {e}"))?;
+            db.close().map_err(|e| anyhow!("{e}"))?;
+            println!("{} keys copied into {}", found.len(), to.display());
         }
     }
     Ok(())
+}
+
+/// Salvages one slice of the device `f` makes.
+fn salvage<F: DeviceFactory>(
+    f: &F,
+    shard: u32,
+    shards: u32,
+    bytes: &mut u64,
+) -> Result<(Vec<nvkv::salvage::Salvaged>, nvkv::salvage::SalvageReport)> {
+    let mut d = f
+        .open(shard as usize)
+        .map_err(|e| anyhow!("opening the device: {e}"))?;
+    *bytes = d.num_blocks() * u64::from(d.block_size());
+    nvkv::salvage::salvage_slice(&mut d, shard, shards).map_err(|e| anyhow!("salvage: {e}"))
 }
