@@ -186,9 +186,57 @@ struct State {
     counters: FaultCounters,
     polls_since_progress: u64,
     outstanding: usize,
+    /// Submissions left before a scheduled power loss.
+    crash_in: Option<u64>,
+    /// The image a scheduled power loss left.
+    crash_image: Option<Vec<u8>>,
 }
 
 impl State {
+    fn power_off(&mut self, all_land: bool) -> Vec<u8> {
+        let st = self;
+        st.powered = false;
+        st.counters.crashes += u64::from(!all_land);
+        let bs = st.bs;
+        let mut img = st.durable.clone();
+        let mut wids = st.durable_wid.clone();
+        let pending = std::mem::take(&mut st.pending);
+        for (wid, w) in &pending {
+            let nb = w.data.len() / bs.max(1);
+            // 0: dropped, 1: landed, 2: torn (each block independently).
+            let mode = if all_land { 1 } else { st.rng.below(3) };
+            if mode == 2 {
+                st.counters.torn_writes += 1;
+            }
+            for i in 0..nb {
+                let lands = match mode {
+                    0 => false,
+                    1 => true,
+                    _ => st.rng.below(2) == 0,
+                };
+                if !lands {
+                    st.counters.blocks_dropped += 1;
+                    continue;
+                }
+                st.counters.blocks_landed += 1;
+                let mut blk = w.data[i * bs..(i + 1) * bs].to_vec();
+                if !all_land && st.rng.chance(st.cfg.torn_sector_ppm) {
+                    // Only a prefix of 64-byte pieces is new; the rest keeps what was there.
+                    st.counters.torn_sectors += 1;
+                    let pieces = (bs / 64).max(1) as u64;
+                    let keep = (1 + st.rng.below(pieces.saturating_sub(1).max(1))) as usize * 64;
+                    let b = w.lba as usize + i;
+                    if b < wids.len() {
+                        blk[keep.min(bs)..]
+                            .copy_from_slice(&img[b * bs + keep.min(bs)..(b + 1) * bs]);
+                    }
+                }
+                State::apply(&mut img, &mut wids, bs, *wid, w.lba + i as u64, &blk);
+            }
+        }
+        img
+    }
+
     fn overlaps_bad(&self, lba: u64, n: u64) -> bool {
         self.bad.iter().any(|&(b, bn)| lba < b + bn && b < lba + n)
     }
@@ -230,6 +278,8 @@ impl FaultDisk {
                 counters: FaultCounters::default(),
                 polls_since_progress: 0,
                 outstanding: 0,
+                crash_in: None,
+                crash_image: None,
             })),
         }
     }
@@ -312,47 +362,29 @@ impl FaultDisk {
 
     fn power_off(&self, all_land: bool) -> Vec<u8> {
         let mut st = self.lock();
-        let st = &mut *st;
-        st.powered = false;
-        st.counters.crashes += u64::from(!all_land);
-        let bs = st.bs;
-        let mut img = st.durable.clone();
-        let mut wids = st.durable_wid.clone();
-        let pending = std::mem::take(&mut st.pending);
-        for (wid, w) in &pending {
-            let nb = w.data.len() / bs.max(1);
-            // 0: dropped, 1: landed, 2: torn (each block independently).
-            let mode = if all_land { 1 } else { st.rng.below(3) };
-            if mode == 2 {
-                st.counters.torn_writes += 1;
-            }
-            for i in 0..nb {
-                let lands = match mode {
-                    0 => false,
-                    1 => true,
-                    _ => st.rng.below(2) == 0,
-                };
-                if !lands {
-                    st.counters.blocks_dropped += 1;
-                    continue;
-                }
-                st.counters.blocks_landed += 1;
-                let mut blk = w.data[i * bs..(i + 1) * bs].to_vec();
-                if !all_land && st.rng.chance(st.cfg.torn_sector_ppm) {
-                    // Only a prefix of 64-byte pieces is new; the rest keeps what was there.
-                    st.counters.torn_sectors += 1;
-                    let pieces = (bs / 64).max(1) as u64;
-                    let keep = (1 + st.rng.below(pieces.saturating_sub(1).max(1))) as usize * 64;
-                    let b = w.lba as usize + i;
-                    if b < wids.len() {
-                        blk[keep.min(bs)..]
-                            .copy_from_slice(&img[b * bs + keep.min(bs)..(b + 1) * bs]);
-                    }
-                }
-                State::apply(&mut img, &mut wids, bs, *wid, w.lba + i as u64, &blk);
-            }
+        st.crash_in = None;
+        match st.crash_image.take() {
+            // Already off by a scheduled power loss: that moment's image is the one.
+            Some(img) => img,
+            None => st.power_off(all_land),
         }
-        img
+    }
+
+    /// Schedules a power loss at the `n`-th submission from now (0: the next one), so a crash can land
+    /// in the middle of an operation (a checkpoint, a GC step, recovery); the request is refused as if
+    /// the device were gone. [`FaultDisk::crash`] then returns the image of that moment.
+    pub fn schedule_crash(&self, n: u64) {
+        self.lock().crash_in = Some(n);
+    }
+
+    /// Cancels a scheduled power loss that has not happened yet.
+    pub fn cancel_crash(&self) {
+        self.lock().crash_in = None;
+    }
+
+    /// Whether the device still runs (false after a crash, scheduled or not).
+    pub fn is_powered(&self) -> bool {
+        self.lock().powered
     }
 }
 
@@ -436,6 +468,15 @@ impl<D: BlockDevice> FaultBdev<D> {
         let tag = self.next_tag;
         let fail = {
             let mut st = self.disk.lock();
+            if let Some(n) = st.crash_in {
+                if n == 0 {
+                    st.crash_in = None;
+                    let img = st.power_off(false);
+                    st.crash_image = Some(img);
+                } else {
+                    st.crash_in = Some(n - 1);
+                }
+            }
             if !st.powered {
                 return Err(SubmitError::Invalid(buf, "device powered off"));
             }
