@@ -73,6 +73,9 @@ pub struct FaultConfig {
     pub busy_ppm: u32,
     /// Per poll with requests in flight: a controller reset fails all of them.
     pub reset_ppm: u32,
+    /// A read succeeds but one bit of what it returns is flipped (a transfer error no checksum of the
+    /// device caught): the engine must detect it, never serve it.
+    pub corrupt_read_ppm: u32,
     /// A ready completion is held back for 1 to 3 more polls.
     pub delay_ppm: u32,
     /// Deliver the ready completions of one poll in random order.
@@ -90,6 +93,8 @@ pub struct FaultCounters {
     pub writes: u64,
     pub flushes: u64,
     pub read_errors: u64,
+    /// Reads returned with a flipped bit.
+    pub corrupt_reads: u64,
     pub write_errors: u64,
     pub flush_errors: u64,
     /// LBA ranges marked bad.
@@ -123,6 +128,7 @@ impl FaultCounters {
             writes,
             flushes,
             read_errors,
+            corrupt_reads,
             write_errors,
             flush_errors,
             bad_ranges,
@@ -406,7 +412,11 @@ impl<F: DeviceFactory> DeviceFactory for FaultFactory<F> {
 
 #[derive(Debug)]
 enum Kind {
-    Read,
+    /// A read into `buf[off..off + len]`.
+    Read {
+        off: usize,
+        len: usize,
+    },
     Write(u64),
     /// The writes completed before the flush was submitted.
     Flush(Vec<u64>),
@@ -486,7 +496,7 @@ impl<D: BlockDevice> FaultBdev<D> {
                 return Err(SubmitError::Busy(buf));
             }
             let (ppm, is_rw) = match kind {
-                Kind::Read => (st.cfg.read_error_ppm, true),
+                Kind::Read { .. } => (st.cfg.read_error_ppm, true),
                 Kind::Write(_) => (st.cfg.write_error_ppm, true),
                 Kind::Flush(_) => (st.cfg.flush_error_ppm, false),
                 Kind::Other => (0, false),
@@ -501,7 +511,7 @@ impl<D: BlockDevice> FaultBdev<D> {
             if fail.is_none() && st.rng.chance(ppm) {
                 fail = Some(EIO);
                 match kind {
-                    Kind::Read => st.counters.read_errors += 1,
+                    Kind::Read { .. } => st.counters.read_errors += 1,
                     Kind::Write(_) => st.counters.write_errors += 1,
                     _ => st.counters.flush_errors += 1,
                 }
@@ -589,7 +599,10 @@ impl<D: BlockDevice> BlockDevice for FaultBdev<D> {
         self.submit(
             tag,
             Some((lba, u64::from(nblocks))),
-            Kind::Read,
+            Kind::Read {
+                off: buf_offset,
+                len: nblocks as usize * self.inner.block_size() as usize,
+            },
             Some(buf),
             |d, t, b| match b {
                 Some(b) => d.submit_read(lba, nblocks, b, buf_offset, t),
@@ -784,6 +797,16 @@ impl<D: BlockDevice> BlockDevice for FaultBdev<D> {
             let ok = r.c.result.is_ok() && r.req.fail.is_none();
             if let Some(e) = r.req.fail.take() {
                 r.c.result = Err(e);
+            }
+            if let (true, Kind::Read { off, len }, Some(b)) = (ok, &r.req.kind, r.c.buf.as_mut()) {
+                let ppm = st.cfg.corrupt_read_ppm;
+                if *len > 0 && st.rng.chance(ppm) {
+                    let bit = st.rng.below(*len as u64 * 8) as usize;
+                    if let Some(byte) = b.get_mut(off + bit / 8) {
+                        *byte ^= 1 << (bit % 8);
+                        st.counters.corrupt_reads += 1;
+                    }
+                }
             }
             Self::settle(&mut st, &r.req, ok);
             st.outstanding = st.outstanding.saturating_sub(1);

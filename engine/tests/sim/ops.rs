@@ -54,11 +54,21 @@ pub struct Sim {
 
 /// Injected faults that make an I/O error legitimate.
 pub fn injected(c: &FaultCounters) -> u64 {
-    c.read_errors + c.write_errors + c.flush_errors + c.bad_range_errors + c.resets
+    c.read_errors
+        + c.write_errors
+        + c.flush_errors
+        + c.bad_range_errors
+        + c.resets
+        + c.corrupt_reads
 }
 
 fn read_faults(c: &FaultCounters) -> u64 {
     c.read_errors + c.bad_range_errors + c.resets
+}
+
+/// Silent corruptions of reads so far (a Corrupt error after one is the right answer).
+pub fn corruptions(c: &FaultCounters) -> u64 {
+    c.corrupt_reads
 }
 
 impl Sim {
@@ -145,6 +155,7 @@ impl Sim {
                 format!("io-error-without-fault:{op}"),
                 "{op} failed with {io} though no fault was injected in this life"
             ),
+            Error::Corrupt(_) if corruptions(&now) > corruptions(before) => Ok(()),
             Error::Corrupt(c) => fail!(format!("corrupt-in-life:{op}"), "{op}: {c}"),
             other => fail!(format!("unexpected-error:{op}"), "{op}: {other}"),
         }
@@ -184,27 +195,43 @@ impl Sim {
                 format!("io-error-without-fault:{op}"),
                 "{op} failed with {io} though no fault was injected"
             ),
+            Error::Corrupt(_) if corruptions(&now) > corruptions(before) => Ok(()),
             Error::Corrupt(c) => fail!(format!("corrupt-in-life:{op}"), "{op}: {c}"),
             other => fail!(format!("unexpected-error:{op}"), "{op}: {other}"),
         }
     }
 
-    fn opts(&mut self, key: &[u8]) -> WriteOpts {
+    /// Options of a write, and how to show them (timestamps relative: absolute ones come from the wall
+    /// clock and differ between runs, which must not change the trace).
+    fn opts(&mut self, key: &[u8]) -> (WriteOpts, String) {
         let durable = self.rng.below(4) == 0;
         // Caller timestamps near the stored one, on both sides, so last-writer-wins decides both ways.
+        let mut desc = String::from("clock");
         let ts = if self.rng.below(8) == 0 {
             match self.model.exact(key).and_then(|c| c.ts) {
-                Some(t) => Some(if self.rng.below(2) == 0 {
-                    t.saturating_sub(1 + self.rng.below(3))
-                } else {
-                    t + 1 + self.rng.below(3)
-                }),
-                None => Some(1 + self.rng.below(1000)),
+                Some(t) => {
+                    let d = 1 + self.rng.below(3);
+                    Some(if self.rng.below(2) == 0 {
+                        desc = format!("stored-{d}");
+                        t.saturating_sub(d)
+                    } else {
+                        desc = format!("stored+{d}");
+                        t + d
+                    })
+                }
+                None => {
+                    let t = 1 + self.rng.below(1000);
+                    desc = format!("{t}");
+                    Some(t)
+                }
             }
         } else {
             None
         };
-        WriteOpts { ts, durable }
+        (
+            WriteOpts { ts, durable },
+            format!("durable {durable} ts {desc}"),
+        )
     }
 
     /// One random operation. Returns Err on a failed check.
@@ -301,9 +328,9 @@ impl Sim {
         let key = self.key();
         let id = self.model.new_id();
         let value = self.value(&key, id);
-        let opts = self.opts(&key);
+        let (opts, desc) = self.opts(&key);
         self.note(format!(
-            "put {} #{id} len {} {opts:?}",
+            "put {} #{id} len {} {desc}",
             String::from_utf8_lossy(&key),
             value.len()
         ));
@@ -358,9 +385,9 @@ impl Sim {
     ) -> Check {
         let key = self.key();
         let id = self.model.new_id();
-        let opts = self.opts(&key);
+        let (opts, desc) = self.opts(&key);
         self.note(format!(
-            "delete {} #{id} {opts:?}",
+            "delete {} #{id} {desc}",
             String::from_utf8_lossy(&key)
         ));
         match s.delete(&key, opts) {

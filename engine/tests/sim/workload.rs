@@ -73,6 +73,7 @@ pub fn params(rng: &mut SplitMix64) -> Params {
             faults.flush_error_ppm = 5_000;
             faults.reset_ppm = 500;
             faults.bad_range_ppm = 200_000;
+            faults.corrupt_read_ppm = 2_000;
         }
         // A storm.
         _ => {
@@ -81,6 +82,7 @@ pub fn params(rng: &mut SplitMix64) -> Params {
             faults.flush_error_ppm = 30_000;
             faults.reset_ppm = 5_000;
             faults.bad_range_ppm = 300_000;
+            faults.corrupt_read_ppm = 10_000;
         }
     }
     if rng.below(5) == 0 {
@@ -147,12 +149,27 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
             Ok((s, rep)) => {
                 sim.tally.recoveries += 1;
                 sim.note(format!(
-                    "recovered: {} segments, {} records, ckpt {}, stop: {}",
+                    "recovered: {} segments, {} records, ckpt {}, stop: {}; sb errors {:?}, \
+                     ckpt errors {:?}",
                     rep.segments_replayed,
                     rep.records_replayed,
                     rep.checkpoint_loaded,
-                    rep.replay_stop
+                    rep.replay_stop,
+                    rep.superblock_errors,
+                    rep.checkpoint_errors
                 ));
+                if rep
+                    .checkpoint_errors
+                    .iter()
+                    .any(|e| e.contains("no checkpoint could be loaded"))
+                {
+                    // The index it held is gone, yet open succeeded (and wrote a new checkpoint).
+                    return fail!(
+                        "open-succeeds-without-checkpoint",
+                        "open could not load any checkpoint and went on: {:?}",
+                        rep.checkpoint_errors
+                    );
+                }
                 if rep.entries_dropped > 0 {
                     return fail!(
                         "recovery-dropped-entries",
