@@ -196,6 +196,8 @@ struct State {
     crash_in: Option<u64>,
     /// The image a scheduled power loss left.
     crash_image: Option<Vec<u8>>,
+    /// The hang the detector declared, if it did (a caller on another thread may not see the panic).
+    hang: Option<SimHang>,
 }
 
 impl State {
@@ -286,6 +288,7 @@ impl FaultDisk {
                 outstanding: 0,
                 crash_in: None,
                 crash_image: None,
+                hang: None,
             })),
         }
     }
@@ -381,6 +384,11 @@ impl FaultDisk {
     /// the device were gone. [`FaultDisk::crash`] then returns the image of that moment.
     pub fn schedule_crash(&self, n: u64) {
         self.lock().crash_in = Some(n);
+    }
+
+    /// The hang the detector declared, if any.
+    pub fn hang(&self) -> Option<SimHang> {
+        self.lock().hang.clone()
     }
 
     /// Cancels a scheduled power loss that has not happened yet.
@@ -747,6 +755,7 @@ impl<D: BlockDevice> BlockDevice for FaultBdev<D> {
             };
             // Reset so that unwinding code that polls again does not panic twice.
             st.polls_since_progress = 0;
+            st.hang = Some(h.clone());
             drop(st);
             std::panic::panic_any(h);
         }

@@ -6,6 +6,7 @@
 //! schedules them, so a seed replays the same operations but not necessarily the same faults. The
 //! deterministic core is `shard_seeds`; failures here are reported with their seed all the same.
 
+use std::fmt::Write as _;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,10 @@ struct HSim {
     models: Vec<Model>,
     next_id: u64,
     ops: u64,
+    /// Large values (with a small disk: it fills).
+    big: bool,
+    /// What the seed is doing (read by the watchdog when it hangs).
+    doing: Arc<std::sync::Mutex<String>>,
 }
 
 impl HSim {
@@ -59,13 +64,43 @@ fn life(h: &mut HSim, db: &Db, disk: &FaultDisk, nops: u64) -> Check {
     let handle = db.handle();
     for _ in 0..nops {
         h.ops += 1;
+        if let Ok(mut d) = h.doing.lock() {
+            *d = format!("op {} of the seed", h.ops);
+        }
         let key = format!("k{:02}", h.rng.below(24)).into_bytes();
         let id = h.id();
         let mut value = format!("k{}#{id}:", String::from_utf8_lossy(&key[1..])).into_bytes();
-        value.resize(value.len() + h.rng.below(300) as usize, b'v');
+        let extra = if h.big {
+            1000 + h.rng.below(1800)
+        } else {
+            h.rng.below(300)
+        };
+        value.resize(value.len() + extra as usize, b'v');
+        disk.note_progress();
         let durable = h.rng.below(3) == 0;
         let wo = WriteOpts { ts: None, durable };
-        match h.rng.below(10) {
+        let op = h.rng.below(10);
+        if let Ok(mut d) = h.doing.lock() {
+            let name = [
+                "put",
+                "put",
+                "put",
+                "put",
+                "delete",
+                "cas",
+                "get",
+                "run_on put+wait_durable",
+                "sync",
+                "scan",
+            ];
+            let _ = write!(
+                d,
+                ": {} (durable {durable}) of {:?}",
+                name[op as usize],
+                String::from_utf8_lossy(&key)
+            );
+        }
+        match op {
             0..=3 => match handle.put_opts(&key, &value, wo) {
                 Ok(w) => {
                     let m = h.model(&key);
@@ -218,11 +253,35 @@ fn life(h: &mut HSim, db: &Db, disk: &FaultDisk, nops: u64) -> Check {
     Ok(())
 }
 
-fn check(h: &mut HSim, db: &Db) -> Check {
+/// A failure caused by the device's hang detector firing on a shard thread is reported as the hang.
+fn hang_or(f: Failure, disk: &FaultDisk) -> Failure {
+    match disk.hang() {
+        Some(hg) => Failure {
+            class: "hang".into(),
+            detail: format!(
+                "a shard thread polled {} times without answering ({} requests outstanding); the \
+                 call saw: [{}] {}",
+                hg.polls, hg.outstanding, f.class, f.detail
+            ),
+        },
+        None => f,
+    }
+}
+
+/// Notes the failure before the `Db` is dropped (its close may hang: the watchdog reports both).
+fn closing(h: &HSim, f: Failure) -> Failure {
+    if let Ok(mut d) = h.doing.lock() {
+        *d = format!("Db::close after the failure [{}] {}", f.class, f.detail);
+    }
+    f
+}
+
+fn check(h: &mut HSim, db: &Db, disk: &FaultDisk) -> Check {
     let handle = db.handle();
     for s in 0..SHARDS {
         let keys: Vec<Vec<u8>> = h.models[s].keys.keys().cloned().collect();
         for k in keys {
+            disk.note_progress();
             let got = match handle.get_meta(&k) {
                 Ok(g) => g,
                 Err(e) => {
@@ -239,20 +298,36 @@ fn check(h: &mut HSim, db: &Db) -> Check {
     Ok(())
 }
 
-fn run_seed(seed: u64) -> Result<u64, Failure> {
+fn run_seed(
+    seed: u64,
+    known: Vec<String>,
+    doing: Arc<std::sync::Mutex<String>>,
+) -> Result<u64, Failure> {
     let mut h = HSim {
         rng: SplitMix64::new(seed),
-        models: (0..SHARDS).map(|_| Model::default()).collect(),
+        models: (0..SHARDS)
+            .map(|_| Model {
+                known: known.clone(),
+                ..Model::default()
+            })
+            .collect(),
         next_id: 0,
         ops: 0,
+        big: false,
+        doing,
     };
-    let mut image = vec![0u8; BS as usize * 4096];
+    // Every other seed on a disk small enough to fill up.
+    let small = h.rng.below(2) == 0;
+    h.big = small;
+    let blocks = if small { 400 } else { 4096 };
+    let mut image = vec![0u8; BS as usize * blocks];
     let lives = 3;
     for l in 0..=lives {
         let last = l == lives;
         let cfg = if last {
             FaultConfig {
                 reorder: true,
+                hang_polls: 3_000_000,
                 ..Default::default()
             }
         } else {
@@ -262,9 +337,14 @@ fn run_seed(seed: u64) -> Result<u64, Failure> {
                 busy_ppm: 20_000,
                 write_error_ppm: 1_000,
                 flush_error_ppm: 1_000,
+                // Idle shard threads poll about a thousand times a second; a stuck one, millions.
+                hang_polls: 3_000_000,
                 ..Default::default()
             }
         };
+        if let Ok(mut d) = h.doing.lock() {
+            *d = format!("open of life {l}");
+        }
         let disk = FaultDisk::new(BS, image.clone(), h.rng.next_u64(), cfg);
         let mem = MemDisk::from_image(BS, &image);
         let factory = Arc::new(FaultFactory {
@@ -283,11 +363,25 @@ fn run_seed(seed: u64) -> Result<u64, Failure> {
             }
             Err(e) => return fail!("open-fails", "Db::open_with: {e}"),
         };
-        check(&mut h, &db)?;
+        // Checked with faults off (a background cycle failing meanwhile is another matter).
+        let cfg = disk.config();
+        disk.set_config(crate::workload::quiet(&cfg));
+        if let Ok(mut d) = h.doing.lock() {
+            *d = format!("check after recovery of life {l}");
+        }
+        check(&mut h, &db, &disk)
+            .map_err(|f| hang_or(f, &disk))
+            .map_err(|f| closing(&h, f))?;
+        disk.set_config(cfg);
         if last {
             break;
         }
-        life(&mut h, &db, &disk, 150)?;
+        life(&mut h, &db, &disk, 150)
+            .map_err(|f| hang_or(f, &disk))
+            .map_err(|f| closing(&h, f))?;
+        if let Ok(mut d) = h.doing.lock() {
+            *d = format!("power loss and Db::close at the end of life {l}");
+        }
         image = disk.crash();
         // The threads see a dead device and stop; their errors are expected.
         let _ = db.close();
@@ -313,19 +407,29 @@ pub fn run(known: &[String]) {
     for i in 0..n {
         let seed = one.unwrap_or_else(|| SplitMix64::new(0x68616e646c65 + i).next_u64());
         let (tx, rx) = mpsc::channel();
+        let k = known.to_vec();
+        let doing = Arc::new(std::sync::Mutex::new(String::from("open")));
+        let d2 = doing.clone();
         std::thread::spawn(move || {
-            let r = std::panic::catch_unwind(|| run_seed(seed))
+            let r = std::panic::catch_unwind(|| run_seed(seed, k, d2))
                 .unwrap_or_else(|p| Err(crate::panic_failure(p, "handle path")));
             let _ = tx.send(r);
         });
-        match rx.recv_timeout(Duration::from_secs(60)) {
+        match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(Ok(o)) => ops += o,
             Ok(Err(f)) => failures.push((seed, f)),
             Err(_) => failures.push((
                 seed,
                 Failure {
-                    class: "hang".into(),
-                    detail: "handle-path seed did not finish in 60 s".into(),
+                    class: match doing.lock().map(|d| d.contains("Db::close")) {
+                        Ok(true) => "close-hangs".into(),
+                        _ => "hang".into(),
+                    },
+                    detail: format!(
+                        "handle-path seed did not finish in 20 s (a call through the handle was never \
+                         answered) at {}",
+                        doing.lock().map(|d| d.clone()).unwrap_or_default()
+                    ),
                 },
             )),
         }

@@ -115,6 +115,7 @@ fn run_one(seed: u64, trace: bool, known: &[String]) -> Outcome {
         let p = workload::params(&mut rng);
         let shape = workload::shape(&p, &mut rng);
         let mut sim = Sim::new(rng.next_u64(), shape, trace, known.to_vec());
+        sim.gc_free_low = p.cfg.gc_free_low;
         sim.note(format!("seed {seed:#x}: {p:?}"));
         let result = workload::run_seed(seed, &mut sim, &p);
         Outcome {

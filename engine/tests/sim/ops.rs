@@ -50,6 +50,8 @@ pub struct Sim {
     pub full: bool,
     /// An operation of this life failed with an I/O error (the shard may refuse writes now).
     pub io_failed: bool,
+    /// The seed's GC threshold (for reports).
+    pub gc_free_low: f64,
 }
 
 /// Injected faults that make an I/O error legitimate.
@@ -86,6 +88,7 @@ impl Sim {
             pending: Vec::new(),
             full: false,
             io_failed: false,
+            gc_free_low: 0.0,
         }
     }
 

@@ -296,6 +296,10 @@ fn run_life(
             break;
         }
     }
+    if sim.rng.below(4) == 0 {
+        let r = check_settles(sim, shard, disk);
+        soften(sim, r)?;
+    }
     Ok(match sim.rng.below(10) {
         0..=5 => LifeEnd::Crash,
         6 | 7 => LifeEnd::Restart,
@@ -305,6 +309,7 @@ fn run_life(
 
 /// Classes after which the model is still sound, so a seed may go on when they are known-open.
 const CONTINUABLE: &[&str] = &[
+    "tick-never-idle",
     "read-fails-after-write-error",
     "delete-fails-when-full",
     "sync-fails-when-full",
@@ -346,6 +351,36 @@ fn check_after_error(sim: &mut Sim, shard: &mut Shard<Dev>, disk: &FaultDisk) ->
     }
     disk.set_config(cfg);
     Ok(())
+}
+
+/// Left alone, the shard runs out of background work: `tick` returns false within a bounded number
+/// of calls. (The handle path's shard loop only sleeps, and only stops on close, when `tick` has
+/// nothing left to do; a shard whose GC never reaches its target never stops.)
+fn check_settles(sim: &mut Sim, shard: &mut Shard<Dev>, disk: &FaultDisk) -> Check {
+    sim.note("settle");
+    for _ in 0..2000 {
+        disk.note_progress();
+        match shard.tick() {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            // Errors are the other checks' business; a failing tick is not busy.
+            Err(_) => return Ok(()),
+        }
+        if !disk.is_powered() {
+            return Ok(());
+        }
+    }
+    let st = shard.stats();
+    fail!(
+        "tick-never-idle",
+        "2000 ticks in a row did work (GC churns: {} segments cleaned, {} bytes moved; {} free blocks, \
+         {} live bytes, gc_free_low {})",
+        st.gc_segments,
+        st.gc_bytes_moved,
+        st.free_blocks,
+        st.live_bytes,
+        sim.gc_free_low
+    )
 }
 
 /// The device filled: deletes and sync must still work.
