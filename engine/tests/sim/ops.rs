@@ -18,6 +18,9 @@ pub struct Shape {
     pub max_value: usize,
     /// One in `big_every` values is large (0: never).
     pub big_every: u64,
+    /// Every value this long (segments then fill to the same size, so a segment of a new life can
+    /// end exactly where one of an old life began: the stale-segment case).
+    pub fixed_len: Option<usize>,
 }
 
 /// Counters of one seed (summed into the run summary).
@@ -118,7 +121,9 @@ impl Sim {
         }
         let mut v = format!("{}#{id}:", String::from_utf8_lossy(key)).into_bytes();
         let max = self.shape.max_value.max(v.len());
-        let len = if self.shape.big_every > 0 && self.rng.below(self.shape.big_every) == 0 {
+        let len = if let Some(l) = self.shape.fixed_len {
+            l
+        } else if self.shape.big_every > 0 && self.rng.below(self.shape.big_every) == 0 {
             max - self.rng.below((max / 4) as u64 + 1) as usize
         } else {
             v.len() + self.rng.below(200) as usize

@@ -119,6 +119,7 @@ pub fn shape(p: &Params, rng: &mut SplitMix64) -> Shape {
         } else {
             [0, 4, 12][rng.below(3) as usize]
         },
+        fixed_len: (rng.below(3) == 0).then(|| [100, 300, 700][rng.below(3) as usize]),
     }
 }
 
@@ -140,7 +141,10 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
             sim.note(format!("crash scheduled at request {n} of open"));
             disk.schedule_crash(n);
         }
-        if last {
+        // Faults during recovery in one life of four (they find their own classes and end the seed,
+        // which would leave fewer seeds for what only several crashes in a row show).
+        let faulty_open = !last && sim.rng.below(4) == 0;
+        if !faulty_open {
             disk.set_config(quiet(&p.faults));
         }
         disk.note_progress();
@@ -158,6 +162,14 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
                     rep.superblock_errors,
                     rep.checkpoint_errors
                 ));
+                if rep.replay_stop.contains("I/O error") {
+                    // A read that failed is not the end of the log: what follows is still there.
+                    return fail!(
+                        "open-truncates-log-on-read-error",
+                        "recovery ended the log at a read error and opened: {}",
+                        rep.replay_stop
+                    );
+                }
                 if rep
                     .checkpoint_errors
                     .iter()
@@ -203,9 +215,18 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
         };
         // The recovered state, checked with faults off (and no power loss left over from open).
         disk.cancel_crash();
-        let cfg = disk.config();
+        let cfg = p.faults.clone();
         disk.set_config(quiet(&cfg));
-        check_recovered(sim, &mut shard, &disk)?;
+        // A fault during recovery's reads is the likely cause of what the check finds: say so.
+        let c = disk.counters();
+        let open_faults = c.read_errors + c.bad_range_errors + c.corrupt_reads + c.resets;
+        check_recovered(sim, &mut shard, &disk).map_err(|mut f| {
+            if open_faults > 0 {
+                f.class = format!("{}-after-read-fault-in-open", f.class);
+                f.detail = format!("{} [recovery saw {c:?}]", f.detail);
+            }
+            f
+        })?;
         disk.set_config(cfg);
         if last {
             sim.tally.faults.add(&disk.counters());
