@@ -21,6 +21,9 @@ pub struct Shape {
     /// Every value this long (segments then fill to the same size, so a segment of a new life can
     /// end exactly where one of an old life began: the stale-segment case).
     pub fixed_len: Option<usize>,
+    /// Chains of short lives ended by power loss, with durable writes left in flight (see
+    /// `workload::params`).
+    pub chain: bool,
 }
 
 /// Counters of one seed (summed into the run summary).
@@ -247,7 +250,16 @@ impl Sim {
         self.tally.ops += 1;
         disk.note_progress();
         let before = disk.counters();
-        let r = self.rng.below(100);
+        let mut r = self.rng.below(100);
+        if self.shape.chain {
+            // Durable puts left to group commit (no wait), ticks and bursts: segments in flight.
+            r = match self.rng.below(10) {
+                0..=4 => 0,
+                5..=7 => 75,
+                8 => 52,
+                _ => 87,
+            };
+        }
         match r {
             0..=29 => self.op_put(s, disk, &before),
             30..=37 => self.op_delete(s, disk, &before),
@@ -288,6 +300,17 @@ impl Sim {
                     Ok(_) => Ok(()),
                     Err(e) => self.write_error("tick", &e, disk, &before),
                 }
+            }
+            87..=89 => {
+                // A burst of puts with no poll between them: several segments end up in flight at
+                // once, the setting for crashes that keep a later segment and lose an earlier one.
+                let n = 4 + self.rng.below(20);
+                self.note(format!("burst of {n} puts"));
+                for _ in 0..n {
+                    let before = disk.counters();
+                    self.op_put_with(s, disk, &before, false)?;
+                }
+                Ok(())
             }
             _ => self.wait_pending(s, disk, &before),
         }
@@ -333,10 +356,24 @@ impl Sim {
     }
 
     fn op_put(&mut self, s: &mut dyn LocalCtx, disk: &FaultDisk, before: &FaultCounters) -> Check {
+        self.op_put_with(s, disk, before, true)
+    }
+
+    fn op_put_with(
+        &mut self,
+        s: &mut dyn LocalCtx,
+        disk: &FaultDisk,
+        before: &FaultCounters,
+        may_wait: bool,
+    ) -> Check {
         let key = self.key();
         let id = self.model.new_id();
         let value = self.value(&key, id);
-        let (opts, desc) = self.opts(&key);
+        let (mut opts, mut desc) = self.opts(&key);
+        if !may_wait {
+            opts.durable = false;
+            desc = format!("{desc} (burst: not durable)");
+        }
         self.note(format!(
             "put {} #{id} len {} {desc}",
             String::from_utf8_lossy(&key),

@@ -25,6 +25,8 @@ pub struct Params {
     pub mid_op_crash_every: u64,
     /// Shaped to fill the device.
     pub fill: bool,
+    /// Shaped for chains of crashes (see `params`).
+    pub chain: bool,
 }
 
 /// Faults that keep every request succeeding (used while checking).
@@ -88,16 +90,36 @@ pub fn params(rng: &mut SplitMix64) -> Params {
     if rng.below(5) == 0 {
         faults.torn_sector_ppm = 100_000;
     }
+    // One seed in five: the stale-segment hunt (issue finding 1) — many short lives, each ended by a
+    // power loss while durable writes of one-record segments are in flight, no injected errors.
+    let chain = !fill && rng.below(5) == 0;
+    let mut cfg = cfg;
+    if chain {
+        faults = FaultConfig {
+            reorder: faults.reorder,
+            delay_ppm: faults.delay_ppm,
+            hang_polls: faults.hang_polls,
+            ..Default::default()
+        };
+        cfg.max_inflight_cycles = 2 + rng.below(3) as usize;
+    }
     Params {
         blocks,
         cfg,
-        lives: 2 + rng.below(4) as u32,
+        lives: if chain {
+            4 + rng.below(6) as u32
+        } else {
+            2 + rng.below(4) as u32
+        },
         ops_per_life: if fill {
             200 + rng.below(300)
+        } else if chain {
+            8 + rng.below(40)
         } else {
             30 + rng.below(200)
         },
         fill,
+        chain,
         faults,
         mid_op_crash_every: 2,
     }
@@ -119,13 +141,20 @@ pub fn shape(p: &Params, rng: &mut SplitMix64) -> Shape {
         } else {
             [0, 4, 12][rng.below(3) as usize]
         },
-        fixed_len: (rng.below(3) == 0).then(|| [100, 300, 700][rng.below(3) as usize]),
+        fixed_len: if p.chain {
+            Some([40, 100, 300][rng.below(3) as usize])
+        } else {
+            (rng.below(3) == 0).then(|| [100, 300, 700][rng.below(3) as usize])
+        },
+        chain: p.chain,
     }
 }
 
 /// Runs one seed. `Err` is the first failed check.
 pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
     let mut image = vec![0u8; BS as usize * p.blocks as usize];
+    // An open failed (excused by a fault): what it wrote before failing may explain later losses.
+    let mut failed_open = false;
     // The store is checked after every recovery, and once more at the end (lives + 1 opens).
     for life in 0..=p.lives {
         let last = life == p.lives;
@@ -202,10 +231,19 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
                         Error::Unrecoverable(_) => "open-fails-unrecoverable",
                         _ => "open-fails",
                     };
-                    return fail!(class, "open failed without an injected fault: {e}");
+                    let suffix = if failed_open {
+                        "-after-failed-open"
+                    } else {
+                        ""
+                    };
+                    return fail!(
+                        format!("{class}{suffix}"),
+                        "open failed without an injected fault: {e}"
+                    );
                 }
                 // The failed open may have written: what it left is the medium now. The model is
                 // unchanged (nothing was observed).
+                failed_open = true;
                 image = disk.crash();
                 sim.tally.crashes += 1;
                 sim.tally.faults.add(&disk.counters());
@@ -221,7 +259,9 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
         let c = disk.counters();
         let open_faults = c.read_errors + c.bad_range_errors + c.corrupt_reads + c.resets;
         check_recovered(sim, &mut shard, &disk).map_err(|mut f| {
-            if open_faults > 0 {
+            if failed_open {
+                f.class = format!("{}-after-failed-open", f.class);
+            } else if open_faults > 0 {
                 f.class = format!("{}-after-read-fault-in-open", f.class);
                 f.detail = format!("{} [recovery saw {c:?}]", f.detail);
             }
@@ -320,6 +360,9 @@ fn run_life(
     if sim.rng.below(4) == 0 {
         let r = check_settles(sim, shard, disk);
         soften(sim, r)?;
+    }
+    if sim.shape.chain {
+        return Ok(LifeEnd::Crash);
     }
     Ok(match sim.rng.below(10) {
         0..=5 => LifeEnd::Crash,
