@@ -374,6 +374,12 @@ fn run_seed(
             .map_err(|f| closing(&h, f))?;
         disk.set_config(cfg);
         if last {
+            if let Ok(mut d) = h.doing.lock() {
+                *d = "Db::close at the end of the seed".into();
+            }
+            if let Err(e) = db.close() {
+                return fail!("close-fails", "Db::close at the end: {e}");
+            }
             break;
         }
         life(&mut h, &db, &disk, 150)
@@ -415,7 +421,7 @@ pub fn run(known: &[String]) {
                 .unwrap_or_else(|p| Err(crate::panic_failure(p, "handle path")));
             let _ = tx.send(r);
         });
-        match rx.recv_timeout(Duration::from_secs(20)) {
+        match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(o)) => ops += o,
             Ok(Err(f)) => failures.push((seed, f)),
             Err(_) => failures.push((
@@ -426,7 +432,7 @@ pub fn run(known: &[String]) {
                         _ => "hang".into(),
                     },
                     detail: format!(
-                        "handle-path seed did not finish in 20 s (a call through the handle was never \
+                        "handle-path seed did not finish in 10 s (a call through the handle was never \
                          answered) at {}",
                         doing.lock().map(|d| d.clone()).unwrap_or_default()
                     ),
