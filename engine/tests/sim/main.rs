@@ -12,6 +12,28 @@
 //!   [`KNOWN_OPEN`]); by default every failure fails the test.
 //! - `NVKV_SIM_HANDLE_SEEDS=N`: seeds of the handle-path part (timing-dependent, see `handle`).
 
+//!
+//! Failure classes (the name of the check that failed; a suffix `-after-read-fault-in-open` or
+//! `-after-failed-open` says a fault during recovery, or a failed open before it, is the likely cause):
+//! - `durable-write-lost`: an acknowledged durable write is missing after recovery.
+//! - `stale-value-after-recovery`: a value older than the last acknowledged durable one is served.
+//! - `lost-write-resurrected`: a write lost in an earlier crash (the recovery after it did not have
+//!   it) is back after a later one; `recovered-value-lost`: a value recovered at one open is gone at
+//!   the next with no write in between (e.g. a lost delete came back).
+//! - `never-written-value`, `unknown-key-after-recovery`, `version-wrong-after-recovery`,
+//!   `corrupt-after-recovery`, `get-fails-after-recovery`, `scan-*`: served state that never existed,
+//!   a read failing with faults off, scans that disagree with gets or are unordered.
+//! - `version-reused` (the earlier holder was durable or closed cleanly), `version-reused-of-lost-write`
+//!   (it was lost in a crash), `version-reused-same-life`, `version-not-increasing`.
+//! - `cas-wrong-outcome`, `lww-wrong-outcome`, `incr-wrong-sum`, `read-wrong-in-life`: an operation's
+//!   answer disagrees with the model while the store runs.
+//! - `read-fails-after-write-error`: reads of durable data fail after a write/flush error.
+//! - `open-truncates-log-on-read-error`, `open-succeeds-without-checkpoint`,
+//!   `recovery-dropped-entries`, `open-fails*`: recovery loses or refuses what it should keep.
+//! - `delete-fails-when-full`, `sync-fails-when-full`, `close-fails-when-full`, `close-fails`,
+//!   `tick-never-idle` (background work never ends), `hang` (a wait polled without end),
+//!   `close-hangs`, `io-error-without-fault:*`, `corrupt-in-life:*`, `unexpected-error:*`, `panic`.
+
 mod handle;
 mod model;
 mod ops;
@@ -263,11 +285,12 @@ fn shard_seeds() {
         total.nospace
     );
     eprintln!(
-        "sim faults: write errors {}, read errors {}, flush errors {}, bad ranges {} ({} requests failed), \
+        "sim faults: write errors {}, read errors {}, corrupted reads {}, flush errors {}, bad ranges {} ({} requests failed), \
          busy {}, resets {} ({} requests failed), reordered {}, delayed {}, at crashes: blocks dropped {}, \
          landed {}, torn writes {}, torn sectors {}",
         f.write_errors,
         f.read_errors,
+        f.corrupt_reads,
         f.flush_errors,
         f.bad_ranges,
         f.bad_range_errors,

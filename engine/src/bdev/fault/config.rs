@@ -55,7 +55,7 @@ pub struct FaultConfig {
     pub reorder: bool,
     /// At a crash, a landed block may be torn inside: only a prefix of 64-byte pieces is new.
     pub torn_sector_ppm: u32,
-    /// Polls without [`FaultDisk::note_progress`] after which the device declares a hang (0: never).
+    /// Polls without [`super::FaultDisk::note_progress`] after which the device declares a hang (0: never).
     pub hang_polls: u64,
 }
 
