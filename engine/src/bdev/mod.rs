@@ -9,12 +9,16 @@
 use std::ops::DerefMut;
 
 pub mod aligned;
+pub mod fault;
 pub mod file;
 pub mod memory;
 pub mod nvme;
 pub mod recording;
 
 pub use aligned::AlignedBuf;
+pub use fault::{
+    FaultBdev, FaultConfig, FaultCounters, FaultDisk, FaultFactory, SimHang, SplitMix64,
+};
 pub use file::{FileBdev, FileDisk};
 pub use memory::{MemBdev, MemDisk};
 pub use nvme::{NvmeBdev, NvmeFactory};
