@@ -91,7 +91,8 @@ fn main() {
             .cloned()
             .collect();
         for k in &gone {
-            s.delete(k, WriteOpts::default()).expect("delete on a full shard");
+            s.delete(k, WriteOpts::default())
+                .expect("delete on a full shard");
             live.remove(k);
         }
         s.sync().expect("sync on a full shard");

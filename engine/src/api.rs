@@ -726,11 +726,13 @@ fn run_shard<D: BlockDevice>(
                 }
             }
         }
-        if n > 0 || did {
+        // Closing is not held up by background work that keeps finding something to do.
+        let stopping = inner.stop.load(Ordering::SeqCst) && link.queue.is_empty();
+        if (n > 0 || did) && !stopping {
             idle = 0;
             continue;
         }
-        if inner.stop.load(Ordering::SeqCst) && link.queue.is_empty() {
+        if stopping {
             let res = shard.close();
             for (_, rid, inbox, reply) in waiting.drain(..) {
                 match &res {

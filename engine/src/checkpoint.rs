@@ -263,7 +263,9 @@ impl<D: BlockDevice> Shard<D> {
         }
         // Byte for byte what was written (cheaper than decoding it again, and stricter).
         let len = (blocks * self.bs) as usize;
-        let written = buf.as_deref().ok_or(Error::Io(IoError::Device(libc::EIO)))?;
+        let written = buf
+            .as_deref()
+            .ok_or(Error::Io(IoError::Device(libc::EIO)))?;
         if back[..len] != written[..len] {
             return Err(Error::Corrupt(FormatError::BadField(
                 "checkpoint read back differs from what was written",

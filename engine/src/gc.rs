@@ -33,8 +33,12 @@ impl<D: BlockDevice> Shard<D> {
             .segments
             .iter()
             .filter(|(l, s)| s.seq <= self.gc_horizon() && !self.log.gc_bad.contains(l))
-            .map(|(&l, s)| (l, (u64::from(s.blocks) * bs).saturating_sub(s.live)))
-            .filter(|&(_, dead)| dead > 0)
+            .map(|(&l, s)| (l, s.live, (u64::from(s.blocks) * bs).saturating_sub(s.live)))
+            // Worth moving: nothing live (freed by a checkpoint, no copying), or at least a quarter
+            // of the segment and two blocks dead. Header and padding alone count as dead bytes, and
+            // cleaning those moved the same records round and round.
+            .filter(|&(_, live, dead)| live == 0 || (dead >= 2 * bs && dead * 4 >= dead + live))
+            .map(|(l, _, dead)| (l, dead))
             .max_by_key(|&(l, dead)| (dead, std::cmp::Reverse(l)))
     }
 
@@ -52,10 +56,11 @@ impl<D: BlockDevice> Shard<D> {
             return Ok(false);
         };
         if seg.live == 0 {
-            // Nothing to move: the next checkpoint frees it.
+            // Nothing to move: the next checkpoint frees it (when there is room for one).
             if !self.ckpts.due && self.pipeline.is_idle() {
+                let before = self.stats.checkpoints;
                 self.checkpoint()?;
-                return Ok(true);
+                return Ok(self.stats.checkpoints > before);
             }
             self.ckpts.due = true;
             return Ok(false);
@@ -120,6 +125,17 @@ impl<D: BlockDevice> Shard<D> {
 
     /// Makes `need` blocks free, cleaning synchronously; NoSpace when nothing helps.
     pub(crate) fn make_room(&mut self, need: u64) -> Result<(), Error> {
+        // Cleaning writes (moved records, checkpoints); none of that may ask for cleaning again.
+        if self.making_room {
+            return Err(Error::NoSpace);
+        }
+        self.making_room = true;
+        let r = self.make_room_inner(need);
+        self.making_room = false;
+        r
+    }
+
+    fn make_room_inner(&mut self, need: u64) -> Result<(), Error> {
         let mut tries = 0;
         while self.space.free_blocks() < need {
             tries += 1;

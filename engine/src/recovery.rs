@@ -163,6 +163,7 @@ impl<D: BlockDevice> Shard<D> {
             stats: ShardStats::default(),
             failed: None,
             cycle_error: None,
+            making_room: false,
             read_buf: None,
             cache: SegmentCache::new(cfg.cache_bytes, bs),
             cfg,
@@ -234,7 +235,11 @@ impl<D: BlockDevice> Shard<D> {
         let mut sbs: Vec<Superblock> = Vec::new();
         let mut blank = 0;
         for copy in 0..SB_BLOCKS {
-            let b = self.read_blocks(copy, 1)?;
+            let mut b = self.read_blocks(copy, 1)?;
+            if Superblock::decode(&b).is_err() {
+                // Once more: a transient bad read must not make a good copy look damaged.
+                b = self.read_blocks(copy, 1)?;
+            }
             if b.iter().all(|&x| x == 0) {
                 blank += 1;
                 rep.superblock_errors.push(format!("copy {copy}: blank"));
@@ -294,6 +299,9 @@ impl<D: BlockDevice> Shard<D> {
                     chosen = Some((i, *c, r));
                     break;
                 }
+                // The device failed a read: the open fails as such (nothing written), it does not
+                // fall back to an older state.
+                Err(e @ Error::Io(_)) => return Err(e),
                 Err(e) => {
                     rep.checkpoint_errors
                         .push(format!("checkpoint at block {}: {e}", c.lba));
@@ -349,8 +357,15 @@ impl<D: BlockDevice> Shard<D> {
         rep: &mut RecoveryReport,
     ) -> Result<Rebuilt, Error> {
         let (b, _) = self.read_checkpoint(c)?;
-        let (h, extents, ckpt_segs, entries) =
-            format::decode_ckpt(&b, self.slice_blocks, self.bs as u32)?;
+        let decoded = match format::decode_ckpt(&b, self.slice_blocks, self.bs as u32) {
+            Ok(d) => d,
+            // Once more before the checkpoint counts as damaged (a transient bad read).
+            Err(_) => {
+                let (b, _) = self.read_checkpoint(c)?;
+                format::decode_ckpt(&b, self.slice_blocks, self.bs as u32)?
+            }
+        };
+        let (h, extents, ckpt_segs, entries) = decoded;
         if h.shard_id != self.cfg.shard_id
             || h.volume != self.ckpts.volume
             || h.seg_seq != c.seg_seq
@@ -390,7 +405,7 @@ impl<D: BlockDevice> Shard<D> {
         rep.segments_replayed = 0;
         rep.records_replayed = 0;
         rep.replay_stop = loop {
-            match self.read_segment(lba, reserved, expect, chain, epoch, newest.seq) {
+            match self.read_segment_twice(lba, reserved, expect, chain, epoch, newest.seq + 1) {
                 Ok(Some((hdr, crc, records))) => {
                     for (off, tomb, ts, version, key, value) in records {
                         max_ts = max_ts.max(ts);
@@ -424,6 +439,9 @@ impl<D: BlockDevice> Shard<D> {
                     epoch = hdr.epoch;
                 }
                 Ok(None) => break format!("segment {expect} not written"),
+                // A read that failed is not the end of the log: what follows may be there. The open
+                // fails (typed, nothing written) rather than cut the log short.
+                Err(e @ Error::Io(_)) => return Err(e),
                 Err(e) => break format!("segment {expect}: {e}"),
             }
         };
@@ -564,6 +582,40 @@ impl<D: BlockDevice> Shard<D> {
             )));
         }
         Ok(())
+    }
+
+    /// [`Self::read_segment`], and when what it finds is not the next segment, once more: the end of
+    /// the log only when both reads agree. A segment that checks out on the second read is used; two
+    /// reads that fail differently are a device error (unstable reads), never the end of the log.
+    #[allow(clippy::type_complexity)]
+    fn read_segment_twice(
+        &mut self,
+        lba: u64,
+        reserved: u64,
+        expect: u64,
+        chain: u32,
+        min_epoch: u64,
+        max_epoch: u64,
+    ) -> Result<
+        Option<(
+            SegmentHeader,
+            u32,
+            Vec<(usize, bool, u64, u64, Vec<u8>, usize)>,
+        )>,
+        Error,
+    > {
+        let first = self.read_segment(lba, reserved, expect, chain, min_epoch, max_epoch);
+        match &first {
+            Ok(Some(_)) | Err(Error::Io(_)) => return first,
+            _ => {}
+        }
+        let second = self.read_segment(lba, reserved, expect, chain, min_epoch, max_epoch);
+        match (&first, &second) {
+            (_, Ok(Some(_))) | (_, Err(Error::Io(_))) => second,
+            (Ok(None), Ok(None)) => first,
+            (Err(a), Err(b)) if a == b => first,
+            _ => Err(Error::Io(crate::bdev::IoError::Device(libc::EIO))),
+        }
     }
 
     /// Reads and checks segment `expect` at `lba`: it must belong to this volume and shard, carry the

@@ -228,6 +228,8 @@ pub struct Shard<D: BlockDevice> {
     pub(crate) failed: Option<IoError>,
     /// Why the active buffer could not be sealed when last tried (see [`Shard::cycle_error`]).
     pub(crate) cycle_error: Option<Error>,
+    /// Inside `make_room` (it must not recurse through the writes it makes).
+    pub(crate) making_room: bool,
     /// Device buffer reused by reads of single records (no allocation per read).
     pub(crate) read_buf: Option<D::Buf>,
     /// Copies of the newest segments, for reads.
@@ -297,10 +299,11 @@ impl<D: BlockDevice> Shard<D> {
         self.reserve_blocks() + self.buf_blocks
     }
 
-    /// Free blocks a delete needs: room for GC to move records (deletes make room, but only GC gives
-    /// it back).
+    /// Free blocks a delete asks to keep: the reserve less the buffer puts keep beyond it. Deletes
+    /// make room (the record they kill is at least as long as their tombstone), but only a checkpoint
+    /// and GC give it back, and those need the reserve.
     pub(crate) fn room_for_deletes(&self) -> u64 {
-        2 * self.buf_blocks
+        self.reserve_blocks()
     }
 
     /// Everything in use — live segments, both checkpoints, the log reservation, extents waiting to be
@@ -376,7 +379,14 @@ impl<D: BlockDevice> Shard<D> {
                 self.room_for_puts()
             };
             if self.space.free_blocks() < need {
-                self.make_room(need)?;
+                match self.make_room(need) {
+                    Ok(()) => {}
+                    // A delete goes on with what is left (it is how room is made), down to the
+                    // buffer's worth that `sync` and `close` need to seal what is buffered.
+                    Err(Error::NoSpace)
+                        if tombstone && self.space.free_blocks() >= self.buf_blocks => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         let mut tries = 0;
@@ -392,7 +402,8 @@ impl<D: BlockDevice> Shard<D> {
             self.wait_cycle_slot()?;
             // The next reservation must hold this record (the current one may be a small extent).
             let need = ((SEG_HDR_LEN + rl) as u64).div_ceil(self.bs);
-            if self.active.is_empty() && self.space.largest() < need {
+            // (Not for GC's own moves: cleaning does not wait for cleaning.)
+            if check_room && self.active.is_empty() && self.space.largest() < need {
                 self.make_room(self.room_for_deletes())?;
             }
             self.seal_cycle(need)?;
