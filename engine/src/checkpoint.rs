@@ -36,6 +36,9 @@ pub(crate) struct Checkpoints {
     pub fallback_spent: bool,
     /// A checkpoint is due (the log since the last one is long enough, or a new life starts).
     pub due: bool,
+    /// `life` is not on the device yet: no superblock written since it was advanced. Versions are
+    /// handed out only once it is (see `Shard::next_version`).
+    pub life_unwritten: bool,
 }
 
 impl Checkpoints {
@@ -90,6 +93,11 @@ impl<D: BlockDevice> Shard<D> {
             .collect();
         let Some(extents) = self.alloc_ckpt_extents(segs.len()) else {
             self.stats.checkpoints_skipped += 1;
+            if self.ckpts.life_unwritten {
+                // No room for a checkpoint, but a new life must be on the device before it hands
+                // out a version: the superblock alone, referencing the same checkpoints.
+                self.write_life()?;
+            }
             return Ok(());
         };
         if let Err(e) = self.write_and_verify_ckpt(&extents, seg_seq, &segs) {
@@ -133,6 +141,7 @@ impl<D: BlockDevice> Shard<D> {
             return Err(e);
         }
         self.ckpts.sb_seq = sb.seq;
+        self.ckpts.life_unwritten = false;
         // The superblock no longer references the fallback before the old one: free its extents, and
         // the segments nothing points at that only the dropped fallback's log still needed.
         if let Some(old) = self.ckpts.fallback.take() {
@@ -161,6 +170,32 @@ impl<D: BlockDevice> Shard<D> {
         self.ckpts.fallback_spent = false;
         self.stats.checkpoints += 1;
         self.check_space();
+        Ok(())
+    }
+
+    /// Writes a superblock that only advances the sequence number (the epoch) and the life.
+    fn write_life(&mut self) -> Result<(), Error> {
+        let sb = Superblock {
+            block_size: self.bs as u32,
+            shard_id: self.cfg.shard_id,
+            shard_count: self.cfg.shard_count,
+            slice_blocks: self.slice_blocks,
+            volume: self.ckpts.volume,
+            seq: self.ckpts.sb_seq + 1,
+            life: self.ckpts.life,
+            ckpt: self.ckpts.current.r,
+            prev: self.ckpts.fallback.as_ref().map(|k| k.r),
+        };
+        if let Err(e) = self.write_superblock(&sb) {
+            let io = match &e {
+                Error::Io(io) => io.clone(),
+                _ => IoError::Device(libc::EIO),
+            };
+            self.fail_pipeline(io, "a superblock write failed");
+            return Err(e);
+        }
+        self.ckpts.sb_seq = sb.seq;
+        self.ckpts.life_unwritten = false;
         Ok(())
     }
 

@@ -26,20 +26,31 @@ impl<D: BlockDevice> Shard<D> {
         self.free_fraction() < self.cfg.gc_free_low && self.victim().is_some()
     }
 
-    /// The covered segment with the most dead bytes, if any has some.
-    fn victim(&self) -> Option<(u64, u64)> {
+    /// The covered segment with the most dead bytes worth moving. Worth it in the background: nothing
+    /// live (a checkpoint frees it, no copying), or a quarter of the segment and two blocks dead —
+    /// header and padding alone count as dead bytes, and cleaning for those moved the same records
+    /// round and round. When space is short (`pressed`): any net gain, a block and a header dead.
+    fn victim_with(&self, pressed: bool) -> Option<(u64, u64)> {
         let bs = self.bs;
         self.log
             .segments
             .iter()
             .filter(|(l, s)| s.seq <= self.gc_horizon() && !self.log.gc_bad.contains(l))
             .map(|(&l, s)| (l, s.live, (u64::from(s.blocks) * bs).saturating_sub(s.live)))
-            // Worth moving: nothing live (freed by a checkpoint, no copying), or at least a quarter
-            // of the segment and two blocks dead. Header and padding alone count as dead bytes, and
-            // cleaning those moved the same records round and round.
-            .filter(|&(_, live, dead)| live == 0 || (dead >= 2 * bs && dead * 4 >= dead + live))
+            .filter(|&(_, live, dead)| {
+                live == 0
+                    || if pressed {
+                        dead >= bs + SEG_HDR_LEN as u64
+                    } else {
+                        dead >= 2 * bs && dead * 4 >= dead + live
+                    }
+            })
             .map(|(l, _, dead)| (l, dead))
             .max_by_key(|&(l, dead)| (dead, std::cmp::Reverse(l)))
+    }
+
+    fn victim(&self) -> Option<(u64, u64)> {
+        self.victim_with(self.making_room)
     }
 
     /// Segments up to this sequence number may be cleaned (see [`crate::checkpoint::Checkpoints`]).
@@ -56,14 +67,25 @@ impl<D: BlockDevice> Shard<D> {
             return Ok(false);
         };
         if seg.live == 0 {
-            // Nothing to move: the next checkpoint frees it (when there is room for one).
-            if !self.ckpts.due && self.pipeline.is_idle() {
-                let before = self.stats.checkpoints;
-                self.checkpoint()?;
-                return Ok(self.stats.checkpoints > before);
+            // Nothing to move: free it once what superseded its records is durable (recovery from
+            // either checkpoint replays those records over the entries that pointed here). That is
+            // in the active buffer or an older generation.
+            self.log.segments.remove(&lba);
+            let gen = if self.active.is_empty() {
+                self.active_gen - 1
+            } else {
+                self.active_gen
+            };
+            if gen <= self.durable_gen && self.pipeline.is_idle() {
+                // Cannot fail: the segment's extent was allocated.
+                let _ = self.space.free(lba, u64::from(seg.blocks));
+            } else {
+                self.log
+                    .pending_free
+                    .push((gen, lba, u64::from(seg.blocks)));
             }
-            self.ckpts.due = true;
-            return Ok(false);
+            self.stats.gc_segments += 1;
+            return Ok(true);
         }
         let buf = self
             .dev
@@ -142,16 +164,30 @@ impl<D: BlockDevice> Shard<D> {
             if tries > 256 {
                 return Err(Error::NoSpace);
             }
-            if !self.log.pending_free.is_empty() || !self.pipeline.is_idle() {
-                // Copies waiting to become durable: finish that cycle (and the one holding them).
+            if !self.pipeline.is_idle() {
                 self.drive_cycle()?;
-                if !self.log.pending_free.is_empty() && !self.active.is_empty() {
+                continue;
+            }
+            let victim = self.victim();
+            // Moved copies waiting to become durable: seal the buffer holding them once it is half
+            // full or nothing else is worth moving (each seal costs a header and padding, so one
+            // per victim ate what cleaning gained).
+            let half_full = self.active.len() * 2 >= self.active.capacity();
+            if !self.log.pending_free.is_empty() && (victim.is_none() || half_full) {
+                if !self.active.is_empty() {
                     self.start_cycle()?;
-                    self.drive_cycle()?;
+                }
+                self.drive_cycle()?;
+                let durable = self.durable_gen;
+                self.log.free_durable(durable, &mut self.space);
+                if !self.log.pending_free.is_empty() && self.active.is_empty() && victim.is_none() {
+                    // Nothing buffered holds them and nothing is in flight: they are durable.
+                    let all = self.active_gen;
+                    self.log.free_durable(all, &mut self.space);
                 }
                 continue;
             }
-            if self.victim().is_some() {
+            if victim.is_some() {
                 self.gc_step()?;
                 continue;
             }

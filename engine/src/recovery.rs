@@ -198,6 +198,7 @@ impl<D: BlockDevice> Shard<D> {
                 self.log.next_seq = 1;
                 self.ckpts.volume = v;
                 self.ckpts.life = 1;
+                self.ckpts.life_unwritten = true;
                 self.space = FreeSpace::new(SB_BLOCKS, self.slice_blocks);
                 let head = self.space.alloc(self.buf_blocks).ok_or(Error::NoSpace)?;
                 self.log.head = (head, self.buf_blocks);
@@ -214,6 +215,12 @@ impl<D: BlockDevice> Shard<D> {
                 }
                 self.checkpoint()?;
             }
+        }
+        // A life not on the device could hand out versions an earlier life did.
+        if self.ckpts.life_unwritten {
+            return Err(Error::Unrecoverable(
+                "the new life's superblock was not written".into(),
+            ));
         }
         rep.keys = self.index.len() as u64;
         Ok(())
@@ -337,6 +344,7 @@ impl<D: BlockDevice> Shard<D> {
             return Err(Error::Unrecoverable("version space exhausted".into()));
         }
         self.ckpts.life = life;
+        self.ckpts.life_unwritten = true;
         // Nothing an earlier life handed out (persisted or lost in a crash) is handed out again.
         self.version_ctr = r.version_ctr.max(life << LIFE_SHIFT);
         self.active.set_limit((self.log.head.1 * self.bs) as usize);

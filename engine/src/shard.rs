@@ -294,6 +294,18 @@ impl<D: BlockDevice> Shard<D> {
         self.ckpt_blocks_estimate() + 2 * self.buf_blocks
     }
 
+    /// Whether a checkpoint now leaves the reserve whole (it frees the fallback's extents once in
+    /// place). A due checkpoint waits otherwise: when space is short, `make_room` takes one only to
+    /// let GC reach what the log since the last one holds.
+    pub(crate) fn checkpoint_affordable(&self) -> bool {
+        let fallback: u64 = self
+            .ckpts
+            .fallback
+            .as_ref()
+            .map_or(0, |f| f.extents.iter().map(|e| e.1).sum());
+        self.space.free_blocks() + fallback >= self.ckpt_blocks_estimate() + self.reserve_blocks()
+    }
+
     /// Free blocks new data needs before it is buffered: the reserve and a buffer's worth.
     pub(crate) fn room_for_puts(&self) -> u64 {
         self.reserve_blocks() + self.buf_blocks
@@ -381,10 +393,12 @@ impl<D: BlockDevice> Shard<D> {
             if self.space.free_blocks() < need {
                 match self.make_room(need) {
                     Ok(()) => {}
-                    // A delete goes on with what is left (it is how room is made), down to the
-                    // buffer's worth that `sync` and `close` need to seal what is buffered.
+                    // A delete goes on with what is left (it is how room is made), down to what the
+                    // next checkpoint (which lets GC give the space back) and one seal need.
                     Err(Error::NoSpace)
-                        if tombstone && self.space.free_blocks() >= self.buf_blocks => {}
+                        if tombstone
+                            && self.space.free_blocks()
+                                >= self.ckpt_blocks_estimate() + self.buf_blocks => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -514,6 +528,7 @@ impl<D: BlockDevice> Shard<D> {
             && self.version_ctr >> format::LIFE_SHIFT == self.ckpts.life
         {
             self.ckpts.life += 1;
+            self.ckpts.life_unwritten = true;
             self.ckpts.due = true;
         }
         assert!(
@@ -780,7 +795,7 @@ impl<D: BlockDevice> Shard<D> {
         let mut did = self.poll_dev() > 0;
         self.advance_cycle();
         if self.failed.is_none() {
-            if self.ckpts.due {
+            if self.ckpts.due && self.checkpoint_affordable() {
                 self.checkpoint()?;
                 did = true;
             } else if !self.active.is_empty() && self.cycle_slot_free() {

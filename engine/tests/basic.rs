@@ -115,7 +115,9 @@ fn pipelined_cycles_share_a_flush_and_publish_in_order() {
 
 #[test]
 fn overwrites_cycle_and_gc_keep_data() {
-    let disk = MemDisk::new(512, 600);
+    // 400 KiB: the 160 KiB of live records, two checkpoints of 33 KiB (the newest and its fallback)
+    // and the reserve, with room for GC to work in.
+    let disk = MemDisk::new(512, 800);
     let c = ShardConfig {
         gc_free_low: 0.5,
         ..cfg()

@@ -632,7 +632,7 @@ fn gc_never_frees_a_segment_it_could_not_move_whole() {
     let (mut s, _) = Shard::open(disk.bdev(), c.clone()).expect("reopen");
     // Two checkpoints later the segment is below GC's horizon; overwrites give it dead bytes.
     for round in 0..3u32 {
-        for i in 1..4u32 {
+        for i in 1..9u32 {
             s.put(
                 format!("g{i:02}").as_bytes(),
                 &[round as u8; 120],
@@ -654,7 +654,7 @@ fn gc_never_frees_a_segment_it_could_not_move_whole() {
     );
     s.close().expect("close");
     let (mut s, _) = Shard::open(disk.bdev(), c).expect("reopen");
-    for i in 4..20u32 {
+    for i in 9..20u32 {
         let got = s.get(format!("g{i:02}").as_bytes()).expect("get");
         assert_eq!(
             got.map(|v| v.0),
