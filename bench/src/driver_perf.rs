@@ -93,7 +93,6 @@ fn diff(a: QueueStats, b: QueueStats) -> QueueStats {
         sq_shadow_updates: b.sq_shadow_updates - a.sq_shadow_updates,
         cq_shadow_updates: b.cq_shadow_updates - a.cq_shadow_updates,
         aborts_sent: b.aborts_sent - a.aborts_sent,
-        shadow_kicks: b.shadow_kicks - a.shadow_kicks,
         resets_seen: b.resets_seen - a.resets_seen,
     }
 }

@@ -91,9 +91,17 @@ struct AdminQueue {
     next_cid: u16,
     sq_db: Doorbell,
     cq_db: Doorbell,
+    /// The admin queue's shadow slots once Doorbell Buffer Config is done: the tail and head are written there
+    /// too (always with the MMIO write as well), so a controller that reads the admin queue's doorbells from
+    /// the shadow page sees the same values as one that does not.
+    shadow: Option<ShadowSlots>,
     /// One page for Identify data and other admin payloads.
     data: DmaBuf,
 }
+
+// SAFETY: the shadow slots point into the Doorbell Buffer pages owned by the same Shared; the admin queue is
+// used under its mutex only.
+unsafe impl Send for AdminQueue {}
 
 pub(crate) struct Shared {
     addr: String,
@@ -186,6 +194,7 @@ impl Controller {
             next_cid: 0,
             sq_db: bar.doorbell(reg::DOORBELLS),
             cq_db: bar.doorbell(reg::DOORBELLS + stride),
+            shadow: None,
             data: iommu.alloc(PAGE_SIZE)?,
         };
         enable(addr, &bar, cap, &mut aq)?;
@@ -250,6 +259,7 @@ impl Controller {
         let dbbuf = if opts.shadow_doorbells && raw.oacs & spec::OACS_DBBUF != 0 {
             let pages = (iommu.alloc(PAGE_SIZE)?, iommu.alloc(PAGE_SIZE)?);
             config_dbbuf(addr, &bar, &mut aq, &pages, t)?;
+            aq.shadow = shadow_slots_of(&pages, cap, 0);
             Some(pages)
         } else {
             None
@@ -480,6 +490,7 @@ fn enable(addr: &str, bar: &Bar, cap: Cap, aq: &mut AdminQueue) -> Result<()> {
         bar.write32(reg::CC, c & !cc::EN);
     }
     wait_ready(addr, bar, cap, false)?;
+    aq.shadow = None;
     aq.sq.fill(0);
     aq.cq.fill(0);
     aq.tail = 0;
@@ -529,6 +540,27 @@ fn config_dbbuf(
         .map(|_| ())
 }
 
+/// The shadow doorbell and EventIdx slots of queue `qid` in the Doorbell Buffer pages: slot `2 * qid` (SQ tail)
+/// and `2 * qid + 1` (CQ head), each `4 << CAP.DSTRD` bytes apart, as the doorbell registers are.
+fn shadow_slots_of(pages: &(DmaBuf, DmaBuf), cap: Cap, qid: u16) -> Option<ShadowSlots> {
+    let (db, ei) = pages;
+    let stride = cap.doorbell_stride();
+    let sq = 2 * qid as usize * stride;
+    let cq = (2 * qid as usize + 1) * stride;
+    if cq + 4 > PAGE_SIZE {
+        return None;
+    }
+    // SAFETY: offsets checked to lie inside the two PAGE_SIZE pages, which live as long as Shared.
+    unsafe {
+        Some(ShadowSlots {
+            sq_db: db.as_ptr().add(sq) as *mut u32,
+            sq_ei: ei.as_ptr().add(sq) as *mut u32,
+            cq_db: db.as_ptr().add(cq) as *mut u32,
+            cq_ei: ei.as_ptr().add(cq) as *mut u32,
+        })
+    }
+}
+
 impl AdminQueue {
     /// Runs one admin command to completion and returns DW0 of its completion. Data-in commands use the
     /// queue's data page as PRP1 unless the entry already has one.
@@ -560,6 +592,11 @@ impl AdminQueue {
         };
         self.tail = (self.tail + 1) % self.entries;
         fence(Ordering::Release);
+        if let Some(s) = self.shadow {
+            // SAFETY: the slots point into the live Doorbell Buffer pages (see the field).
+            unsafe { s.sq_db.write_volatile(self.tail as u32) };
+            fence(Ordering::SeqCst);
+        }
         self.sq_db.write(self.tail as u32);
         let deadline = Instant::now() + t;
         loop {
@@ -574,6 +611,11 @@ impl AdminQueue {
                 self.head = (self.head + 1) % self.entries;
                 if self.head == 0 {
                     self.phase ^= 1;
+                }
+                if let Some(s) = self.shadow {
+                    // SAFETY: as for the SQ tail above.
+                    unsafe { s.cq_db.write_volatile(self.head as u32) };
+                    fence(Ordering::SeqCst);
                 }
                 self.cq_db.write(self.head as u32);
                 if c.cid != cid {
@@ -614,6 +656,11 @@ impl Shared {
     ) -> Result<()> {
         let t = self.opts.admin_timeout;
         let mut aq = lock(&self.admin);
+        if let Some(s) = self.shadow_slots(qid) {
+            // SAFETY: the slots are inside the Doorbell Buffer pages Shared owns, and queue qid does not exist
+            // on the controller now (never created, deleted, or gone with a reset).
+            unsafe { s.clear() };
+        }
         let mut e = SubmissionEntry::new(admin::CREATE_IO_CQ, 0, 0);
         e.prp1 = cq_iova;
         e.cdw10 = (cqe as u32 - 1) << 16 | qid as u32;
@@ -645,6 +692,7 @@ impl Shared {
                 core::ptr::write_bytes(pages.1.as_ptr() as *mut u8, 0, PAGE_SIZE);
             }
             config_dbbuf(&self.addr, &self.bar, &mut aq, pages, t)?;
+            aq.shadow = shadow_slots_of(pages, self.cap, 0);
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
@@ -657,22 +705,7 @@ impl QueueOwner for Shared {
     }
 
     fn shadow_slots(&self, qid: u16) -> Option<ShadowSlots> {
-        let (db, ei) = self.dbbuf.as_ref()?;
-        let stride = self.cap.doorbell_stride();
-        let sq = 2 * qid as usize * stride;
-        let cq = (2 * qid as usize + 1) * stride;
-        if cq + 4 > PAGE_SIZE {
-            return None;
-        }
-        // SAFETY: offsets checked to lie inside the two PAGE_SIZE pages, which live as long as Shared.
-        unsafe {
-            Some(ShadowSlots {
-                sq_db: db.as_ptr().add(sq) as *mut u32,
-                sq_ei: ei.as_ptr().add(sq) as *const u32,
-                cq_db: db.as_ptr().add(cq) as *mut u32,
-                cq_ei: ei.as_ptr().add(cq) as *const u32,
-            })
-        }
+        shadow_slots_of(self.dbbuf.as_ref()?, self.cap, qid)
     }
 
     fn create_queues(&self, qid: u16, sq_iova: u64, sqe: u16, cq_iova: u64, cqe: u16) -> bool {

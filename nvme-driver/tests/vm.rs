@@ -92,6 +92,10 @@ fn main() {
             name: "deep_queues_verified_with_wraparound",
             run: deep_queues_verified_with_wraparound,
         },
+        GuestTest {
+            name: "shadow_doorbells_never_stall",
+            run: shadow_doorbells_never_stall,
+        },
     ];
     suite::main(&tests, || {
         let dir = std::env::temp_dir().join(format!("nvkv-driver-vm-{}", std::process::id()));
@@ -847,14 +851,106 @@ fn stuck_commands_time_out_abort_reset() -> R {
     Ok(())
 }
 
-/// Every slot owns one LBA and cycles write → read → compare with a new pattern each time, so the rings wrap many
-/// times with data checked at depth. Queue depths 1, 32 and 1023, without and with shadow doorbells (QD 1 with
-/// shadow doorbells is left out: QEMU 7.2 stalls there, see docs/driver.md).
+/// Keeps `qd` requests in flight on `qp` until `target` commands were submitted: slot `i` owns LBA `lba0 + i`
+/// and cycles write → read → compare with a new pattern each time, so the rings wrap many times with data
+/// checked at depth. A wait of `stall` without any completion is a stall and fails (bounded: never a hang).
+/// Returns the reads verified.
+#[allow(clippy::too_many_arguments)]
+fn slot_cycles(
+    c: &Controller,
+    qp: &mut QueuePair,
+    ns: &Namespace,
+    qd: usize,
+    lba0: u64,
+    target: u64,
+    stall: Duration,
+    what: &str,
+) -> Result<u64, Box<dyn StdError>> {
+    // Slot i: tag i << 1 for its write, i << 1 | 1 for its read.
+    let mut wbufs: Vec<Option<DmaBuf>> = Vec::new();
+    let mut rbufs: Vec<Option<DmaBuf>> = Vec::new();
+    for _ in 0..qd {
+        wbufs.push(Some(c.alloc(4096)?));
+        rbufs.push(Some(c.alloc(4096)?));
+    }
+    let mut gen = vec![0u32; qd];
+    let fill = |b: &mut [u8], slot: usize, g: u32| {
+        for (k, w) in b.chunks_mut(4).enumerate() {
+            w.copy_from_slice(&((slot as u32) << 20 ^ g << 12 ^ k as u32).to_le_bytes());
+        }
+    };
+    let start_commands = qp.stats().commands;
+    let submitted = |qp: &QueuePair| qp.stats().commands - start_commands;
+    for (slot, w) in wbufs.iter_mut().enumerate() {
+        let mut b = w.take().ok_or("buffer")?;
+        fill(&mut b, slot, 0);
+        qp.write(ns, lba0 + slot as u64, b, 0..4096, (slot as u64) << 1)
+            .map_err(|e| format!("{what}: {e}"))?;
+    }
+    let mut verified = 0u64;
+    let mut last_progress = Instant::now();
+    let mut err: Option<String> = None;
+    while submitted(qp) < target || qp.outstanding() > 0 {
+        let mut done = Vec::new();
+        qp.poll(usize::MAX, |comp| done.push(comp));
+        if !done.is_empty() {
+            last_progress = Instant::now();
+        }
+        for comp in done {
+            let (slot, is_read) = ((comp.tag >> 1) as usize, comp.tag & 1 == 1);
+            if let Err(e) = comp.result {
+                err.get_or_insert(format!("{what}: slot {slot}: {e}"));
+                continue;
+            }
+            let b = comp.buf.ok_or("buffer lost")?;
+            let more = submitted(qp) < target;
+            if !is_read {
+                wbufs[slot] = Some(b);
+                let mut r = rbufs[slot].take().ok_or("read buffer")?;
+                r.fill(0xee);
+                qp.read(ns, lba0 + slot as u64, r, 0..4096, (slot as u64) << 1 | 1)
+                    .map_err(|e| format!("{what}: {e}"))?;
+            } else {
+                let w = wbufs[slot].as_ref().ok_or("write buffer")?;
+                if b[..] != w[..] {
+                    err.get_or_insert(format!(
+                        "{what}: slot {slot} generation {} read back wrong data",
+                        gen[slot]
+                    ));
+                }
+                verified += 1;
+                rbufs[slot] = Some(b);
+                if more {
+                    gen[slot] += 1;
+                    let mut w = wbufs[slot].take().ok_or("write buffer")?;
+                    fill(&mut w, slot, gen[slot]);
+                    qp.write(ns, lba0 + slot as u64, w, 0..4096, (slot as u64) << 1)
+                        .map_err(|e| format!("{what}: {e}"))?;
+                }
+            }
+        }
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        check!(
+            last_progress.elapsed() < stall,
+            "{what}: stalled: no completion for {} s with {} commands outstanding, after {} commands; {:?}",
+            stall.as_secs(),
+            qp.outstanding(),
+            submitted(qp),
+            qp.stats()
+        );
+    }
+    Ok(verified)
+}
+
+/// Queue depths 1, 32 and 1023, without and with shadow doorbells: see [`slot_cycles`].
 fn deep_queues_verified_with_wraparound() -> R {
     for (qd, shadow) in [
         (1usize, false),
         (32, false),
         (1023, false),
+        (1, true),
         (32, true),
         (1023, true),
     ] {
@@ -878,74 +974,21 @@ fn deep_queues_verified_with_wraparound() -> R {
             "max outstanding {} for QD {qd}",
             qp.max_outstanding()
         );
-        // Slot i: LBA 100 + i; state 0 = write in flight, 1 = read in flight.
-        let mut wbufs: Vec<Option<DmaBuf>> = Vec::new();
-        let mut rbufs: Vec<Option<DmaBuf>> = Vec::new();
-        for _ in 0..qd {
-            wbufs.push(Some(c.alloc(4096)?));
-            rbufs.push(Some(c.alloc(4096)?));
-        }
-        let mut gen = vec![0u32; qd];
         let target = (10 * sq).max(3000) as u64;
-        let fill = |b: &mut [u8], slot: usize, g: u32| {
-            for (k, w) in b.chunks_mut(4).enumerate() {
-                w.copy_from_slice(&((slot as u32) << 20 ^ g << 12 ^ k as u32).to_le_bytes());
-            }
-        };
-        for (slot, w) in wbufs.iter_mut().enumerate() {
-            let mut b = w.take().ok_or("buffer")?;
-            fill(&mut b, slot, 0);
-            qp.write(&ns, 100 + slot as u64, b, 0..4096, (slot as u64) << 1)
-                .map_err(|e| e.to_string())?;
-        }
-        let mut verified = 0u64;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut err: Option<String> = None;
-        while qp.stats().commands < target || qp.outstanding() > 0 {
-            let mut done = Vec::new();
-            qp.poll(usize::MAX, |comp| done.push(comp));
-            for comp in done {
-                let (slot, is_read) = ((comp.tag >> 1) as usize, comp.tag & 1 == 1);
-                if let Err(e) = comp.result {
-                    err.get_or_insert(format!("QD {qd} shadow {shadow}: slot {slot}: {e}"));
-                    continue;
-                }
-                let b = comp.buf.ok_or("buffer lost")?;
-                let more = qp.stats().commands < target;
-                if !is_read {
-                    wbufs[slot] = Some(b);
-                    let mut r = rbufs[slot].take().ok_or("read buffer")?;
-                    r.fill(0xee);
-                    qp.read(&ns, 100 + slot as u64, r, 0..4096, (slot as u64) << 1 | 1)
-                        .map_err(|e| e.to_string())?;
-                } else {
-                    let w = wbufs[slot].as_ref().ok_or("write buffer")?;
-                    if b[..] != w[..] {
-                        err.get_or_insert(format!("QD {qd} shadow {shadow}: slot {slot} generation {} read back wrong data", gen[slot]));
-                    }
-                    verified += 1;
-                    rbufs[slot] = Some(b);
-                    if more {
-                        gen[slot] += 1;
-                        let mut w = wbufs[slot].take().ok_or("write buffer")?;
-                        fill(&mut w, slot, gen[slot]);
-                        qp.write(&ns, 100 + slot as u64, w, 0..4096, (slot as u64) << 1)
-                            .map_err(|e| e.to_string())?;
-                    }
-                }
-            }
-            if let Some(e) = err {
-                return Err(e.into());
-            }
-            check!(
-                Instant::now() < deadline,
-                "QD {qd} shadow {shadow}: stalled after {} commands",
-                qp.stats().commands
-            );
-        }
+        let what = format!("QD {qd} shadow {shadow}");
+        let verified = slot_cycles(
+            &c,
+            &mut qp,
+            &ns,
+            qd,
+            100,
+            target,
+            Duration::from_secs(20),
+            &what,
+        )?;
         let s = qp.stats();
         let wraps = s.commands / sq as u64;
-        println!("QD {qd} shadow {shadow}: {verified} verified reads, {} commands, SQ wrapped {wraps} times, {:.4} MMIO writes per command, {} shadow kicks", s.commands, s.mmio_writes() as f64 / s.commands as f64, s.shadow_kicks);
+        println!("{what}: {verified} verified reads, {} commands, SQ wrapped {wraps} times, {:.4} MMIO writes per command", s.commands, s.mmio_writes() as f64 / s.commands as f64);
         check!(wraps >= 8, "QD {qd}: the SQ wrapped only {wraps} times");
         check!(
             verified >= s.commands / 2 - 1,
@@ -953,5 +996,58 @@ fn deep_queues_verified_with_wraparound() -> R {
             s.commands
         );
     }
+    Ok(())
+}
+
+/// Issue 17: with shadow doorbells on, runs at QD 1, 32 and 128 one after another on one controller, each on a
+/// new queue pair (the same queue id again, sized as the benchmark sizes them), every write read back and
+/// compared. Before the fix the second run stalled: the Doorbell Buffer slots kept the CQ head of the previous
+/// queue with that id, the controller read it as the new queue's head and saw the CQ full after a few entries,
+/// while the driver waited for `cq - sq` completions before it would write the head. A run with no completion
+/// for 10 s fails the test (the driver's own stall handling starts at 30 s).
+fn shadow_doorbells_never_stall() -> R {
+    let opts = nvme_driver::ControllerOptions {
+        shadow_doorbells: true,
+        ..Default::default()
+    };
+    let c = Controller::open_with(C_4K, opts)?;
+    check!(c.shadow_doorbells(), "shadow doorbells not configured");
+    let ns = c.namespace(1)?;
+    let mqes = c.cap().mqes() as usize;
+    let mut runs = 0;
+    for round in 0..3u64 {
+        for qd in [1usize, 32, 128] {
+            let sq = (qd + 1).max(32).min(mqes);
+            let cq = (4 * sq).min(mqes);
+            let mut qp = c.queue_pair_with(QueueConfig {
+                sq_entries: sq as u16,
+                cq_entries: cq as u16,
+                ..QueueConfig::default()
+            })?;
+            check!(qp.shadow_doorbells(), "queue pair without shadow slots");
+            let what = format!("round {round} QD {qd} (sq {sq} cq {cq}, qid {})", qp.qid());
+            let target = 3000 + 1000 * round + 7 * qd as u64;
+            let verified = slot_cycles(
+                &c,
+                &mut qp,
+                &ns,
+                qd,
+                4096,
+                target,
+                Duration::from_secs(10),
+                &what,
+            )?;
+            let s = qp.stats();
+            println!(
+                "{what}: {verified} reads verified, {:.4} MMIO writes per command (SQ {}, CQ {}), {} SQ shadow updates",
+                s.mmio_writes() as f64 / s.commands as f64,
+                s.sq_doorbell_writes,
+                s.cq_doorbell_writes,
+                s.sq_shadow_updates
+            );
+            runs += 1;
+        }
+    }
+    println!("{runs} runs with shadow doorbells, none stalled");
     Ok(())
 }
