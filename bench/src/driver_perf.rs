@@ -164,7 +164,9 @@ fn one_thread(
             w.qd + 1
         ));
     }
-    let cq = (4 * sq).min(mqes).max(sq);
+    // A CQ much larger than the commands in flight: the CQ head doorbell is written once per `cq - sq`
+    // completions (the controller can never see it full), so it costs next to nothing per I/O.
+    let cq = (4 * sq).max(1024).min(mqes).max(sq);
     // The buffers stay here (SPDK's model: the driver borrows them per I/O) and are declared before the
     // queue pair so that they outlive it on every path out of this function.
     let mut bufs: Vec<DmaBuf> = Vec::with_capacity(w.qd);
