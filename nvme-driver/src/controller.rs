@@ -5,6 +5,7 @@
 
 use crate::dma::{DmaBuf, Iommu, PAGE_SIZE};
 use crate::error::{Error, Result};
+use crate::health::{csts_health, Csts, DeathCause, Health};
 use crate::mmio::{Bar, Doorbell};
 use crate::namespace::Namespace;
 use crate::queue::{QueueConfig, QueueOwner, QueuePair, QueueParts, ShadowSlots};
@@ -14,8 +15,9 @@ use crate::spec::{
 };
 use crate::status::NvmeStatus;
 use crate::vfio;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// Options for opening a controller.
@@ -23,10 +25,11 @@ use std::time::{Duration, Instant};
 pub struct ControllerOptions {
     /// Use shadow doorbells (Doorbell Buffer Config) when the controller offers them (OACS bit 8).
     ///
-    /// Off by default. Measured on QEMU 7.2's NVMe under TCG (2026-11-25): with batched submissions the driver
-    /// already writes 0.04 MMIO doorbells per I/O at QD 32 without them (0.06 with them, and 25-50 % fewer IOPS),
-    /// and at QD 1 with shadow doorbells on a run stalled with no completion for 30 s in two of two boots (the
-    /// controller missed a tail update). They stay available for controllers that implement them well.
+    /// Off by default. Measured on QEMU 7.2's NVMe under TCG (2026-12-02, docs/driver.md, three boots, on and
+    /// off alternating): they save no MMIO write there in steady state (0.033 per I/O at QD 32 either way) and
+    /// cost IOPS (median 155 K against 190 K at QD 32, 156 K against 215 K at QD 128), because QEMU spends two
+    /// more DMA accesses per command on them in its one main-loop thread. They no longer stall (issue 17) and
+    /// stay available for controllers where an MMIO write costs more than that.
     pub shadow_doorbells: bool,
     /// I/O queue pairs to ask for with Set Features (Number of Queues).
     pub io_queues: u16,
@@ -109,7 +112,8 @@ pub(crate) struct Shared {
     cap: Cap,
     iommu: Arc<Iommu>,
     admin: Mutex<AdminQueue>,
-    generation: AtomicU64,
+    /// The reset generation, the dead state and the quarantine.
+    health: Health,
     info: ControllerInfo,
     namespaces: Vec<Namespace>,
     /// Shadow doorbell page and EventIdx page, when in use.
@@ -118,7 +122,10 @@ pub(crate) struct Shared {
     qids: Mutex<Vec<bool>>,
     granted: u16,
     opts: ControllerOptions,
-    _device: vfio::Device,
+    /// The VFIO device; closed early (taken) when the kernel asks for it back, see [`Shared::removed`].
+    device: Mutex<Option<vfio::Device>>,
+    /// Tells the removal watcher thread to end (written on drop).
+    watcher_stop: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -270,15 +277,17 @@ impl Controller {
             cap,
             iommu,
             admin: Mutex::new(aq),
-            generation: AtomicU64::new(0),
+            health: Health::default(),
             info,
             namespaces,
             dbbuf,
             qids: Mutex::new(vec![false; granted as usize + 1]),
             granted,
             opts,
-            _device: device,
+            device: Mutex::new(None),
+            watcher_stop: None,
         });
+        let shared = start_removal_watcher(shared, device);
         Ok(Self { shared })
     }
 
@@ -316,7 +325,17 @@ impl Controller {
     }
     /// How many controller resets have happened since open.
     pub fn resets(&self) -> u64 {
-        self.shared.generation.load(Ordering::Acquire)
+        self.shared.health.resets()
+    }
+    /// Why the controller was declared dead, if it was: then every queue pair fails its commands with
+    /// [`crate::IoError::ControllerDead`] and refuses new ones with [`crate::SubmitErrorKind::ControllerDead`].
+    pub fn dead(&self) -> Option<DeathCause> {
+        self.shared.health.dead()
+    }
+    /// Buffers kept out of the DMA pool because the device might still write them (commands failed without
+    /// the device's answer, rings of queues that could not be deleted). They are freed with the controller.
+    pub fn quarantined_buffers(&self) -> usize {
+        self.shared.health.quarantined()
     }
     /// The DMA address space of this controller, for allocating I/O buffers.
     pub fn dma(&self) -> &Arc<Iommu> {
@@ -338,6 +357,7 @@ impl Controller {
     pub fn queue_pair_with(&self, mut config: QueueConfig) -> Result<QueuePair> {
         let config = config_cap(&mut config, self.shared.cap);
         let s = &self.shared;
+        s.refuse_if_dead()?;
         let shadow = s.dbbuf.is_some();
         let qid = {
             let mut q = lock(&s.qids);
@@ -387,7 +407,7 @@ impl Controller {
     /// reset generation; each queue pair notices at its next poll, fails its in-flight requests with
     /// `IoError::ControllerReset`, and re-creates its queues.
     pub fn reset(&self) -> Result<()> {
-        self.shared.reset_inner()
+        self.shared.reset_inner(None)
     }
 
     /// Sends Abort for command `cid` of queue `qid`. Returns whether the controller accepted the abort.
@@ -395,15 +415,14 @@ impl Controller {
         let s = &self.shared;
         let mut e = SubmissionEntry::new(admin::ABORT, 0, 0);
         e.cdw10 = qid as u32 | (cid as u32) << 16;
-        lock(&s.admin)
-            .exec(&s.addr, &s.bar, "Abort", e, s.opts.admin_timeout)
-            .map(|_| ())
+        s.admin_exec("Abort", e, s.opts.admin_timeout).map(|_| ())
     }
 
     /// Sends Identify Namespace (CNS 00h) for `nsid` and returns the whole data structure (for tools such as
     /// `nvkv-identify` that print fields the decoded [`Namespace`] leaves out).
     pub fn identify_namespace(&self, nsid: u32) -> Result<Box<IdentifyNamespace>> {
         let s = &self.shared;
+        s.refuse_if_dead()?;
         let mut aq = lock(&s.admin);
         aq.exec(
             &s.addr,
@@ -411,7 +430,8 @@ impl Controller {
             "Identify Namespace",
             identify(cns::NAMESPACE, nsid),
             s.opts.admin_timeout,
-        )?;
+        )
+        .inspect_err(|e| s.note(e))?;
         let ns: IdentifyNamespace = spec::from_bytes(&aq.data)
             .ok_or_else(|| Error::InvalidArgument("identify buffer too small".into()))?;
         Ok(Box::new(ns))
@@ -423,16 +443,75 @@ impl Controller {
         let mut e = SubmissionEntry::new(admin::SET_FEATURES, 0, 0);
         e.cdw10 = feature::VOLATILE_WRITE_CACHE;
         e.cdw11 = on as u32;
-        lock(&s.admin)
-            .exec(
-                &s.addr,
-                &s.bar,
-                "Set Features (Volatile Write Cache)",
-                e,
-                s.opts.admin_timeout,
-            )
-            .map(|_| ())
+        s.admin_exec(
+            "Set Features (Volatile Write Cache)",
+            e,
+            s.opts.admin_timeout,
+        )
+        .map(|_| ())
     }
+}
+
+/// Registers for VFIO's device request (hot-removal) and starts a thread that waits for it; hands `device` to
+/// the shared state. Without the notification (an old kernel), the controller still works: a removal is then
+/// noticed by the all-ones reads only, and the kernel waits until the process closes the device.
+fn start_removal_watcher(mut shared: Arc<Shared>, device: vfio::Device) -> Arc<Shared> {
+    let notifier = device.request_notifier().ok();
+    // SAFETY: eventfd takes no pointers; a non-negative return is a new descriptor nothing else owns.
+    let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    let stop = (stop >= 0).then(|| {
+        // SAFETY: stop is a fresh descriptor (checked just above).
+        unsafe { OwnedFd::from_raw_fd(stop) }
+    });
+    *lock(&shared.device) = Some(device);
+    let (Some(req), Some(stop)) = (notifier, stop) else {
+        return shared;
+    };
+    let Ok(stop_watch) = stop.try_clone() else {
+        return shared;
+    };
+    if let Some(s) = Arc::get_mut(&mut shared) {
+        s.watcher_stop = Some(stop);
+    } else {
+        return shared;
+    }
+    let weak: Weak<Shared> = Arc::downgrade(&shared);
+    let spawned = std::thread::Builder::new()
+        .name("nvme-removal".into())
+        .spawn(move || {
+            let mut fds = [
+                libc::pollfd {
+                    fd: req.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop_watch.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            loop {
+                // SAFETY: fds is a valid array of two pollfd for the duration of the call.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                if n < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                if n < 0 || fds[1].revents != 0 {
+                    return;
+                }
+                if fds[0].revents != 0 {
+                    if let Some(s) = weak.upgrade() {
+                        s.removed();
+                    }
+                    return;
+                }
+            }
+        });
+    drop(spawned);
+    shared
 }
 
 fn config_cap(config: &mut QueueConfig, cap: Cap) -> QueueConfig {
@@ -458,11 +537,15 @@ fn wait_ready(addr: &str, bar: &Bar, cap: Cap, ready: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_millis(ms);
     loop {
         let s = bar.read32(reg::CSTS);
-        if s == u32::MAX {
-            return Err(Error::ControllerFatal { addr: addr.into() });
-        }
-        if ready && s & csts::CFS != 0 {
-            return Err(Error::ControllerFatal { addr: addr.into() });
+        match csts_health(s) {
+            Csts::Gone => {
+                return Err(Error::ControllerDead {
+                    addr: addr.into(),
+                    cause: DeathCause::AllOnes,
+                })
+            }
+            Csts::Fatal if ready => return Err(Error::ControllerFatal { addr: addr.into() }),
+            _ => {}
         }
         if (s & csts::RDY != 0) == ready {
             return Ok(());
@@ -630,8 +713,15 @@ impl AdminQueue {
                     }),
                 };
             }
-            if bar.read32(reg::CSTS) & csts::CFS != 0 {
-                return Err(Error::ControllerFatal { addr: addr.into() });
+            match csts_health(bar.read32(reg::CSTS)) {
+                Csts::Gone => {
+                    return Err(Error::ControllerDead {
+                        addr: addr.into(),
+                        cause: DeathCause::AllOnes,
+                    })
+                }
+                Csts::Fatal => return Err(Error::ControllerFatal { addr: addr.into() }),
+                Csts::Ok => {}
             }
             if Instant::now() > deadline {
                 return Err(Error::Timeout {
@@ -643,9 +733,131 @@ impl AdminQueue {
             std::hint::spin_loop();
         }
     }
+
+    /// Sends `entries` (commands without data, such as Abort) together, then waits until all have completed or
+    /// `t` has passed; returns how many completed successfully by then. One wait for all: a batch of aborts
+    /// costs one timeout, not one each.
+    fn exec_batch(
+        &mut self,
+        addr: &str,
+        bar: &Bar,
+        entries: &[SubmissionEntry],
+        t: Duration,
+    ) -> Result<usize> {
+        assert!(
+            entries.len() < self.entries as usize,
+            "admin batch larger than the admin SQ"
+        );
+        let first = self.next_cid;
+        for e in entries {
+            let mut e = *e;
+            e.cdw0 = (e.cdw0 & 0xffff) | (self.next_cid as u32) << 16;
+            self.next_cid = self.next_cid.wrapping_add(1);
+            // SAFETY: tail < entries: the slot is inside the admin SQ; no other command is outstanding (the
+            // admin lock is held and exec waits for its own), and the batch is smaller than the queue.
+            unsafe {
+                (self.sq.as_mut_ptr() as *mut SubmissionEntry)
+                    .add(self.tail as usize)
+                    .write(e)
+            };
+            self.tail = (self.tail + 1) % self.entries;
+        }
+        fence(Ordering::Release);
+        if let Some(s) = self.shadow {
+            // SAFETY: the slots point into the live Doorbell Buffer pages (see the field).
+            unsafe { s.sq_db.write_volatile(self.tail as u32) };
+            fence(Ordering::SeqCst);
+        }
+        self.sq_db.write(self.tail as u32);
+        let deadline = Instant::now() + t;
+        let (mut done, mut ok) = (0usize, 0usize);
+        while done < entries.len() {
+            // SAFETY: head < entries: inside the admin CQ ring written by the controller.
+            let p = unsafe { (self.cq.as_ptr() as *const CompletionEntry).add(self.head as usize) };
+            // SAFETY: aligned field of a live entry, written by DMA.
+            let status = unsafe { core::ptr::addr_of!((*p).status).read_volatile() };
+            if status & 1 == self.phase {
+                fence(Ordering::Acquire);
+                // SAFETY: as above; the phase tag says the entry is complete.
+                let c = unsafe { p.read_volatile() };
+                self.head = (self.head + 1) % self.entries;
+                if self.head == 0 {
+                    self.phase ^= 1;
+                }
+                if let Some(s) = self.shadow {
+                    // SAFETY: as for the SQ tail above.
+                    unsafe { s.cq_db.write_volatile(self.head as u32) };
+                    fence(Ordering::SeqCst);
+                }
+                self.cq_db.write(self.head as u32);
+                if c.cid.wrapping_sub(first) < entries.len() as u16 {
+                    done += 1;
+                    ok += NvmeStatus::from_completion(c.status).is_none() as usize;
+                }
+                continue;
+            }
+            match csts_health(bar.read32(reg::CSTS)) {
+                Csts::Gone => {
+                    return Err(Error::ControllerDead {
+                        addr: addr.into(),
+                        cause: DeathCause::AllOnes,
+                    })
+                }
+                Csts::Fatal => return Err(Error::ControllerFatal { addr: addr.into() }),
+                Csts::Ok => {}
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        Ok(ok)
+    }
 }
 
+/// The longest an abort batch or a queue pair's own recovery waits on the admin queue: a controller that has
+/// not answered in a second is treated as stuck and escalated (reset, then dead), so a dead controller fails
+/// its commands at most about a second after the stall timeout.
+const ESCALATION_WAIT: Duration = Duration::from_secs(1);
+
 impl Shared {
+    /// The kernel asked for the device back (VFIO's request notification: a hot-removal or an unbind). The
+    /// controller is dead from now on; the BAR mapping is replaced by memory that reads all ones (queue pairs may
+    /// still write doorbells into it) and the device is closed, so the kernel can finish the removal while the
+    /// application's handles live on and fail every command with `ControllerDead`.
+    fn removed(&self) {
+        self.health.mark_dead(DeathCause::Removed);
+        // Under the admin lock: no admin command is in the middle of its register accesses.
+        let _aq = lock(&self.admin);
+        self.bar.retire();
+        drop(lock(&self.device).take());
+    }
+
+    fn refuse_if_dead(&self) -> Result<()> {
+        match self.health.dead() {
+            Some(cause) => Err(Error::ControllerDead {
+                addr: self.addr.clone(),
+                cause,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Declares the controller dead when an admin error says it is.
+    fn note(&self, e: &Error) {
+        if let Error::ControllerDead { cause, .. } = e {
+            self.health.mark_dead(*cause);
+        }
+    }
+
+    /// One admin command, unless the controller is dead.
+    fn admin_exec(&self, command: &'static str, e: SubmissionEntry, t: Duration) -> Result<u32> {
+        self.refuse_if_dead()?;
+        lock(&self.admin)
+            .exec(&self.addr, &self.bar, command, e, t)
+            .inspect_err(|err| self.note(err))
+    }
+
     fn create_queues_checked(
         &self,
         qid: u16,
@@ -654,6 +866,7 @@ impl Shared {
         cq_iova: u64,
         cqe: u16,
     ) -> Result<()> {
+        self.refuse_if_dead()?;
         let t = self.opts.admin_timeout;
         let mut aq = lock(&self.admin);
         if let Some(s) = self.shadow_slots(qid) {
@@ -665,12 +878,14 @@ impl Shared {
         e.prp1 = cq_iova;
         e.cdw10 = (cqe as u32 - 1) << 16 | qid as u32;
         e.cdw11 = 1; // physically contiguous, interrupts off: the queue is polled
-        aq.exec(&self.addr, &self.bar, "Create I/O Completion Queue", e, t)?;
+        aq.exec(&self.addr, &self.bar, "Create I/O Completion Queue", e, t)
+            .inspect_err(|err| self.note(err))?;
         let mut e = SubmissionEntry::new(admin::CREATE_IO_SQ, 0, 0);
         e.prp1 = sq_iova;
         e.cdw10 = (sqe as u32 - 1) << 16 | qid as u32;
         e.cdw11 = 1 | (qid as u32) << 16; // physically contiguous, CQ with the same id
         if let Err(err) = aq.exec(&self.addr, &self.bar, "Create I/O Submission Queue", e, t) {
+            self.note(&err);
             let mut d = SubmissionEntry::new(admin::DELETE_IO_CQ, 0, 0);
             d.cdw10 = qid as u32;
             let _ = aq.exec(&self.addr, &self.bar, "Delete I/O Completion Queue", d, t);
@@ -679,11 +894,30 @@ impl Shared {
         Ok(())
     }
 
-    fn reset_inner(&self) -> Result<()> {
+    /// Resets the controller; with `seen`, only if no reset happened since that generation (several queue pairs
+    /// stalled at once reset it once). A failed reset declares the controller dead.
+    fn reset_inner(&self, seen: Option<u64>) -> Result<()> {
+        self.refuse_if_dead()?;
         let t = self.opts.admin_timeout;
         let mut aq = lock(&self.admin);
-        enable(&self.addr, &self.bar, self.cap, &mut aq)?;
-        set_queue_count(&self.addr, &self.bar, &mut aq, self.opts.io_queues, t)?;
+        if seen.is_some_and(|g| g != self.health.generation().load(Ordering::Acquire)) {
+            return Ok(());
+        }
+        let r = self.reset_locked(&mut aq, t);
+        if let Err(e) = &r {
+            let cause = match e {
+                Error::ControllerDead { cause, .. } => *cause,
+                Error::ControllerFatal { .. } => DeathCause::Fatal,
+                _ => DeathCause::ResetFailed,
+            };
+            self.health.mark_dead(cause);
+        }
+        r
+    }
+
+    fn reset_locked(&self, aq: &mut AdminQueue, t: Duration) -> Result<()> {
+        enable(&self.addr, &self.bar, self.cap, aq)?;
+        set_queue_count(&self.addr, &self.bar, aq, self.opts.io_queues, t)?;
         if let Some(pages) = &self.dbbuf {
             // SAFETY: the pages are owned by Shared; the controller is freshly enabled and has not been told
             // about them yet; the queue pairs re-read their slots only after the generation bump below.
@@ -691,17 +925,17 @@ impl Shared {
                 core::ptr::write_bytes(pages.0.as_ptr() as *mut u8, 0, PAGE_SIZE);
                 core::ptr::write_bytes(pages.1.as_ptr() as *mut u8, 0, PAGE_SIZE);
             }
-            config_dbbuf(&self.addr, &self.bar, &mut aq, pages, t)?;
+            config_dbbuf(&self.addr, &self.bar, aq, pages, t)?;
             aq.shadow = shadow_slots_of(pages, self.cap, 0);
         }
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.health.bump();
         Ok(())
     }
 }
 
 impl QueueOwner for Shared {
     fn generation(&self) -> &AtomicU64 {
-        &self.generation
+        self.health.generation()
     }
 
     fn shadow_slots(&self, qid: u16) -> Option<ShadowSlots> {
@@ -713,27 +947,66 @@ impl QueueOwner for Shared {
             .is_ok()
     }
 
-    fn delete_queues(&self, qid: u16) {
-        let t = self.opts.admin_timeout;
+    fn delete_queues(&self, qid: u16, quick: bool) -> bool {
+        if self.health.dead().is_some() {
+            return false;
+        }
+        let t = if quick {
+            self.opts.admin_timeout.min(ESCALATION_WAIT)
+        } else {
+            self.opts.admin_timeout
+        };
         let mut aq = lock(&self.admin);
         let mut e = SubmissionEntry::new(admin::DELETE_IO_SQ, 0, 0);
         e.cdw10 = qid as u32;
-        let _ = aq.exec(&self.addr, &self.bar, "Delete I/O Submission Queue", e, t);
+        let sq = aq.exec(&self.addr, &self.bar, "Delete I/O Submission Queue", e, t);
         let mut e = SubmissionEntry::new(admin::DELETE_IO_CQ, 0, 0);
         e.cdw10 = qid as u32;
-        let _ = aq.exec(&self.addr, &self.bar, "Delete I/O Completion Queue", e, t);
+        let cq = aq.exec(&self.addr, &self.bar, "Delete I/O Completion Queue", e, t);
+        for r in [&sq, &cq] {
+            if let Err(err) = r {
+                self.note(err);
+            }
+        }
+        sq.is_ok() && cq.is_ok()
     }
 
-    fn abort(&self, qid: u16, cid: u16) -> bool {
-        let mut e = SubmissionEntry::new(admin::ABORT, 0, 0);
-        e.cdw10 = qid as u32 | (cid as u32) << 16;
-        lock(&self.admin)
-            .exec(&self.addr, &self.bar, "Abort", e, self.opts.admin_timeout)
-            .is_ok()
+    fn abort_many(&self, qid: u16, cids: &[u16]) -> usize {
+        if self.health.dead().is_some() {
+            return 0;
+        }
+        // At most ACL + 1 Aborts may be outstanding (ACL is 0's based), and the batch must fit the admin SQ.
+        let group = (self.info.acl as usize + 1).clamp(1, 16);
+        let t = self.opts.admin_timeout.min(ESCALATION_WAIT);
+        let mut aq = lock(&self.admin);
+        let mut accepted = 0;
+        for chunk in cids.chunks(group) {
+            let entries: Vec<SubmissionEntry> = chunk
+                .iter()
+                .map(|&cid| {
+                    let mut e = SubmissionEntry::new(admin::ABORT, 0, 0);
+                    e.cdw10 = qid as u32 | (cid as u32) << 16;
+                    e
+                })
+                .collect();
+            match aq.exec_batch(&self.addr, &self.bar, &entries, t) {
+                Ok(n) => {
+                    accepted += n;
+                    if n < chunk.len() {
+                        break; // not all answered in time: stop, the caller escalates
+                    }
+                }
+                Err(err) => {
+                    self.note(&err);
+                    break;
+                }
+            }
+        }
+        accepted
     }
 
-    fn reset(&self) -> bool {
-        self.reset_inner().is_ok()
+    fn reset(&self, seen: u64) -> bool {
+        self.reset_inner(Some(seen)).is_ok()
     }
 
     fn release_qid(&self, qid: u16) {
@@ -741,22 +1014,55 @@ impl QueueOwner for Shared {
             *slot = false;
         }
     }
+
+    fn check_health(&self) -> bool {
+        if self.health.dead().is_some() {
+            return false;
+        }
+        match csts_health(self.bar.read32(reg::CSTS)) {
+            Csts::Ok => true,
+            Csts::Gone => {
+                self.health.mark_dead(DeathCause::AllOnes);
+                false
+            }
+            // CFS: the spec's answer is a reset; a failed one declares the controller dead.
+            Csts::Fatal => self.reset_inner(None).is_ok(),
+        }
+    }
+
+    fn quarantine(&self, buf: DmaBuf) {
+        self.health.quarantine(buf);
+    }
 }
 
 impl Drop for Shared {
     /// Orderly shutdown: CC.SHN = normal, then wait for CSTS.SHST = complete (bounded by RTD3E, at least 5 s).
+    /// Nothing is waited for on a dead controller, or one whose registers read all ones.
     fn drop(&mut self) {
+        if let Some(stop) = &self.watcher_stop {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd this value owns.
+            unsafe { libc::write(stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+        if self.health.dead().is_some() {
+            return;
+        }
         let c = self.bar.read32(reg::CC);
-        if c & cc::EN == 0 {
+        if c & cc::EN == 0 || c == u32::MAX {
             return;
         }
         self.bar
             .write32(reg::CC, (c & !cc::SHN_MASK) | cc::SHN_NORMAL);
         let us = (self.info.raw.rtd3e as u64).max(5_000_000);
         let deadline = Instant::now() + Duration::from_micros(us);
-        while self.bar.read32(reg::CSTS) & csts::SHST_MASK != csts::SHST_COMPLETE
-            && Instant::now() < deadline
-        {
+        loop {
+            let s = self.bar.read32(reg::CSTS);
+            if s == u32::MAX
+                || s & csts::SHST_MASK == csts::SHST_COMPLETE
+                || Instant::now() >= deadline
+            {
+                break;
+            }
             std::thread::sleep(Duration::from_micros(100));
         }
     }

@@ -8,14 +8,22 @@
 //! it never overwrites an entry the driver has not released, so a driver that under-reports its CQ head stalls
 //! here as it would on hardware.
 //!
+//! It can be told to fail as hardware does ([`Loopback::fail`]): stop answering, read all ones, report a fatal
+//! status. Queue pairs made with [`Loopback::supervised_queue_pair`] have an owner that answers the queue
+//! pair's admin requests (aborts, recovery, reset, health) as a controller in that state would, so the dead-
+//! controller paths of the queue pair are tested on the host.
+//!
 //! Test support only (feature `loopback`): never on the product's I/O path.
 
+use crate::dma::DmaBuf;
 use crate::dma::{Iommu, PAGE_SIZE};
+use crate::health::{csts_health, Csts, DeathCause, Health};
 use crate::mmio::Bar;
 use crate::namespace::Namespace;
-use crate::queue::{QueueConfig, QueuePair, QueueParts};
+use crate::queue::{QueueConfig, QueueOwner, QueuePair, QueueParts, ShadowSlots};
 use crate::spec::{nvm, reg, CompletionEntry, DsmRange, SubmissionEntry};
 use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 /// Status Field values (SC << 1) the loopback returns.
@@ -44,6 +52,112 @@ pub struct Loopback {
     max_transfer: usize,
     /// Commands executed.
     pub commands: u64,
+    owner: Arc<LoopbackOwner>,
+    /// The owner's count of queue creations last seen by `step` (a change means the queues were re-created:
+    /// start them from 0).
+    created_seen: u64,
+}
+
+/// How the loopback controller fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopbackFault {
+    /// Stops executing commands and answering admin requests; registers still read normally.
+    StopAnswering,
+    /// Every register reads all ones (a removed device or a dead link); nothing is executed.
+    AllOnes,
+    /// CSTS.CFS is set and nothing is executed; a reset does not clear it.
+    Fatal,
+}
+
+/// The owner of supervised loopback queue pairs: the controller side of aborts, queue re-creation, resets and
+/// health checks.
+#[derive(Debug)]
+pub struct LoopbackOwner {
+    bar: Arc<Bar>,
+    health: Health,
+    answering: AtomicBool,
+    created: AtomicU64,
+    /// Abort commands this owner was asked for (whether or not it answered them).
+    pub aborts_asked: AtomicU64,
+}
+
+impl QueueOwner for LoopbackOwner {
+    fn generation(&self) -> &AtomicU64 {
+        self.health.generation()
+    }
+    fn shadow_slots(&self, _qid: u16) -> Option<ShadowSlots> {
+        None
+    }
+    fn create_queues(&self, qid: u16, _sq: u64, _sqe: u16, _cq: u64, _cqe: u16) -> bool {
+        let ok = self.answering.load(Ordering::Acquire);
+        if ok {
+            // A new queue's doorbells are 0, as on a controller.
+            self.bar.write32(reg::DOORBELLS + 8 * qid as usize, 0);
+            self.bar.write32(reg::DOORBELLS + 8 * qid as usize + 4, 0);
+            self.created.fetch_add(1, Ordering::AcqRel);
+        }
+        ok
+    }
+    fn delete_queues(&self, _qid: u16, _quick: bool) -> bool {
+        self.answering.load(Ordering::Acquire)
+    }
+    fn abort_many(&self, _qid: u16, cids: &[u16]) -> usize {
+        self.aborts_asked
+            .fetch_add(cids.len() as u64, Ordering::AcqRel);
+        if self.answering.load(Ordering::Acquire) {
+            cids.len()
+        } else {
+            0
+        }
+    }
+    fn reset(&self, seen: u64) -> bool {
+        if self.health.generation().load(Ordering::Acquire) != seen {
+            return true;
+        }
+        if self.answering.load(Ordering::Acquire) {
+            self.health.bump();
+            true
+        } else {
+            self.health.mark_dead(DeathCause::ResetFailed);
+            false
+        }
+    }
+    fn release_qid(&self, _qid: u16) {}
+    fn check_health(&self) -> bool {
+        if self.health.dead().is_some() {
+            return false;
+        }
+        match csts_health(self.bar.read32(reg::CSTS)) {
+            Csts::Ok => true,
+            Csts::Gone => {
+                self.health.mark_dead(DeathCause::AllOnes);
+                false
+            }
+            Csts::Fatal => {
+                // A reset does not clear this loopback's fatal status.
+                self.health.mark_dead(DeathCause::Fatal);
+                false
+            }
+        }
+    }
+    fn quarantine(&self, buf: DmaBuf) {
+        self.health.quarantine(buf);
+    }
+}
+
+impl LoopbackOwner {
+    /// Why the controller was declared dead, if it was.
+    pub fn dead(&self) -> Option<DeathCause> {
+        self.health.dead()
+    }
+    /// Buffers quarantined so far.
+    pub fn quarantined(&self) -> usize {
+        self.health.quarantined()
+    }
+    /// Resets seen so far.
+    pub fn resets(&self) -> u64 {
+        self.health.resets()
+    }
 }
 
 // SAFETY: the raw pointers point into the rings of queue pairs made from this loopback; stepping after such a
@@ -82,7 +196,17 @@ impl Loopback {
             atomic_write_blocks: 1,
         };
         let data = data.then(|| vec![0u8; (blocks << lba_shift) as usize]);
+        bar.write32(reg::CSTS, crate::spec::csts::RDY);
+        let owner = Arc::new(LoopbackOwner {
+            bar: bar.clone(),
+            health: Health::default(),
+            answering: AtomicBool::new(true),
+            created: AtomicU64::new(0),
+            aborts_asked: AtomicU64::new(0),
+        });
         Ok(Self {
+            owner,
+            created_seen: 0,
             bar,
             iommu,
             queues: Vec::new(),
@@ -100,6 +224,36 @@ impl Loopback {
     /// The address space for I/O buffers (identity: the IOVA is the address).
     pub fn dma(&self) -> &Arc<Iommu> {
         &self.iommu
+    }
+
+    /// The owner of supervised queue pairs (health, resets, quarantine).
+    pub fn owner(&self) -> &Arc<LoopbackOwner> {
+        &self.owner
+    }
+
+    /// Makes the controller fail as `fault` says, from now on.
+    pub fn fail(&mut self, fault: LoopbackFault) {
+        self.owner.answering.store(false, Ordering::Release);
+        match fault {
+            LoopbackFault::StopAnswering => {}
+            LoopbackFault::AllOnes => {
+                for off in (0..self.bar.len()).step_by(4) {
+                    self.bar.write32(off, u32::MAX);
+                }
+            }
+            LoopbackFault::Fatal => {
+                let c = self.bar.read32(reg::CSTS);
+                self.bar.write32(reg::CSTS, c | crate::spec::csts::CFS);
+            }
+        }
+    }
+
+    /// Like [`Loopback::queue_pair`], with an owner that answers for the controller (see the module
+    /// documentation): the queue pair notices stalls, recovers, and fails its commands when the controller dies.
+    pub fn supervised_queue_pair(&mut self, config: QueueConfig) -> crate::Result<QueuePair> {
+        let mut qp = self.queue_pair(config)?;
+        qp.attach(self.owner.clone(), false);
+        Ok(qp)
     }
 
     /// Creates queue pair `qid` (1, 2, ...). Keep it alive while this loopback is stepped.
@@ -140,6 +294,19 @@ impl Loopback {
     /// Executes every submitted command of every queue (as far as CQ space allows); returns how many.
     #[inline(never)]
     pub fn step(&mut self) -> usize {
+        if !self.owner.answering.load(Ordering::Acquire) {
+            return 0;
+        }
+        let created = self.owner.created.load(Ordering::Acquire);
+        if created != self.created_seen {
+            // The queues were created again (after a recovery or a reset): they start empty.
+            self.created_seen = created;
+            for q in &mut self.queues {
+                q.sq_head = 0;
+                q.cq_tail = 0;
+                q.phase = 1;
+            }
+        }
         let mut done = 0;
         for qi in 0..self.queues.len() {
             let (qid, tail, cq_head) = {
@@ -273,7 +440,7 @@ fn prp_segments(prp1: u64, prp2: u64, len: usize) -> Vec<(u64, usize)> {
 mod tests {
     use super::*;
     use crate::dma::DmaBuf;
-    use crate::error::SubmitErrorKind;
+    use crate::error::{IoError, SubmitErrorKind};
     use crate::queue::Completion;
 
     fn run_until_done(lb: &mut Loopback, qp: &mut QueuePair, want: usize) -> Vec<Completion> {
@@ -501,5 +668,171 @@ mod tests {
             .buf
             .expect("buf");
         assert!(r.iter().all(|&x| x == 0));
+    }
+
+    /// Polls (stepping the loopback) until `want` completions came back; bounded by a deadline (a failure,
+    /// not a timing assertion).
+    fn poll_until(lb: &mut Loopback, qp: &mut QueuePair, want: usize) -> Vec<Completion> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut out = Vec::new();
+        while out.len() < want {
+            lb.step();
+            qp.poll(usize::MAX, |c| out.push(c));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {want} completions: {qp:?}",
+                out.len()
+            );
+        }
+        out
+    }
+
+    fn short_timeout() -> QueueConfig {
+        QueueConfig {
+            sq_entries: 16,
+            cq_entries: 64,
+            io_timeout: std::time::Duration::from_millis(50),
+        }
+    }
+
+    #[test]
+    fn a_dead_controller_fails_every_command_typed_and_quarantines_its_buffers() {
+        for fault in [
+            LoopbackFault::AllOnes,
+            LoopbackFault::Fatal,
+            LoopbackFault::StopAnswering,
+        ] {
+            let mut lb = Loopback::new(1 << 12, 4096, true, 128 << 10).expect("loopback");
+            let ns = lb.namespace();
+            let mut qp = lb.supervised_queue_pair(short_timeout()).expect("qp");
+            // Some I/O works first.
+            for i in 0..4 {
+                qp.read(&ns, i, lb.dma().alloc(4096).expect("alloc"), 0..4096, i)
+                    .expect("submit");
+            }
+            assert!(poll_until(&mut lb, &mut qp, 4)
+                .iter()
+                .all(|c| c.result.is_ok()));
+            // Then the controller dies with 10 requests in flight (some split in two).
+            lb.fail(fault);
+            for i in 0..10u64 {
+                let len = if i % 3 == 0 { 256 << 10 } else { 4096 };
+                qp.read(
+                    &ns,
+                    i * 64,
+                    lb.dma().alloc(len).expect("alloc"),
+                    0..len,
+                    100 + i,
+                )
+                .expect("accepted: the queue pair has not noticed yet");
+            }
+            let done = poll_until(&mut lb, &mut qp, 10);
+            for c in &done {
+                assert_eq!(c.result, Err(IoError::ControllerDead), "{fault:?}: {c:?}");
+                assert!(
+                    c.buf.is_none(),
+                    "{fault:?}: a dead command's buffer was handed back"
+                );
+            }
+            let cause = lb.owner().dead().expect("declared dead");
+            let want = match fault {
+                LoopbackFault::AllOnes => DeathCause::AllOnes,
+                LoopbackFault::Fatal => DeathCause::Fatal,
+                LoopbackFault::StopAnswering => DeathCause::ResetFailed,
+            };
+            assert_eq!(cause, want);
+            assert_eq!(lb.owner().quarantined(), 10, "{fault:?}");
+            assert!(qp.is_dead());
+            assert_eq!(qp.outstanding(), 0);
+            // Never Busy: a dead queue pair says so, on every path.
+            let b = lb.dma().alloc(4096).expect("alloc");
+            let e = qp.read(&ns, 0, b, 0..4096, 1).expect_err("dead");
+            assert_eq!(e.kind, SubmitErrorKind::ControllerDead);
+            assert!(e.buf.is_some(), "a refused request's buffer comes back");
+            // SAFETY: refused before anything is submitted.
+            let e =
+                unsafe { qp.read_borrowed(&ns, 0, &lb.dma().alloc(4096).expect("a"), 0..4096, 1) };
+            assert_eq!(e, Err(SubmitErrorKind::ControllerDead));
+            assert_eq!(
+                qp.flush(&ns, 2).expect_err("dead").kind,
+                SubmitErrorKind::ControllerDead
+            );
+            // Polls and drains return at once.
+            assert_eq!(qp.poll(usize::MAX, |_| panic!("nothing is left")), 0);
+            qp.drain(|_| panic!("nothing is left"));
+            // Dropping it quarantines the rings (the device might still write them).
+            drop(qp);
+            assert_eq!(lb.owner().quarantined(), 13, "{fault:?}: rings quarantined");
+        }
+    }
+
+    #[test]
+    fn aborts_go_out_together_then_the_queue_pair_recovers_alone() {
+        let mut lb = Loopback::new(1 << 12, 4096, true, 128 << 10).expect("loopback");
+        let ns = lb.namespace();
+        let mut qp = lb.supervised_queue_pair(short_timeout()).expect("qp");
+        for i in 0..12u64 {
+            qp.read(&ns, i, lb.dma().alloc(4096).expect("alloc"), 0..4096, i)
+                .expect("submit");
+        }
+        // The controller answers admin commands but sits on these 12: no step, so no completion.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut done = Vec::new();
+        while done.len() < 12 {
+            qp.poll(usize::MAX, |c| done.push(c));
+            assert!(std::time::Instant::now() < deadline, "stuck: {qp:?}");
+        }
+        assert_eq!(
+            lb.owner().aborts_asked.load(Ordering::Acquire),
+            12,
+            "one abort per command, sent together"
+        );
+        for c in &done {
+            assert_eq!(c.result, Err(IoError::Timeout));
+            assert!(
+                c.buf.is_some(),
+                "the queues were deleted: buffers are safe to reuse"
+            );
+        }
+        let s = qp.stats();
+        assert_eq!((s.queue_resets, s.resets_seen), (1, 0), "{s:?}");
+        assert_eq!(lb.owner().resets(), 0, "no controller reset");
+        assert_eq!(lb.owner().quarantined(), 0);
+        assert!(!qp.is_dead());
+        // New I/O works on the re-created queues, data verified.
+        let mut w = lb.dma().alloc(8192).expect("alloc");
+        w.fill(0x3c);
+        qp.write(&ns, 7, w, 0..8192, 1).expect("write");
+        assert!(poll_until(&mut lb, &mut qp, 1)[0].result.is_ok());
+        qp.read(&ns, 7, lb.dma().alloc(8192).expect("alloc"), 0..8192, 2)
+            .expect("read");
+        let c = poll_until(&mut lb, &mut qp, 1).pop().expect("c");
+        assert!(c.result.is_ok());
+        assert!(c.buf.expect("buf").iter().all(|&b| b == 0x3c));
+    }
+
+    #[test]
+    fn drain_and_drop_are_bounded_on_a_dead_controller() {
+        let mut lb = Loopback::new(1 << 12, 4096, false, 128 << 10).expect("loopback");
+        let ns = lb.namespace();
+        let mut qp = lb.supervised_queue_pair(short_timeout()).expect("qp");
+        for i in 0..15u64 {
+            qp.read(&ns, i, lb.dma().alloc(4096).expect("alloc"), 0..4096, i)
+                .expect("submit");
+        }
+        lb.fail(LoopbackFault::StopAnswering);
+        let mut results = Vec::new();
+        qp.drain(|c| results.push(c.result));
+        assert_eq!(results.len(), 15);
+        assert!(results.iter().all(|r| *r == Err(IoError::ControllerDead)));
+        // A queue pair dropped with commands in flight on a dead controller quarantines them and its rings.
+        let mut qp2 = lb.supervised_queue_pair(short_timeout()).expect("qp");
+        let before = lb.owner().quarantined();
+        for i in 0..3u64 {
+            qp2.read(&ns, i, lb.dma().alloc(4096).expect("alloc"), 0..4096, i)
+                .expect("submit");
+        }
+        drop(qp2);
+        assert_eq!(lb.owner().quarantined(), before + 3 + 3);
     }
 }

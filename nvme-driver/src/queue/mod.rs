@@ -19,9 +19,11 @@ pub(crate) use doorbell::ShadowSlots;
 
 use crate::dma::{DmaBuf, Iommu, PAGE_SIZE};
 use crate::error::IoError;
+use crate::health::DEAD;
 use crate::mmio::{Bar, Doorbell};
 use crate::spec::{CompletionEntry, SubmissionEntry};
 use slots::{FreeCids, Slot, FREE};
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,7 +61,11 @@ pub struct QueueStats {
     pub cq_doorbell_writes: u64,
     pub sq_shadow_updates: u64,
     pub cq_shadow_updates: u64,
+    /// Aborts the controller completed (sent in parallel when a queue pair stalls).
     pub aborts_sent: u64,
+    /// Times this queue pair recovered on its own from a stall (its queues deleted and created again, its
+    /// in-flight requests failed with `Timeout`), without a controller reset.
+    pub queue_resets: u64,
     pub resets_seen: u64,
 }
 
@@ -91,10 +97,21 @@ pub(crate) trait QueueOwner: Send + Sync {
         cq_iova: u64,
         cq_entries: u16,
     ) -> bool;
-    fn delete_queues(&self, qid: u16);
-    fn abort(&self, qid: u16, cid: u16) -> bool;
-    fn reset(&self) -> bool;
+    /// Deletes the queue pair's SQ and CQ; true when both deletions completed (then the controller is done with
+    /// their commands and buffers). `quick` bounds the wait by a second (a stalled queue pair's recovery).
+    fn delete_queues(&self, qid: u16, quick: bool) -> bool;
+    /// Sends Abort for every command in `cids` (in parallel, as far as the controller's Abort Command Limit
+    /// allows; one bounded wait for all); returns how many aborts the controller completed.
+    fn abort_many(&self, qid: u16, cids: &[u16]) -> usize;
+    /// Resets the controller unless a reset happened since generation `seen`; false when it failed (then the
+    /// controller is dead).
+    fn reset(&self, seen: u64) -> bool;
     fn release_qid(&self, qid: u16);
+    /// Reads CSTS: all ones declares the controller dead, CFS makes it reset (dead if that fails). False when
+    /// the controller is dead.
+    fn check_health(&self) -> bool;
+    /// Keeps a buffer the device might still write out of the DMA pool while the controller lives.
+    fn quarantine(&self, buf: DmaBuf);
 }
 
 /// Empty polls between two looks at the clock while commands are outstanding.
@@ -134,7 +151,7 @@ pub struct QueuePair {
     /// Indexed by command id (`sq_entries - 1` of them, fixed at allocation); see [`Slot`].
     slots: Box<[Slot]>,
     free_cids: FreeCids,
-    prp_lists: DmaBuf,
+    prp_lists: ManuallyDrop<DmaBuf>,
     max_transfer: usize,
     /// Requests of up to this many bytes take the single-command fast path: `max_transfer`, or 0 while the
     /// queue pair is dead, so that the fast path needs no check of `dead` of its own (the general path, which
@@ -150,13 +167,16 @@ pub struct QueuePair {
     empty_polls: u32,
     stall_since: Option<Instant>,
     stall_stage: u8,
+    /// When the stall handling last moved a stage (see `progress_after_aborts`).
+    stall_stage_at: Option<Instant>,
     timed_out: bool,
     dead: bool,
     io_timeout: Duration,
     owner: Option<Arc<dyn QueueOwner>>,
-    // Kept last: dropped after the queue is deleted on the device.
-    sq_mem: DmaBuf,
-    cq_mem: DmaBuf,
+    /// The rings; dropped by hand in `Drop`, after the queues were deleted on the device, or quarantined when
+    /// they could not be (the device might still write them).
+    sq_mem: ManuallyDrop<DmaBuf>,
+    cq_mem: ManuallyDrop<DmaBuf>,
     _bar: Arc<Bar>,
 }
 
@@ -171,7 +191,8 @@ impl std::fmt::Debug for QueuePair {
             .field("sq_entries", &self.sq_entries)
             .field("cq_entries", &self.cq_entries)
             .field("outstanding", &self.outstanding())
-            .field("stats", &self.stats)
+            .field("dead", &self.dead)
+            .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
@@ -256,7 +277,7 @@ impl QueuePair {
                 })
                 .collect(),
             free_cids: FreeCids::new(max_out),
-            prp_lists,
+            prp_lists: ManuallyDrop::new(prp_lists),
             max_transfer,
             fast_limit: max_transfer,
             split_commands: 0,
@@ -266,12 +287,13 @@ impl QueuePair {
             empty_polls: 0,
             stall_since: None,
             stall_stage: 0,
+            stall_stage_at: None,
             timed_out: false,
             dead: false,
             io_timeout,
             owner: p.owner,
-            sq_mem,
-            cq_mem,
+            sq_mem: ManuallyDrop::new(sq_mem),
+            cq_mem: ManuallyDrop::new(cq_mem),
             _bar: p.bar,
         })
     }
@@ -327,15 +349,59 @@ impl QueuePair {
     pub fn shadow_doorbells(&self) -> bool {
         self.shadow.is_some()
     }
+    /// True once the queue pair accepts nothing more: its controller is dead, or its queues could not be
+    /// re-created after a reset. Submissions then fail with [`crate::SubmitErrorKind::ControllerDead`].
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
 }
 
 impl Drop for QueuePair {
+    /// Deletes the queues on the controller. When that cannot be done (the controller is dead, or the deletion
+    /// failed), the device might still write the rings and the buffers of in-flight commands: they are
+    /// quarantined instead of going back to the DMA pool.
     fn drop(&mut self) {
+        let mut safe = true;
         if let Some(o) = self.owner.take() {
-            if o.generation().load(Ordering::Acquire) == self.generation && !self.dead {
-                o.delete_queues(self.qid);
+            let g = o.generation().load(Ordering::Acquire);
+            safe = if g & DEAD != 0 {
+                false
+            } else if g != self.generation || self.dead {
+                true // a reset deleted the queues (or they were never re-created after one)
+            } else {
+                o.delete_queues(self.qid, false)
+            };
+            if !safe {
+                for slot in self.slots.iter_mut() {
+                    if let Some(b) = slot.buf.take() {
+                        o.quarantine(b);
+                    }
+                }
+            }
+            // SAFETY: each field is taken once, here, and not used again (the value is being dropped).
+            let rings = unsafe {
+                [
+                    ManuallyDrop::take(&mut self.sq_mem),
+                    ManuallyDrop::take(&mut self.cq_mem),
+                    ManuallyDrop::take(&mut self.prp_lists),
+                ]
+            };
+            for r in rings {
+                if safe {
+                    drop(r);
+                } else {
+                    o.quarantine(r);
+                }
             }
             o.release_qid(self.qid);
+            return;
+        }
+        debug_assert!(safe);
+        // SAFETY: as above (no owner: a loopback queue pair, nothing on a device).
+        unsafe {
+            ManuallyDrop::drop(&mut self.sq_mem);
+            ManuallyDrop::drop(&mut self.cq_mem);
+            ManuallyDrop::drop(&mut self.prp_lists);
         }
     }
 }

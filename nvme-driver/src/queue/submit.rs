@@ -303,7 +303,10 @@ impl QueuePair {
                 max: self.slots.len(),
             });
         }
-        if self.dead || self.free_cids.len() < ncmds {
+        if self.dead {
+            return Err(SubmitErrorKind::ControllerDead);
+        }
+        if self.free_cids.len() < ncmds {
             return Err(SubmitErrorKind::Busy);
         }
         // The request lives in the slot of its first command id, which is not reused before the whole request
