@@ -93,6 +93,7 @@ fn diff(a: QueueStats, b: QueueStats) -> QueueStats {
         sq_shadow_updates: b.sq_shadow_updates - a.sq_shadow_updates,
         cq_shadow_updates: b.cq_shadow_updates - a.cq_shadow_updates,
         aborts_sent: b.aborts_sent - a.aborts_sent,
+        queue_resets: b.queue_resets - a.queue_resets,
         resets_seen: b.resets_seen - a.resets_seen,
     }
 }
