@@ -243,9 +243,11 @@ impl QueueOwner for Shared {
             return 0;
         }
         // At most ACL + 1 Aborts may be outstanding (ACL is 0's based), and the batch must fit the admin SQ.
-        let group = (self.info.acl as usize + 1).clamp(1, 16);
         let t = self.opts.admin_timeout.min(ESCALATION_WAIT);
         let mut aq = lock(&self.admin);
+        let group = (self.info.acl as usize + 1)
+            .clamp(1, 16)
+            .min(aq.entries as usize - 1);
         let mut accepted = 0;
         for chunk in cids.chunks(group) {
             let entries: Vec<SubmissionEntry> = chunk

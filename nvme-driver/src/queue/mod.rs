@@ -35,7 +35,10 @@ pub struct QueueConfig {
     pub sq_entries: u16,
     /// Completion queue entries (at least `sq_entries`); a larger CQ means fewer CQ head doorbell writes.
     pub cq_entries: u16,
-    /// A command that makes no progress for this long is aborted; after another period the controller is reset.
+    /// When the queue pair has made no progress for this long with commands outstanding, they are aborted
+    /// (together); if that does not help within `min(io_timeout, 1 s)`, the queue pair deletes and re-creates
+    /// its queues (its requests fail with `IoError::Timeout`), and only if the controller cannot do that is it
+    /// reset. A controller found dead (CSTS all ones, a failed reset) fails everything at once.
     pub io_timeout: Duration,
 }
 
