@@ -77,9 +77,9 @@ pub(super) fn start_removal_watcher(mut shared: Arc<Shared>, device: vfio::Devic
     shared
 }
 
-/// The longest an abort batch or a queue pair's own recovery waits on the admin queue: a controller that has
-/// not answered in a second is treated as stuck and escalated (reset, then dead), so a dead controller fails
-/// its commands at most about a second after the stall timeout.
+/// The longest an abort batch, or each of a stalled queue pair's own Delete commands, waits on the admin queue:
+/// a controller that has not answered in a second is treated as stuck and escalated (reset, then dead). See
+/// docs/driver.md for the whole bound.
 const ESCALATION_WAIT: Duration = Duration::from_secs(1);
 
 impl Shared {
