@@ -115,8 +115,27 @@ pub(crate) fn shadow_doorbells_on_and_off() -> R {
     Ok(())
 }
 
+/// A controller reset while a thread keeps 16 reads in flight, without and with shadow doorbells (the reset
+/// zeroes the Doorbell Buffer pages and configures them again; the queue pair re-creates its queues on them).
 pub(crate) fn controller_reset_mid_run() -> R {
-    let c = Controller::open(C_512)?;
+    for shadow in [false, true] {
+        reset_mid_run(shadow).map_err(|e| format!("shadow doorbells {shadow}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn reset_mid_run(shadow: bool) -> R {
+    let c = Controller::open_with(
+        C_512,
+        nvme_driver::ControllerOptions {
+            shadow_doorbells: shadow,
+            ..Default::default()
+        },
+    )?;
+    check!(
+        c.shadow_doorbells() == shadow,
+        "shadow doorbells not as asked"
+    );
     let ns = c.namespace(1)?;
     let worker = {
         let c = c.clone();
@@ -159,7 +178,7 @@ pub(crate) fn controller_reset_mid_run() -> R {
     check!(c.resets() == 1, "reset count {}", c.resets());
     let (ok, reset_errs, other) = worker.join().map_err(|_| "worker panicked")??;
     println!(
-        "reset mid-run: {ok} ok, {reset_errs} failed with ControllerReset, {other} other errors"
+        "reset mid-run (shadow doorbells {shadow}): {ok} ok, {reset_errs} failed with ControllerReset, {other} other errors"
     );
     check!(
         other == 0,
