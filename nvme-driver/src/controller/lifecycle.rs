@@ -288,14 +288,16 @@ impl QueueOwner for Shared {
         if self.health.dead().is_some() {
             return false;
         }
+        let seen = self.health.generation().load(Ordering::Acquire);
         match csts_health(self.bar.read32(reg::CSTS)) {
             Csts::Ok => true,
             Csts::Gone => {
                 self.health.mark_dead(DeathCause::AllOnes);
                 false
             }
-            // CFS: the spec's answer is a reset; a failed one declares the controller dead.
-            Csts::Fatal => self.reset_inner(None).is_ok(),
+            // CFS: the spec's answer is a reset (one, however many queue pairs see it); a failed one declares
+            // the controller dead.
+            Csts::Fatal => self.reset_inner(Some(seen)).is_ok(),
         }
     }
 
