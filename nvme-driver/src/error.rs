@@ -43,6 +43,12 @@ pub enum Error {
     },
     #[error("{addr}: controller reports a fatal status (CSTS.CFS)")]
     ControllerFatal { addr: String },
+    /// The controller was declared dead (see [`crate::health::DeathCause`]); nothing more is sent to it.
+    #[error("{addr}: controller is dead ({cause}); reopen it once it is back")]
+    ControllerDead {
+        addr: String,
+        cause: crate::health::DeathCause,
+    },
     #[error("{addr}: {command} failed: {status}")]
     Command {
         addr: String,
@@ -73,6 +79,12 @@ pub enum IoError {
     /// The controller was reset while the command was in flight; its effect on the media is unknown.
     #[error("controller reset while the command was in flight")]
     ControllerReset,
+    /// The controller is dead or gone (BAR0 reads all ones, CSTS.CFS that a reset did not clear, a failed
+    /// reset, hot-removal): the command was failed without an answer from the device and its effect on the
+    /// media is unknown. Its buffer is quarantined (the completion carries none; a borrowed buffer must not be
+    /// reused while the [`crate::Controller`] lives), since the device might still write it.
+    #[error("controller is dead or removed; the command's effect is unknown")]
+    ControllerDead,
 }
 
 impl IoError {
@@ -106,6 +118,10 @@ pub enum SubmitErrorKind {
     TooLarge { needed: usize, max: usize },
     #[error("namespace does not support {0}")]
     Unsupported(&'static str),
+    /// The queue pair's controller is dead or removed: nothing will be accepted again (never retry; reopen the
+    /// controller once it is back).
+    #[error("controller is dead or removed: the queue pair accepts nothing more")]
+    ControllerDead,
 }
 
 /// A request that was not accepted, with its buffer given back.

@@ -11,6 +11,7 @@
 pub mod controller;
 pub mod dma;
 pub mod error;
+pub mod health;
 #[cfg(any(test, feature = "loopback"))]
 pub mod loopback;
 pub mod mmio;
@@ -23,6 +24,7 @@ pub mod vfio;
 pub use controller::{Controller, ControllerInfo, ControllerOptions};
 pub use dma::{DmaBuf, Iommu};
 pub use error::{Error, IoError, Result, SubmitError, SubmitErrorKind};
+pub use health::DeathCause;
 pub use namespace::Namespace;
 pub use queue::{Completion, QueueConfig, QueuePair, QueueStats};
 pub use status::NvmeStatus;

@@ -87,6 +87,34 @@ impl Bar {
         self.write32(off + 4, (v >> 32) as u32);
     }
 
+    /// Replaces a BAR mapping by ordinary memory that reads all ones, at the same address, so that the device's
+    /// file can be closed (the kernel waits for that to finish a hot-removal) while queue pairs may still
+    /// hold doorbell pointers into the window: their writes then land in that memory, and every register
+    /// read says "gone". Returns false when the window is not a device mapping or the kernel refused.
+    pub(crate) fn retire(&self) -> bool {
+        if !self.mapped {
+            return false;
+        }
+        // SAFETY: base/len is this Bar's own mapping; MAP_FIXED replaces it in one step with private anonymous
+        // memory of the same size, so no access through the window ever faults; nothing else is mapped there.
+        let p = unsafe {
+            libc::mmap(
+                self.base.as_ptr().cast(),
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return false;
+        }
+        // SAFETY: the new mapping is len bytes of writable memory at base.
+        unsafe { core::ptr::write_bytes(self.base.as_ptr(), 0xff, self.len) };
+        true
+    }
+
     /// A doorbell register's address, for the queue pair that owns it (checked once here, not per write).
     pub(crate) fn doorbell(&self, off: usize) -> Doorbell {
         Doorbell(self.reg(off))

@@ -28,6 +28,12 @@ const VFIO_DEVICE_GET_REGION_INFO: libc::c_ulong = vfio_io(8);
 const VFIO_IOMMU_GET_INFO: libc::c_ulong = vfio_io(12);
 const VFIO_IOMMU_MAP_DMA: libc::c_ulong = vfio_io(13);
 const VFIO_IOMMU_UNMAP_DMA: libc::c_ulong = vfio_io(14);
+const VFIO_DEVICE_SET_IRQS: libc::c_ulong = vfio_io(10);
+const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+/// The device-request interrupt of vfio-pci: the kernel signals it when it wants the device back (hot-remove,
+/// unbind) and then waits for the user to close the device.
+const VFIO_PCI_REQ_IRQ_INDEX: u32 = 4;
 
 const VFIO_API_VERSION: libc::c_int = 0;
 const VFIO_TYPE1V2_IOMMU: libc::c_ulong = 3;
@@ -89,6 +95,18 @@ pub struct RegionInfo {
     pub offset: u64,
 }
 
+/// `struct vfio_irq_set` with one eventfd as its data.
+#[repr(C)]
+struct IrqSetEventfd {
+    argsz: u32,
+    flags: u32,
+    index: u32,
+    start: u32,
+    count: u32,
+    fd: i32,
+}
+
+const _: () = assert!(core::mem::size_of::<IrqSetEventfd>() == 24);
 const _: () = assert!(core::mem::size_of::<IommuType1Info>() == 24);
 const _: () = assert!(core::mem::size_of::<DmaMap>() == 32);
 const _: () = assert!(core::mem::size_of::<DmaUnmap>() == 24);
@@ -380,6 +398,28 @@ impl Device {
             return Err(io::Error::last_os_error());
         }
         Ok((p.cast::<u8>(), region.size as usize))
+    }
+
+    /// An eventfd that VFIO signals when the kernel asks for the device back (`VFIO_PCI_REQ_IRQ_INDEX`): a
+    /// hot-removal or an unbind, which waits until the device is closed.
+    pub fn request_notifier(&self) -> io::Result<OwnedFd> {
+        // SAFETY: eventfd takes no pointers; a non-negative return is a new descriptor nothing else owns.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: raw is a fresh descriptor (checked above).
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut set = IrqSetEventfd {
+            argsz: core::mem::size_of::<IrqSetEventfd>() as u32,
+            flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            index: VFIO_PCI_REQ_IRQ_INDEX,
+            start: 0,
+            count: 1,
+            fd: fd.as_raw_fd(),
+        };
+        ioctl_ptr(&self.fd, VFIO_DEVICE_SET_IRQS, &mut set)?;
+        Ok(fd)
     }
 
     /// Sets Memory Space Enable and Bus Master Enable, and disables INTx (the driver polls), in the PCI Command

@@ -6,11 +6,13 @@
 //! - [`initramfs`]: the `newc` cpio writer and the content-addressed initramfs cache.
 //! - [`vm`]: the QEMU command line, the NVMe controller configuration, boot, timeout, output framing.
 //! - [`guest`]: helpers for code running *inside* the guest (find controllers, bind drivers).
+//! - [`monitor`]: QEMU's QMP monitor from the host (hot-removal with `device_del`).
 //! - [`suite`]: a tiny harness that lets one test binary boot a VM carrying itself and run its tests there.
 
 pub mod guest;
 pub mod host;
 pub mod initramfs;
+pub mod monitor;
 pub mod suite;
 pub mod vm;
 

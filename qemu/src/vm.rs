@@ -105,6 +105,8 @@ pub struct NvmeController {
     pub pmr: Option<(PathBuf, u64)>,
     pub write_cache: Option<bool>,
     pub bind: Bind,
+    /// Behind its own PCIe root port, so that it can be hot-removed (see [`crate::monitor`]).
+    pub hotplug: bool,
 }
 
 impl NvmeController {
@@ -117,6 +119,7 @@ impl NvmeController {
             pmr: None,
             write_cache: None,
             bind: Bind::Vfio,
+            hotplug: false,
         }
     }
     pub fn namespace(mut self, ns: NvmeNamespace) -> Self {
@@ -143,7 +146,14 @@ impl NvmeController {
         self.bind = bind;
         self
     }
-    /// The PCI address the guest sees for controller number `index`.
+    /// Puts the controller behind its own PCIe root port (`-device pcie-root-port`), so that QEMU's
+    /// `device_del nvme<index>` can hot-remove it. The guest then sees it at
+    /// [`VmBuilder::guest_address`] (on the port's bus, not at `0000:00:{0x10+i}.0`).
+    pub fn hotpluggable(mut self) -> Self {
+        self.hotplug = true;
+        self
+    }
+    /// The PCI address the guest sees for controller number `index` (not hot-pluggable).
     pub fn guest_address(index: usize) -> String {
         format!("0000:00:{:02x}.0", 0x10 + index)
     }
@@ -169,6 +179,7 @@ pub struct VmBuilder {
     on_line: Option<LineCallback>,
     expect_power_off: bool,
     extra_modules: Vec<String>,
+    qmp: Option<PathBuf>,
 }
 
 /// Called with every console line as it arrives (for progress reports).
@@ -219,6 +230,7 @@ impl Vm {
             on_line: None,
             expect_power_off: false,
             extra_modules: Vec::new(),
+            qmp: None,
         }
     }
 }
@@ -319,6 +331,27 @@ impl VmBuilder {
         self
     }
 
+    /// A QMP monitor socket at `path` (`-qmp unix:PATH,server=on,wait=off`), for [`crate::monitor::Qmp`].
+    pub fn qmp(mut self, path: impl Into<PathBuf>) -> Self {
+        self.qmp = Some(path.into());
+        self
+    }
+
+    /// The PCI address the guest sees for controller `index`: `0000:00:{0x10+i}.0`, or for a hot-pluggable one
+    /// `0000:BB:00.0` on its root port's bus (the ports get buses 1, 2, ... in order).
+    pub fn guest_address(&self, index: usize) -> String {
+        match self.controllers.get(index) {
+            Some(c) if c.hotplug => {
+                let bus = 1 + self.controllers[..index]
+                    .iter()
+                    .filter(|c| c.hotplug)
+                    .count();
+                format!("0000:{bus:02x}:00.0")
+            }
+            _ => NvmeController::guest_address(index),
+        }
+    }
+
     /// Copy console lines to stderr as they arrive.
     pub fn echo(mut self, on: bool) -> Self {
         self.echo = on;
@@ -345,7 +378,7 @@ impl VmBuilder {
         }
         for (i, c) in self.controllers.iter().enumerate() {
             if c.bind == Bind::Vfio {
-                let a = NvmeController::guest_address(i);
+                let a = self.guest_address(i);
                 s += &format!(
                     "echo vfio-pci > /sys/bus/pci/devices/{a}/driver_override && echo {a} > /sys/bus/pci/drivers_probe || echo 'nvkv-init: bind {a} to vfio-pci failed'\n"
                 );
@@ -450,6 +483,12 @@ impl VmBuilder {
             self.append
         );
         args.extend(["-append".into(), append]);
+        if let Some(q) = &self.qmp {
+            args.extend([
+                "-qmp".into(),
+                format!("unix:{},server=on,wait=off", q.display()),
+            ]);
+        }
         for (ci, c) in self.controllers.iter().enumerate() {
             if c.namespaces.is_empty() {
                 return Err(Error::Config(format!(
@@ -457,11 +496,25 @@ impl VmBuilder {
                     c.serial
                 )));
             }
-            let mut dev = format!(
-                "nvme,id=nvme{ci},serial={},addr=0x{:02x}",
-                c.serial,
-                0x10 + ci
-            );
+            let mut dev = if c.hotplug {
+                let port = self.controllers[..ci].iter().filter(|c| c.hotplug).count();
+                args.extend([
+                    "-device".into(),
+                    format!(
+                        "pcie-root-port,id=rp{ci},chassis={},slot={},addr=0x{:02x}",
+                        port + 1,
+                        port + 1,
+                        0x1c + port
+                    ),
+                ]);
+                format!("nvme,id=nvme{ci},serial={},bus=rp{ci}", c.serial)
+            } else {
+                format!(
+                    "nvme,id=nvme{ci},serial={},addr=0x{:02x}",
+                    c.serial,
+                    0x10 + ci
+                )
+            };
             if let Some(m) = c.mdts {
                 dev += &format!(",mdts={m}");
             }

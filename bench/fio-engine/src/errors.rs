@@ -9,6 +9,7 @@ pub fn errno(e: &IoError) -> i32 {
         IoError::Status(_) => libc::EIO,
         IoError::Timeout => libc::ETIMEDOUT,
         IoError::ControllerReset => libc::EIO,
+        IoError::ControllerDead => libc::ENODEV,
     }
 }
 

@@ -8,14 +8,24 @@
 //! it never overwrites an entry the driver has not released, so a driver that under-reports its CQ head stalls
 //! here as it would on hardware.
 //!
+//! It can be told to fail as hardware does ([`Loopback::fail`]): stop answering, read all ones, report a fatal
+//! status. Queue pairs made with [`Loopback::supervised_queue_pair`] have an owner that answers the queue
+//! pair's admin requests (aborts, recovery, reset, health) as a controller in that state would, so the dead-
+//! controller paths of the queue pair are tested on the host.
+//!
 //! Test support only (feature `loopback`): never on the product's I/O path.
 
+mod owner;
+
+pub use owner::{LoopbackFault, LoopbackOwner};
+
 use crate::dma::{Iommu, PAGE_SIZE};
+use crate::health::Health;
 use crate::mmio::Bar;
 use crate::namespace::Namespace;
 use crate::queue::{QueueConfig, QueuePair, QueueParts};
 use crate::spec::{nvm, reg, CompletionEntry, DsmRange, SubmissionEntry};
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Status Field values (SC << 1) the loopback returns.
@@ -44,6 +54,10 @@ pub struct Loopback {
     max_transfer: usize,
     /// Commands executed.
     pub commands: u64,
+    owner: Arc<LoopbackOwner>,
+    /// The owner's count of queue creations last seen by `step` (a change means the queues were re-created:
+    /// start them from 0).
+    created_seen: u64,
 }
 
 // SAFETY: the raw pointers point into the rings of queue pairs made from this loopback; stepping after such a
@@ -82,7 +96,17 @@ impl Loopback {
             atomic_write_blocks: 1,
         };
         let data = data.then(|| vec![0u8; (blocks << lba_shift) as usize]);
+        bar.write32(reg::CSTS, crate::spec::csts::RDY);
+        let owner = Arc::new(LoopbackOwner {
+            bar: bar.clone(),
+            health: Health::default(),
+            answering: AtomicBool::new(true),
+            created: AtomicU64::new(0),
+            aborts_asked: AtomicU64::new(0),
+        });
         Ok(Self {
+            owner,
+            created_seen: 0,
             bar,
             iommu,
             queues: Vec::new(),
@@ -100,6 +124,36 @@ impl Loopback {
     /// The address space for I/O buffers (identity: the IOVA is the address).
     pub fn dma(&self) -> &Arc<Iommu> {
         &self.iommu
+    }
+
+    /// The owner of supervised queue pairs (health, resets, quarantine).
+    pub fn owner(&self) -> &Arc<LoopbackOwner> {
+        &self.owner
+    }
+
+    /// Makes the controller fail as `fault` says, from now on.
+    pub fn fail(&mut self, fault: LoopbackFault) {
+        self.owner.answering.store(false, Ordering::Release);
+        match fault {
+            LoopbackFault::StopAnswering => {}
+            LoopbackFault::AllOnes => {
+                for off in (0..self.bar.len()).step_by(4) {
+                    self.bar.write32(off, u32::MAX);
+                }
+            }
+            LoopbackFault::Fatal => {
+                let c = self.bar.read32(reg::CSTS);
+                self.bar.write32(reg::CSTS, c | crate::spec::csts::CFS);
+            }
+        }
+    }
+
+    /// Like [`Loopback::queue_pair`], with an owner that answers for the controller (see the module
+    /// documentation): the queue pair notices stalls, recovers, and fails its commands when the controller dies.
+    pub fn supervised_queue_pair(&mut self, config: QueueConfig) -> crate::Result<QueuePair> {
+        let mut qp = self.queue_pair(config)?;
+        qp.attach(self.owner.clone(), false);
+        Ok(qp)
     }
 
     /// Creates queue pair `qid` (1, 2, ...). Keep it alive while this loopback is stepped.
@@ -140,6 +194,19 @@ impl Loopback {
     /// Executes every submitted command of every queue (as far as CQ space allows); returns how many.
     #[inline(never)]
     pub fn step(&mut self) -> usize {
+        if !self.owner.answering.load(Ordering::Acquire) {
+            return 0;
+        }
+        let created = self.owner.created.load(Ordering::Acquire);
+        if created != self.created_seen {
+            // The queues were created again (after a recovery or a reset): they start empty.
+            self.created_seen = created;
+            for q in &mut self.queues {
+                q.sq_head = 0;
+                q.cq_tail = 0;
+                q.phase = 1;
+            }
+        }
         let mut done = 0;
         for qi in 0..self.queues.len() {
             let (qid, tail, cq_head) = {
@@ -270,236 +337,4 @@ fn prp_segments(prp1: u64, prp2: u64, len: usize) -> Vec<(u64, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::dma::DmaBuf;
-    use crate::error::SubmitErrorKind;
-    use crate::queue::Completion;
-
-    fn run_until_done(lb: &mut Loopback, qp: &mut QueuePair, want: usize) -> Vec<Completion> {
-        let mut out = Vec::new();
-        for _ in 0..1_000_000 {
-            qp.ring();
-            lb.step();
-            qp.poll(usize::MAX, |c| out.push(c));
-            if out.len() >= want {
-                return out;
-            }
-        }
-        panic!("only {} of {want} requests completed", out.len());
-    }
-
-    #[test]
-    fn prp_lists_and_mdts_splits_move_the_right_bytes() {
-        let mut lb = Loopback::new(4096, 512, true, 32 << 10).expect("loopback");
-        let ns = lb.namespace();
-        let mut qp = lb
-            .queue_pair(QueueConfig {
-                sq_entries: 64,
-                cq_entries: 128,
-                ..Default::default()
-            })
-            .expect("qp");
-        let mut seed = 1u32;
-        for (i, &len) in [512usize, 4096, 8192, 12288, 32 << 10, 100 << 10, 513 * 512]
-            .iter()
-            .enumerate()
-        {
-            for off in [0usize, 4, 512, 4092] {
-                let mut w = lb.dma().alloc(len + 8192).expect("alloc");
-                for b in w[off..off + len].iter_mut() {
-                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                    *b = (seed >> 16) as u8;
-                }
-                let slba = (i as u64 * 300) % (4096 - 300);
-                qp.write(&ns, slba, w, off..off + len, 1).expect("write");
-                let w = run_until_done(&mut lb, &mut qp, 1)
-                    .pop()
-                    .expect("c")
-                    .buf
-                    .expect("buf");
-                let r = lb.dma().alloc(len + 8192).expect("alloc");
-                qp.read(&ns, slba, r, 4..4 + len, 2).expect("read");
-                let c = run_until_done(&mut lb, &mut qp, 1).pop().expect("c");
-                assert!(c.result.is_ok());
-                let r = c.buf.expect("buf");
-                assert!(r[4..4 + len] == w[off..off + len], "len {len} offset {off}");
-            }
-        }
-        assert!(
-            qp.stats().commands > qp.stats().requests,
-            "large requests were split"
-        );
-    }
-
-    #[test]
-    fn rings_wrap_many_times_and_cq_head_is_reported_often_enough() {
-        for (sq, cq) in [(2u16, 2u16), (33, 33), (33, 132), (1024, 2048)] {
-            let mut lb = Loopback::new(1 << 16, 4096, false, 128 << 10).expect("loopback");
-            let ns = lb.namespace();
-            let mut qp = lb
-                .queue_pair(QueueConfig {
-                    sq_entries: sq,
-                    cq_entries: cq,
-                    ..Default::default()
-                })
-                .expect("qp");
-            let mut free: Vec<DmaBuf> = (0..qp.max_outstanding())
-                .map(|_| lb.dma().alloc(4096).expect("alloc"))
-                .collect();
-            let total = 20 * cq as u64 + 100;
-            let (mut submitted, mut completed) = (0u64, 0u64);
-            let mut spins = 0;
-            while completed < total {
-                while submitted < total {
-                    let Some(b) = free.pop() else { break };
-                    match qp.read(&ns, submitted % 1000, b, 0..4096, submitted) {
-                        Ok(()) => submitted += 1,
-                        Err(e) => {
-                            assert_eq!(e.kind, SubmitErrorKind::Busy);
-                            free.push(e.buf.expect("buffer back"));
-                            break;
-                        }
-                    }
-                }
-                qp.ring();
-                lb.step();
-                qp.poll(usize::MAX, |c| {
-                    assert!(c.result.is_ok());
-                    completed += 1;
-                    free.push(c.buf.expect("buf"));
-                });
-                spins += 1;
-                assert!(
-                    spins < 10_000_000,
-                    "stalled at {completed}/{total} with sq {sq} cq {cq}"
-                );
-            }
-            let s = qp.stats();
-            // CQ head writes: about one per (cq - sq) completions (one per completion when cq == sq).
-            let expect = total / (cq - sq).max(1) as u64;
-            assert!(s.cq_doorbell_writes <= expect + 1, "sq {sq} cq {cq}: {s:?}");
-        }
-    }
-
-    #[test]
-    fn borrowed_buffers_round_trip_and_counters_add_up() {
-        let mut lb = Loopback::new(1 << 12, 4096, true, 8 << 10).expect("loopback");
-        let ns = lb.namespace();
-        let mut qp = lb
-            .queue_pair(QueueConfig {
-                sq_entries: 9,
-                cq_entries: 20,
-                ..Default::default()
-            })
-            .expect("qp");
-        let depth = qp.max_outstanding();
-        // Each slot writes its pattern (16 KiB: split in two at the 8 KiB transfer limit), then reads it back.
-        let mut bufs: Vec<DmaBuf> = (0..depth)
-            .map(|_| lb.dma().alloc(16 << 10).expect("alloc"))
-            .collect();
-        let total = 40 * depth as u64;
-        let mut next_lba = 0u64;
-        let mut lba_of = vec![0u64; depth];
-        let mut free: Vec<usize> = (0..depth).collect();
-        let (mut submitted, mut verified) = (0u64, 0u64);
-        let mut reading = vec![false; depth];
-        let mut spins = 0u32;
-        while verified < total {
-            while submitted < total {
-                let Some(&i) = free.last() else { break };
-                bufs[i].fill((submitted % 251) as u8);
-                lba_of[i] = next_lba % 4000;
-                next_lba += 4;
-                // SAFETY: slot i is not touched until its completion (tag i) comes back.
-                let r =
-                    unsafe { qp.write_borrowed(&ns, lba_of[i], &bufs[i], 0..16 << 10, i as u64) };
-                match r {
-                    Ok(()) => {
-                        free.pop();
-                        submitted += 1;
-                    }
-                    Err(k) => {
-                        assert_eq!(k, SubmitErrorKind::Busy);
-                        break;
-                    }
-                }
-            }
-            qp.ring();
-            lb.step();
-            let mut done = Vec::new();
-            qp.poll(usize::MAX, |c| {
-                assert!(c.result.is_ok() && c.buf.is_none());
-                done.push(c.tag as usize);
-            });
-            for i in done {
-                if reading[i] {
-                    let want = bufs[i][0];
-                    let bad: Vec<usize> =
-                        (0..bufs[i].len()).filter(|&j| bufs[i][j] != want).collect();
-                    assert!(
-                        bad.is_empty(),
-                        "slot {i} lba {} want {want}: {} bad from {:?} to {:?}",
-                        lba_of[i],
-                        bad.len(),
-                        bad.first(),
-                        bad.last()
-                    );
-                    reading[i] = false;
-                    verified += 1;
-                    free.push(i);
-                } else {
-                    let want = bufs[i][0];
-                    bufs[i].fill(!want);
-                    bufs[i][0] = want; // the read must restore every other byte
-                                       // SAFETY: as above.
-                    unsafe { qp.read_borrowed(&ns, lba_of[i], &bufs[i], 0..16 << 10, i as u64) }
-                        .expect("room: the write's slot is free");
-                    reading[i] = true;
-                }
-            }
-            spins += 1;
-            assert!(spins < 1_000_000, "stalled at {verified}/{total}");
-        }
-        let s = qp.stats();
-        assert_eq!(s.requests, 2 * total);
-        assert_eq!(s.commands, 4 * total, "16 KiB requests split in two");
-        assert_eq!(s.completions, s.commands);
-        // Range checks still apply on the borrowed path.
-        // SAFETY: rejected before anything is submitted.
-        let e = unsafe { qp.read_borrowed(&ns, 0, &bufs[0], 0..(16 << 10) + 512, 1) };
-        assert!(matches!(e, Err(SubmitErrorKind::OutsideBuffer { .. })));
-    }
-
-    #[test]
-    fn device_errors_come_back_typed() {
-        let mut lb = Loopback::new(100, 4096, true, 128 << 10).expect("loopback");
-        let ns = lb.namespace();
-        let mut qp = lb.queue_pair(QueueConfig::default()).expect("qp");
-        let b = lb.dma().alloc(8192).expect("alloc");
-        qp.read(&ns, 99, b, 0..8192, 5).expect("submit");
-        let c = run_until_done(&mut lb, &mut qp, 1).pop().expect("c");
-        let s = c
-            .result
-            .expect_err("past the end")
-            .status()
-            .expect("status");
-        assert!(s.is(crate::status::sc::LBA_OUT_OF_RANGE), "{s}");
-        assert_eq!(c.tag, 5);
-        // Write zeroes and deallocate clear data.
-        let mut w = lb.dma().alloc(4096).expect("alloc");
-        w.fill(7);
-        qp.write(&ns, 3, w, 0..4096, 1).expect("write");
-        run_until_done(&mut lb, &mut qp, 1);
-        qp.deallocate(&ns, 3, 1, 2).expect("dsm");
-        assert!(run_until_done(&mut lb, &mut qp, 1)[0].result.is_ok());
-        let r = lb.dma().alloc(4096).expect("alloc");
-        qp.read(&ns, 3, r, 0..4096, 3).expect("read");
-        let r = run_until_done(&mut lb, &mut qp, 1)
-            .pop()
-            .expect("c")
-            .buf
-            .expect("buf");
-        assert!(r.iter().all(|&x| x == 0));
-    }
-}
+mod tests;

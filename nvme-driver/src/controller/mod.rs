@@ -3,30 +3,35 @@
 //! The admin queue is the only shared part of the driver and sits behind a mutex; it is used at set-up, for
 //! queue (re)creation, aborts and resets — never on the I/O path.
 
+mod admin_queue;
+mod lifecycle;
+
 use crate::dma::{DmaBuf, Iommu, PAGE_SIZE};
 use crate::error::{Error, Result};
-use crate::mmio::{Bar, Doorbell};
+use crate::health::{DeathCause, Health};
+use crate::mmio::Bar;
 use crate::namespace::Namespace;
-use crate::queue::{QueueConfig, QueueOwner, QueuePair, QueueParts, ShadowSlots};
+use crate::queue::{QueueConfig, QueueOwner, QueuePair, QueueParts};
 use crate::spec::{
-    self, admin, cc, cns, csts, feature, reg, Cap, CompletionEntry, IdentifyController,
-    IdentifyNamespace, SubmissionEntry,
+    self, admin, cns, feature, reg, Cap, IdentifyController, IdentifyNamespace, SubmissionEntry,
 };
-use crate::status::NvmeStatus;
 use crate::vfio;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use admin_queue::{config_dbbuf, enable, set_queue_count, shadow_slots_of, AdminQueue};
+use lifecycle::start_removal_watcher;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Options for opening a controller.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
     /// Use shadow doorbells (Doorbell Buffer Config) when the controller offers them (OACS bit 8).
     ///
-    /// Off by default. Measured on QEMU 7.2's NVMe under TCG (2026-11-25): with batched submissions the driver
-    /// already writes 0.04 MMIO doorbells per I/O at QD 32 without them (0.06 with them, and 25-50 % fewer IOPS),
-    /// and at QD 1 with shadow doorbells on a run stalled with no completion for 30 s in two of two boots (the
-    /// controller missed a tail update). They stay available for controllers that implement them well.
+    /// Off by default. Measured on QEMU 7.2's NVMe under TCG (2026-12-02, docs/driver.md, three boots, on and
+    /// off alternating): they save no MMIO write there in steady state (0.033 per I/O at QD 32 either way) and
+    /// cost IOPS (median 155 K against 190 K at QD 32, 156 K against 215 K at QD 128), because QEMU spends two
+    /// more DMA accesses per command on them in its one main-loop thread. They no longer stall (issue 17) and
+    /// stay available for controllers where an MMIO write costs more than that.
     pub shadow_doorbells: bool,
     /// I/O queue pairs to ask for with Set Features (Number of Queues).
     pub io_queues: u16,
@@ -81,27 +86,14 @@ pub struct Controller {
     shared: Arc<Shared>,
 }
 
-struct AdminQueue {
-    sq: DmaBuf,
-    cq: DmaBuf,
-    entries: u16,
-    tail: u16,
-    head: u16,
-    phase: u16,
-    next_cid: u16,
-    sq_db: Doorbell,
-    cq_db: Doorbell,
-    /// One page for Identify data and other admin payloads.
-    data: DmaBuf,
-}
-
 pub(crate) struct Shared {
     addr: String,
     bar: Arc<Bar>,
     cap: Cap,
     iommu: Arc<Iommu>,
     admin: Mutex<AdminQueue>,
-    generation: AtomicU64,
+    /// The reset generation, the dead state and the quarantine.
+    health: Health,
     info: ControllerInfo,
     namespaces: Vec<Namespace>,
     /// Shadow doorbell page and EventIdx page, when in use.
@@ -110,7 +102,10 @@ pub(crate) struct Shared {
     qids: Mutex<Vec<bool>>,
     granted: u16,
     opts: ControllerOptions,
-    _device: vfio::Device,
+    /// The VFIO device; closed early (taken) when the kernel asks for it back, see [`Shared::removed`].
+    device: Mutex<Option<vfio::Device>>,
+    /// Tells the removal watcher thread to end (written on drop).
+    watcher_stop: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -186,6 +181,7 @@ impl Controller {
             next_cid: 0,
             sq_db: bar.doorbell(reg::DOORBELLS),
             cq_db: bar.doorbell(reg::DOORBELLS + stride),
+            shadow: None,
             data: iommu.alloc(PAGE_SIZE)?,
         };
         enable(addr, &bar, cap, &mut aq)?;
@@ -250,6 +246,7 @@ impl Controller {
         let dbbuf = if opts.shadow_doorbells && raw.oacs & spec::OACS_DBBUF != 0 {
             let pages = (iommu.alloc(PAGE_SIZE)?, iommu.alloc(PAGE_SIZE)?);
             config_dbbuf(addr, &bar, &mut aq, &pages, t)?;
+            aq.shadow = shadow_slots_of(&pages, cap, 0);
             Some(pages)
         } else {
             None
@@ -260,15 +257,17 @@ impl Controller {
             cap,
             iommu,
             admin: Mutex::new(aq),
-            generation: AtomicU64::new(0),
+            health: Health::default(),
             info,
             namespaces,
             dbbuf,
             qids: Mutex::new(vec![false; granted as usize + 1]),
             granted,
             opts,
-            _device: device,
+            device: Mutex::new(None),
+            watcher_stop: None,
         });
+        let shared = start_removal_watcher(shared, device);
         Ok(Self { shared })
     }
 
@@ -306,7 +305,17 @@ impl Controller {
     }
     /// How many controller resets have happened since open.
     pub fn resets(&self) -> u64 {
-        self.shared.generation.load(Ordering::Acquire)
+        self.shared.health.resets()
+    }
+    /// Why the controller was declared dead, if it was: then every queue pair fails its commands with
+    /// [`crate::IoError::ControllerDead`] and refuses new ones with [`crate::SubmitErrorKind::ControllerDead`].
+    pub fn dead(&self) -> Option<DeathCause> {
+        self.shared.health.dead()
+    }
+    /// Buffers kept out of the DMA pool because the device might still write them (commands failed without
+    /// the device's answer, rings of queues that could not be deleted). They are freed with the controller.
+    pub fn quarantined_buffers(&self) -> usize {
+        self.shared.health.quarantined()
     }
     /// The DMA address space of this controller, for allocating I/O buffers.
     pub fn dma(&self) -> &Arc<Iommu> {
@@ -328,6 +337,7 @@ impl Controller {
     pub fn queue_pair_with(&self, mut config: QueueConfig) -> Result<QueuePair> {
         let config = config_cap(&mut config, self.shared.cap);
         let s = &self.shared;
+        s.refuse_if_dead()?;
         let shadow = s.dbbuf.is_some();
         let qid = {
             let mut q = lock(&s.qids);
@@ -377,7 +387,7 @@ impl Controller {
     /// reset generation; each queue pair notices at its next poll, fails its in-flight requests with
     /// `IoError::ControllerReset`, and re-creates its queues.
     pub fn reset(&self) -> Result<()> {
-        self.shared.reset_inner()
+        self.shared.reset_inner(None)
     }
 
     /// Sends Abort for command `cid` of queue `qid`. Returns whether the controller accepted the abort.
@@ -385,15 +395,14 @@ impl Controller {
         let s = &self.shared;
         let mut e = SubmissionEntry::new(admin::ABORT, 0, 0);
         e.cdw10 = qid as u32 | (cid as u32) << 16;
-        lock(&s.admin)
-            .exec(&s.addr, &s.bar, "Abort", e, s.opts.admin_timeout)
-            .map(|_| ())
+        s.admin_exec("Abort", e, s.opts.admin_timeout).map(|_| ())
     }
 
     /// Sends Identify Namespace (CNS 00h) for `nsid` and returns the whole data structure (for tools such as
     /// `nvkv-identify` that print fields the decoded [`Namespace`] leaves out).
     pub fn identify_namespace(&self, nsid: u32) -> Result<Box<IdentifyNamespace>> {
         let s = &self.shared;
+        s.refuse_if_dead()?;
         let mut aq = lock(&s.admin);
         aq.exec(
             &s.addr,
@@ -401,7 +410,8 @@ impl Controller {
             "Identify Namespace",
             identify(cns::NAMESPACE, nsid),
             s.opts.admin_timeout,
-        )?;
+        )
+        .inspect_err(|e| s.note(e))?;
         let ns: IdentifyNamespace = spec::from_bytes(&aq.data)
             .ok_or_else(|| Error::InvalidArgument("identify buffer too small".into()))?;
         Ok(Box::new(ns))
@@ -413,15 +423,12 @@ impl Controller {
         let mut e = SubmissionEntry::new(admin::SET_FEATURES, 0, 0);
         e.cdw10 = feature::VOLATILE_WRITE_CACHE;
         e.cdw11 = on as u32;
-        lock(&s.admin)
-            .exec(
-                &s.addr,
-                &s.bar,
-                "Set Features (Volatile Write Cache)",
-                e,
-                s.opts.admin_timeout,
-            )
-            .map(|_| ())
+        s.admin_exec(
+            "Set Features (Volatile Write Cache)",
+            e,
+            s.opts.admin_timeout,
+        )
+        .map(|_| ())
     }
 }
 
@@ -441,290 +448,4 @@ fn identify(cns: u32, nsid: u32) -> SubmissionEntry {
     let mut e = SubmissionEntry::new(admin::IDENTIFY, 0, nsid);
     e.cdw10 = cns;
     e
-}
-
-fn wait_ready(addr: &str, bar: &Bar, cap: Cap, ready: bool) -> Result<()> {
-    let ms = cap.timeout_ms();
-    let deadline = Instant::now() + Duration::from_millis(ms);
-    loop {
-        let s = bar.read32(reg::CSTS);
-        if s == u32::MAX {
-            return Err(Error::ControllerFatal { addr: addr.into() });
-        }
-        if ready && s & csts::CFS != 0 {
-            return Err(Error::ControllerFatal { addr: addr.into() });
-        }
-        if (s & csts::RDY != 0) == ready {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let what = if ready {
-                "become ready (CSTS.RDY=1)"
-            } else {
-                "disable (CSTS.RDY=0)"
-            };
-            return Err(Error::Timeout {
-                addr: addr.into(),
-                what,
-                ms,
-            });
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-/// Disables the controller, programs the admin queues, enables it (NVMe Base spec 3.5.1).
-fn enable(addr: &str, bar: &Bar, cap: Cap, aq: &mut AdminQueue) -> Result<()> {
-    let c = bar.read32(reg::CC);
-    if c & cc::EN != 0 {
-        bar.write32(reg::CC, c & !cc::EN);
-    }
-    wait_ready(addr, bar, cap, false)?;
-    aq.sq.fill(0);
-    aq.cq.fill(0);
-    aq.tail = 0;
-    aq.head = 0;
-    aq.phase = 1;
-    let n = aq.entries as u32 - 1;
-    bar.write32(reg::AQA, n << 16 | n);
-    bar.write64(reg::ASQ, aq.sq.iova());
-    bar.write64(reg::ACQ, aq.cq.iova());
-    bar.write32(reg::INTMS, u32::MAX);
-    let mps = (PAGE_SIZE.trailing_zeros() - 12) << cc::MPS_SHIFT;
-    bar.write32(
-        reg::CC,
-        cc::EN | cc::CSS_NVM | mps | cc::AMS_RR | cc::IOSQES_64 | cc::IOCQES_16,
-    );
-    wait_ready(addr, bar, cap, true)
-}
-
-fn set_queue_count(
-    addr: &str,
-    bar: &Bar,
-    aq: &mut AdminQueue,
-    want: u16,
-    t: Duration,
-) -> Result<u16> {
-    let want = want.clamp(1, 0xfffe) as u32 - 1;
-    let mut e = SubmissionEntry::new(admin::SET_FEATURES, 0, 0);
-    e.cdw10 = feature::NUMBER_OF_QUEUES;
-    e.cdw11 = want | want << 16;
-    let dw0 = aq.exec(addr, bar, "Set Features (Number of Queues)", e, t)?;
-    let nsqa = (dw0 & 0xffff) as u16;
-    let ncqa = (dw0 >> 16) as u16;
-    Ok(nsqa.min(ncqa).saturating_add(1))
-}
-
-fn config_dbbuf(
-    addr: &str,
-    bar: &Bar,
-    aq: &mut AdminQueue,
-    pages: &(DmaBuf, DmaBuf),
-    t: Duration,
-) -> Result<()> {
-    let mut e = SubmissionEntry::new(admin::DOORBELL_BUFFER_CONFIG, 0, 0);
-    e.prp1 = pages.0.iova();
-    e.prp2 = pages.1.iova();
-    aq.exec(addr, bar, "Doorbell Buffer Config", e, t)
-        .map(|_| ())
-}
-
-impl AdminQueue {
-    /// Runs one admin command to completion and returns DW0 of its completion. Data-in commands use the
-    /// queue's data page as PRP1 unless the entry already has one.
-    fn exec(
-        &mut self,
-        addr: &str,
-        bar: &Bar,
-        command: &'static str,
-        mut e: SubmissionEntry,
-        t: Duration,
-    ) -> Result<u32> {
-        let cid = self.next_cid;
-        self.next_cid = self.next_cid.wrapping_add(1);
-        e.cdw0 = (e.cdw0 & 0xffff) | (cid as u32) << 16;
-        if e.prp1 == 0
-            && matches!(
-                e.opcode(),
-                admin::IDENTIFY | admin::GET_LOG_PAGE | admin::GET_FEATURES
-            )
-        {
-            self.data.fill(0);
-            e.prp1 = self.data.iova();
-        }
-        // SAFETY: tail < entries: the slot is inside the admin SQ; one command is outstanding at a time.
-        unsafe {
-            (self.sq.as_mut_ptr() as *mut SubmissionEntry)
-                .add(self.tail as usize)
-                .write(e)
-        };
-        self.tail = (self.tail + 1) % self.entries;
-        fence(Ordering::Release);
-        self.sq_db.write(self.tail as u32);
-        let deadline = Instant::now() + t;
-        loop {
-            // SAFETY: head < entries: inside the admin CQ ring written by the controller.
-            let p = unsafe { (self.cq.as_ptr() as *const CompletionEntry).add(self.head as usize) };
-            // SAFETY: aligned field of a live entry, written by DMA.
-            let status = unsafe { core::ptr::addr_of!((*p).status).read_volatile() };
-            if status & 1 == self.phase {
-                fence(Ordering::Acquire);
-                // SAFETY: as above; the phase tag says the entry is complete.
-                let c = unsafe { p.read_volatile() };
-                self.head = (self.head + 1) % self.entries;
-                if self.head == 0 {
-                    self.phase ^= 1;
-                }
-                self.cq_db.write(self.head as u32);
-                if c.cid != cid {
-                    continue; // a late completion of an earlier command that timed out
-                }
-                return match NvmeStatus::from_completion(c.status) {
-                    None => Ok(c.dw0),
-                    Some(status) => Err(Error::Command {
-                        addr: addr.into(),
-                        command,
-                        status,
-                    }),
-                };
-            }
-            if bar.read32(reg::CSTS) & csts::CFS != 0 {
-                return Err(Error::ControllerFatal { addr: addr.into() });
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Timeout {
-                    addr: addr.into(),
-                    what: command,
-                    ms: t.as_millis() as u64,
-                });
-            }
-            std::hint::spin_loop();
-        }
-    }
-}
-
-impl Shared {
-    fn create_queues_checked(
-        &self,
-        qid: u16,
-        sq_iova: u64,
-        sqe: u16,
-        cq_iova: u64,
-        cqe: u16,
-    ) -> Result<()> {
-        let t = self.opts.admin_timeout;
-        let mut aq = lock(&self.admin);
-        let mut e = SubmissionEntry::new(admin::CREATE_IO_CQ, 0, 0);
-        e.prp1 = cq_iova;
-        e.cdw10 = (cqe as u32 - 1) << 16 | qid as u32;
-        e.cdw11 = 1; // physically contiguous, interrupts off: the queue is polled
-        aq.exec(&self.addr, &self.bar, "Create I/O Completion Queue", e, t)?;
-        let mut e = SubmissionEntry::new(admin::CREATE_IO_SQ, 0, 0);
-        e.prp1 = sq_iova;
-        e.cdw10 = (sqe as u32 - 1) << 16 | qid as u32;
-        e.cdw11 = 1 | (qid as u32) << 16; // physically contiguous, CQ with the same id
-        if let Err(err) = aq.exec(&self.addr, &self.bar, "Create I/O Submission Queue", e, t) {
-            let mut d = SubmissionEntry::new(admin::DELETE_IO_CQ, 0, 0);
-            d.cdw10 = qid as u32;
-            let _ = aq.exec(&self.addr, &self.bar, "Delete I/O Completion Queue", d, t);
-            return Err(err);
-        }
-        Ok(())
-    }
-
-    fn reset_inner(&self) -> Result<()> {
-        let t = self.opts.admin_timeout;
-        let mut aq = lock(&self.admin);
-        enable(&self.addr, &self.bar, self.cap, &mut aq)?;
-        set_queue_count(&self.addr, &self.bar, &mut aq, self.opts.io_queues, t)?;
-        if let Some(pages) = &self.dbbuf {
-            // SAFETY: the pages are owned by Shared; the controller is freshly enabled and has not been told
-            // about them yet; the queue pairs re-read their slots only after the generation bump below.
-            unsafe {
-                core::ptr::write_bytes(pages.0.as_ptr() as *mut u8, 0, PAGE_SIZE);
-                core::ptr::write_bytes(pages.1.as_ptr() as *mut u8, 0, PAGE_SIZE);
-            }
-            config_dbbuf(&self.addr, &self.bar, &mut aq, pages, t)?;
-        }
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        Ok(())
-    }
-}
-
-impl QueueOwner for Shared {
-    fn generation(&self) -> &AtomicU64 {
-        &self.generation
-    }
-
-    fn shadow_slots(&self, qid: u16) -> Option<ShadowSlots> {
-        let (db, ei) = self.dbbuf.as_ref()?;
-        let stride = self.cap.doorbell_stride();
-        let sq = 2 * qid as usize * stride;
-        let cq = (2 * qid as usize + 1) * stride;
-        if cq + 4 > PAGE_SIZE {
-            return None;
-        }
-        // SAFETY: offsets checked to lie inside the two PAGE_SIZE pages, which live as long as Shared.
-        unsafe {
-            Some(ShadowSlots {
-                sq_db: db.as_ptr().add(sq) as *mut u32,
-                sq_ei: ei.as_ptr().add(sq) as *const u32,
-                cq_db: db.as_ptr().add(cq) as *mut u32,
-                cq_ei: ei.as_ptr().add(cq) as *const u32,
-            })
-        }
-    }
-
-    fn create_queues(&self, qid: u16, sq_iova: u64, sqe: u16, cq_iova: u64, cqe: u16) -> bool {
-        self.create_queues_checked(qid, sq_iova, sqe, cq_iova, cqe)
-            .is_ok()
-    }
-
-    fn delete_queues(&self, qid: u16) {
-        let t = self.opts.admin_timeout;
-        let mut aq = lock(&self.admin);
-        let mut e = SubmissionEntry::new(admin::DELETE_IO_SQ, 0, 0);
-        e.cdw10 = qid as u32;
-        let _ = aq.exec(&self.addr, &self.bar, "Delete I/O Submission Queue", e, t);
-        let mut e = SubmissionEntry::new(admin::DELETE_IO_CQ, 0, 0);
-        e.cdw10 = qid as u32;
-        let _ = aq.exec(&self.addr, &self.bar, "Delete I/O Completion Queue", e, t);
-    }
-
-    fn abort(&self, qid: u16, cid: u16) -> bool {
-        let mut e = SubmissionEntry::new(admin::ABORT, 0, 0);
-        e.cdw10 = qid as u32 | (cid as u32) << 16;
-        lock(&self.admin)
-            .exec(&self.addr, &self.bar, "Abort", e, self.opts.admin_timeout)
-            .is_ok()
-    }
-
-    fn reset(&self) -> bool {
-        self.reset_inner().is_ok()
-    }
-
-    fn release_qid(&self, qid: u16) {
-        if let Some(slot) = lock(&self.qids).get_mut(qid as usize) {
-            *slot = false;
-        }
-    }
-}
-
-impl Drop for Shared {
-    /// Orderly shutdown: CC.SHN = normal, then wait for CSTS.SHST = complete (bounded by RTD3E, at least 5 s).
-    fn drop(&mut self) {
-        let c = self.bar.read32(reg::CC);
-        if c & cc::EN == 0 {
-            return;
-        }
-        self.bar
-            .write32(reg::CC, (c & !cc::SHN_MASK) | cc::SHN_NORMAL);
-        let us = (self.info.raw.rtd3e as u64).max(5_000_000);
-        let deadline = Instant::now() + Duration::from_micros(us);
-        while self.bar.read32(reg::CSTS) & csts::SHST_MASK != csts::SHST_COMPLETE
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_micros(100));
-        }
-    }
 }
