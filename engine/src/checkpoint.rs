@@ -224,7 +224,9 @@ impl<D: BlockDevice> Shard<D> {
         loop {
             let total: u64 = got.iter().map(|e| e.1).sum();
             let want = need(got.len() + 1).saturating_sub(total);
-            if want == 0 {
+            // The first extent (the largest) holds the header and the table of the others.
+            let table = format::CKPT_HDR_LEN + format::CKPT_EXT_LEN * got.len().saturating_sub(1);
+            if want == 0 && got.first().is_some_and(|f| f.1 * self.bs >= table as u64) {
                 return Some(got);
             }
             let piece = if got.len() + 1 >= format::CKPT_MAX_EXTENTS {
@@ -236,8 +238,7 @@ impl<D: BlockDevice> Shard<D> {
                 self.space.alloc(n).map(|l| (l, n))
             };
             match piece {
-                // The first extent holds the header and the extent table.
-                Some(p) if !got.is_empty() || p.1 * self.bs >= 2048 => got.push(p),
+                Some(p) if want > 0 => got.push(p),
                 other => {
                     for (l, n) in got.into_iter().chain(other) {
                         // Cannot fail: allocated just above.

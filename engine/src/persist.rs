@@ -97,6 +97,7 @@ fn submit_err<B>(e: SubmitError<B>) -> (Option<B>, Option<IoError>) {
     match e {
         SubmitError::Busy(b) => (b, None),
         SubmitError::Invalid(b, _) => (b, Some(IoError::Device(libc::EINVAL))),
+        SubmitError::Gone(b) => (b, Some(IoError::Gone)),
     }
 }
 

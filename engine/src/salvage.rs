@@ -60,6 +60,7 @@ fn read<D: BlockDevice>(dev: &mut D, lba: u64, n: u64) -> Result<D::Buf, Error> 
                 dev.poll(16, drop);
             }
             Err(SubmitError::Invalid(_, why)) => return Err(Error::Config(why.into())),
+            Err(SubmitError::Gone(_)) => return Err(Error::Io(crate::bdev::IoError::Gone)),
         }
     }
     // Every backend completes a read within a poll or a device timeout (the driver's stall timeout);

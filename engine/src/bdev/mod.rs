@@ -31,13 +31,15 @@ pub enum SubmitError<B> {
     Busy(Option<B>),
     /// The request can never succeed (out of range, misaligned buffer, ...). The buffer is handed back.
     Invalid(Option<B>, &'static str),
+    /// The device is dead or was removed: nothing will be taken again. The buffer is handed back.
+    Gone(Option<B>),
 }
 
 impl<B> SubmitError<B> {
     /// Takes the buffer back out of the error.
     pub fn into_buf(self) -> Option<B> {
         match self {
-            SubmitError::Busy(b) | SubmitError::Invalid(b, _) => b,
+            SubmitError::Busy(b) | SubmitError::Invalid(b, _) | SubmitError::Gone(b) => b,
         }
     }
 }
@@ -51,6 +53,10 @@ pub enum IoError {
     /// Fewer bytes were transferred than asked.
     #[error("short transfer: {0} bytes")]
     Short(usize),
+    /// The device is dead or was removed (its controller failed, stopped answering or was
+    /// hot-removed): this request and every later one fail.
+    #[error("device dead or removed")]
+    Gone,
 }
 
 /// One finished request.

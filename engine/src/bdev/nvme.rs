@@ -15,12 +15,14 @@ fn io_error(e: nvme_driver::IoError) -> IoError {
         }
         nvme_driver::IoError::Timeout => IoError::Device(-libc::ETIMEDOUT),
         nvme_driver::IoError::ControllerReset => IoError::Device(-libc::EIO),
+        nvme_driver::IoError::ControllerDead => IoError::Gone,
     }
 }
 
 fn submit_error(e: nvme_driver::SubmitError) -> SubmitError<DmaBuf> {
     let why = match e.kind {
         SubmitErrorKind::Busy => return SubmitError::Busy(e.buf),
+        SubmitErrorKind::ControllerDead => return SubmitError::Gone(e.buf),
         SubmitErrorKind::ZeroLength => "zero-length request",
         SubmitErrorKind::NotBlockMultiple { .. } => "length is not a multiple of the block size",
         SubmitErrorKind::Misaligned { .. } => "buffer offset not dword aligned",
