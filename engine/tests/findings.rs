@@ -667,3 +667,154 @@ fn gc_never_frees_a_segment_it_could_not_move_whole() {
         "the damaged record is an error, never a value"
     );
 }
+
+/// A memory device that can die (its controller gone): every request in flight and every later one
+/// fails with `IoError::Gone`, as nvme-driver's `ControllerDead` does.
+struct Dying {
+    inner: nvkv::bdev::MemBdev,
+    gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Dying {
+    fn gone(&self) -> bool {
+        self.gone.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl nvkv::bdev::BlockDevice for Dying {
+    type Buf = nvkv::bdev::AlignedBuf;
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+    fn has_volatile_cache(&self) -> bool {
+        true
+    }
+    fn alloc_buf(&mut self, len: usize) -> Result<Self::Buf, nvkv::bdev::IoError> {
+        self.inner.alloc_buf(len)
+    }
+    fn submit_read(
+        &mut self,
+        lba: u64,
+        n: u32,
+        buf: Self::Buf,
+        off: usize,
+        tag: u64,
+    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+        if self.gone() {
+            return Err(nvkv::bdev::SubmitError::Gone(Some(buf)));
+        }
+        self.inner.submit_read(lba, n, buf, off, tag)
+    }
+    fn submit_write(
+        &mut self,
+        lba: u64,
+        n: u32,
+        buf: Self::Buf,
+        off: usize,
+        tag: u64,
+    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+        if self.gone() {
+            return Err(nvkv::bdev::SubmitError::Gone(Some(buf)));
+        }
+        self.inner.submit_write(lba, n, buf, off, tag)
+    }
+    fn submit_flush(&mut self, tag: u64) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+        if self.gone() {
+            return Err(nvkv::bdev::SubmitError::Gone(None));
+        }
+        self.inner.submit_flush(tag)
+    }
+    fn submit_write_zeroes(
+        &mut self,
+        lba: u64,
+        n: u32,
+        tag: u64,
+    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+        self.inner.submit_write_zeroes(lba, n, tag)
+    }
+    fn submit_deallocate(
+        &mut self,
+        lba: u64,
+        n: u32,
+        tag: u64,
+    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+        self.inner.submit_deallocate(lba, n, tag)
+    }
+    fn poll(&mut self, max: usize, mut f: impl FnMut(nvkv::bdev::Completion<Self::Buf>)) -> usize {
+        let gone = self.gone();
+        self.inner.poll(max, |mut c| {
+            if gone {
+                // In flight when the controller died: failed, and the buffer never comes back.
+                c.result = Err(nvkv::bdev::IoError::Gone);
+                c.buf = None;
+            }
+            f(c)
+        })
+    }
+}
+
+/// One dying device per shard, on one memory disk.
+struct DyingFactory {
+    disk: MemDisk,
+    gone: Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl nvkv::bdev::DeviceFactory for DyingFactory {
+    type Dev = Dying;
+    fn open(&self, shard: usize) -> Result<Dying, nvkv::bdev::IoError> {
+        Ok(Dying {
+            inner: self.disk.bdev(),
+            gone: self.gone[shard].clone(),
+        })
+    }
+}
+
+/// Issue 14, engine side: a device that dies under one shard fails that shard's requests with a typed
+/// error, says so in its stats, and leaves the other shard serving; close does not hang.
+#[test]
+fn a_dead_device_fails_its_shard_only_and_close_is_bounded() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let disk = MemDisk::new(BS, 8192);
+    let gone: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let f = Arc::new(DyingFactory {
+        disk: disk.clone(),
+        gone: gone.clone(),
+    });
+    let db = Db::open_with(db_opts(&disk, 2), f).expect("open");
+    let keys: Vec<Vec<u8>> = (0..100u32)
+        .map(|i| format!("key{i}").into_bytes())
+        .collect();
+    let shard = |k: &[u8]| nvkv::api::shard_of(k, 2);
+    for k in &keys {
+        db.put_opts(k, b"before", durable()).expect("put");
+    }
+    gone[1].store(true, Ordering::SeqCst);
+    for k in &keys {
+        let r = db.put_opts(k, b"after", durable());
+        match shard(k) {
+            0 => assert!(r.is_ok(), "shard 0 stopped with shard 1's device: {r:?}"),
+            _ => assert!(
+                matches!(r, Err(Error::Io(nvkv::bdev::IoError::Gone))),
+                "{r:?}"
+            ),
+        }
+    }
+    for k in keys.iter().filter(|k| shard(k) == 0) {
+        assert_eq!(db.get(k).expect("get"), Some(b"after".to_vec()));
+    }
+    let stats = db.stats().expect("stats");
+    let why = stats[1].failed.clone().expect("shard 1 says it failed");
+    assert!(why.contains("dead or removed"), "{why}");
+    assert_eq!(stats[0].failed, None);
+    let t = std::time::Instant::now();
+    assert!(db.close().is_err(), "close reports the dead shard");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "close took {:?}",
+        t.elapsed()
+    );
+}
