@@ -29,7 +29,8 @@ impl<D: BlockDevice> Shard<D> {
     /// The covered segment with the most dead bytes worth moving. Worth it in the background: nothing
     /// live (a checkpoint frees it, no copying), or a quarter of the segment and two blocks dead —
     /// header and padding alone count as dead bytes, and cleaning for those moved the same records
-    /// round and round. When space is short (`pressed`): any net gain, a block and a header dead.
+    /// round and round. When space is short (`pressed`): two blocks and a header dead (less gained nothing once the
+    /// moved copies' own headers and padding were paid).
     fn victim_with(&self, pressed: bool) -> Option<(u64, u64)> {
         let bs = self.bs;
         self.log
@@ -40,7 +41,7 @@ impl<D: BlockDevice> Shard<D> {
             .filter(|&(_, live, dead)| {
                 live == 0
                     || if pressed {
-                        dead >= bs + SEG_HDR_LEN as u64
+                        dead >= 2 * bs + SEG_HDR_LEN as u64
                     } else {
                         dead >= 2 * bs && dead * 4 >= dead + live
                     }
@@ -199,18 +200,38 @@ impl<D: BlockDevice> Shard<D> {
                 .segments
                 .values()
                 .any(|s| s.seq > horizon && u64::from(s.blocks) * self.bs > s.live);
-            if behind || self.log.segs_since_ckpt > 0 {
+            // Only a checkpoint that leaves room for the next one: a checkpoint costs its size less
+            // the fallback it frees, and one that leaves too little stops the next for good.
+            // Or one whose cost GC then wins back: what the segments after the horizon have dead,
+            // reachable once it is in place (the fallback's log given up if need be).
+            let reachable: u64 = self
+                .log
+                .segments
+                .values()
+                .filter(|s| s.seq > horizon)
+                .map(|s| (u64::from(s.blocks) * self.bs).saturating_sub(s.live))
+                .filter(|&d| d >= 2 * self.bs + SEG_HDR_LEN as u64)
+                .sum::<u64>()
+                / self.bs;
+            let cost = self
+                .ckpt_blocks_estimate()
+                .saturating_sub(self.fallback_blocks());
+            let worth = reachable > cost + 2 * self.buf_blocks;
+            if (behind || self.log.segs_since_ckpt > 0)
+                && (self.checkpoint_keeps_next() || worth)
+                && self.space.free_blocks() >= self.ckpt_blocks_estimate()
+            {
                 let before = self.stats.checkpoints;
                 self.checkpoint()?;
                 if self.stats.checkpoints > before {
                     continue;
                 }
-                if !self.ckpts.fallback_spent {
-                    // No room for a checkpoint either: give up the fallback's log to GC.
-                    self.ckpts.fallback_spent = true;
-                    self.stats.fallbacks_spent += 1;
-                    continue;
-                }
+            }
+            if (behind || self.log.segs_since_ckpt > 0) && !self.ckpts.fallback_spent {
+                // No room for a checkpoint either: give up the fallback's log to GC.
+                self.ckpts.fallback_spent = true;
+                self.stats.fallbacks_spent += 1;
+                continue;
             }
             return Err(Error::NoSpace);
         }

@@ -291,19 +291,33 @@ impl<D: BlockDevice> Shard<D> {
     /// Blocks kept free for what must always proceed: the next checkpoint, one segment of GC moves
     /// and the reservation of the segment after the active one.
     pub(crate) fn reserve_blocks(&self) -> u64 {
-        self.ckpt_blocks_estimate() + 2 * self.buf_blocks
+        // The next checkpoint frees the fallback's extents once it is in place: when the fallback is
+        // smaller than a checkpoint now is, the one after it needs the difference as well.
+        let est = self.ckpt_blocks_estimate();
+        est + est.saturating_sub(self.fallback_blocks()) + 2 * self.buf_blocks
+    }
+
+    /// Blocks the fallback checkpoint occupies.
+    pub(crate) fn fallback_blocks(&self) -> u64 {
+        self.ckpts
+            .fallback
+            .as_ref()
+            .map_or(0, |f| f.extents.iter().map(|e| e.1).sum())
+    }
+
+    /// Whether a checkpoint now leaves room for the one after it (so GC can always be let further).
+    pub(crate) fn checkpoint_keeps_next(&self) -> bool {
+        let est = self.ckpt_blocks_estimate();
+        (self.space.free_blocks() + self.fallback_blocks()).saturating_sub(est)
+            >= est + self.buf_blocks
     }
 
     /// Whether a checkpoint now leaves the reserve whole (it frees the fallback's extents once in
     /// place). A due checkpoint waits otherwise: when space is short, `make_room` takes one only to
     /// let GC reach what the log since the last one holds.
     pub(crate) fn checkpoint_affordable(&self) -> bool {
-        let fallback: u64 = self
-            .ckpts
-            .fallback
-            .as_ref()
-            .map_or(0, |f| f.extents.iter().map(|e| e.1).sum());
-        self.space.free_blocks() + fallback >= self.ckpt_blocks_estimate() + self.reserve_blocks()
+        self.space.free_blocks() + self.fallback_blocks()
+            >= self.ckpt_blocks_estimate() + self.reserve_blocks()
     }
 
     /// Free blocks new data needs before it is buffered: the reserve and a buffer's worth.

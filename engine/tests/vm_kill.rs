@@ -12,10 +12,9 @@
 use nvkv::bdev::NvmeFactory;
 use nvkv::{Db, Options, WriteOpts};
 use nvkv_qemu::{NvmeController, NvmeNamespace, Vm};
-use std::collections::BTreeMap;
 use std::error::Error;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const ADDR: &str = "0000:00:10.0";
@@ -191,154 +190,37 @@ fn main() {
     }
 }
 
-/// Per key: the last acknowledged state (None: absent) and what was tried after it.
-type Model = BTreeMap<u64, (Option<u64>, Vec<Option<u64>>)>;
-
-fn model_file(m: &Model) -> Vec<u8> {
-    let mut s = String::new();
-    for (k, (acked, tried)) in m {
-        let f = |x: &Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
-        s += &format!("{k} {}", f(acked));
-        for t in tried {
-            s += &format!(" {}", f(t));
-        }
-        s += "\n";
-    }
-    s.into_bytes()
-}
-
 fn host() -> Result<(), Box<dyn Error>> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("nvkv-kill-{}", std::process::id()));
     let img = dir.join("disk.img");
     let serial = format!("NVKVKILL{}", std::process::id());
-    let rounds = kills();
-    println!("running 1 test ({rounds} kills of QEMU, then a check)");
-    let mut model: Model = (0..KEYS).map(|k| (k, (None, Vec::new()))).collect();
-    let (mut total_checked, mut total_acked, mut kills_done) = (0u64, 0u64, 0usize);
-    let mut rng = Rng(0x00c0_ffee ^ u64::from(std::process::id()));
-    for round in 0..=rounds {
-        let last = round == rounds;
-        let lines: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
-        let (l2, pattern) = (lines.clone(), format!("serial={serial}"));
-        // Kill after a random number of acknowledgements (the moment inside a write is random too).
-        let kill_after = 50 + rng.below(400) as usize;
-        let acks = Arc::new(Mutex::new(0usize));
-        let killed = Arc::new(Mutex::new(false));
-        let (a2, k2) = (acks.clone(), killed.clone());
-        let vm = Vm::builder()
-            .controller(NvmeController::new(&serial).namespace(NvmeNamespace::file(
-                &img,
-                128 << 20,
-                4096,
-            )))
-            .binary(&exe, "nvkv-guest-tests")
-            .file("/etc/nvkv/model", model_file(&model))
-            .timeout(Duration::from_secs(300))
-            .on_line(move |l| {
-                if let Ok(mut v) = l2.lock() {
-                    v.push(l.to_string());
-                }
-                if !last && l.starts_with("@@ACK") {
-                    let mut a = a2.lock().unwrap_or_else(|e| e.into_inner());
-                    *a += 1;
-                    let mut k = k2.lock().unwrap_or_else(|e| e.into_inner());
-                    if *a >= kill_after && !*k {
-                        *k = true;
-                        // SIGKILL of QEMU itself: nothing it holds is flushed or shut down.
-                        let _ = std::process::Command::new("pkill")
-                            .args(["-KILL", "-f", &pattern])
-                            .status();
-                    }
-                }
-            });
-        let cmd = format!(
-            "/bin/nvkv-guest-tests {round}{}\n",
-            if last { " last" } else { "" }
-        );
-        let r = vm.run(&cmd);
-        let was_killed = *killed.lock().unwrap_or_else(|e| e.into_inner());
-        match (&r, last) {
-            (Ok(out), true) if out.exit_code == 0 => {}
-            (Ok(out), _) if !was_killed => {
-                return Err(format!(
-                    "round {round}: the guest ended (exit {}) before the kill:\n{}",
-                    out.exit_code,
-                    out.output
-                        .lines()
-                        .rev()
-                        .take(10)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-                .into())
-            }
-            (Err(e), _) if !was_killed => return Err(format!("round {round}: {e}").into()),
-            _ => {}
-        }
-        let lines = lines.lock().map(|v| v.clone()).unwrap_or_default();
-        if let Some(e) = lines.iter().find(|l| l.starts_with("@@ERROR")) {
-            return Err(format!("round {round}: {e}").into());
-        }
-        let lost: Vec<&String> = lines.iter().filter(|l| l.starts_with("@@LOST")).collect();
-        let checked = lines
-            .iter()
-            .find_map(|l| l.strip_prefix("@@CHECKED "))
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .ok_or_else(|| format!("round {round}: the guest did not check (killed too early?)"))?;
-        if !lost.is_empty() {
-            return Err(format!(
-                "round {round}: {} keys lost or wrong after kill {kills_done}:\n{}",
-                lost.len(),
-                lost.iter()
-                    .take(20)
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-            .into());
-        }
-        total_checked += checked;
-        // The recovered state is the new base; then the writes of this life.
-        for l in &lines {
-            let mut f = l.split_whitespace();
-            let (tag, key, id) = (f.next(), f.next(), f.next());
-            if !matches!(tag, Some("@@STATE" | "@@TRY" | "@@ACK")) {
-                continue;
-            }
-            let (Some(key), Some(id)) = (key.and_then(|k| k.parse::<u64>().ok()), id) else {
-                continue;
-            };
-            let id = parse_state(id);
-            let e = model.entry(key).or_insert((None, Vec::new()));
-            match tag {
-                Some("@@STATE") => *e = (id, Vec::new()),
-                Some("@@TRY") => e.1.push(id),
-                Some("@@ACK") => {
-                    *e = (id, Vec::new());
-                    total_acked += 1;
-                }
-                _ => {}
-            }
-        }
-        if !last {
-            kills_done += 1;
-        }
-        println!(
-            "round {round}: {checked} keys checked against the acknowledged writes, {} writes \
-             acknowledged{}",
-            lines.iter().filter(|l| l.starts_with("@@ACK")).count(),
-            if last {
-                ", closed"
-            } else {
-                ", then kill -9 of QEMU"
-            }
-        );
-    }
+    let kills = kills();
+    println!("running 1 test ({kills} kills of QEMU, then a check)");
+    let sum = nvkv_qemu::kill::run_rounds(
+        kills,
+        KEYS,
+        &serial,
+        0x00c0_ffee ^ u64::from(std::process::id()),
+        |round, last| {
+            let vm = Vm::builder()
+                .controller(NvmeController::new(&serial).namespace(NvmeNamespace::file(
+                    &img,
+                    128 << 20,
+                    4096,
+                )))
+                .binary(&exe, "nvkv-guest-tests");
+            let cmd = format!(
+                "/bin/nvkv-guest-tests {round}{}\n",
+                if last { " last" } else { "" }
+            );
+            (vm, cmd)
+        },
+    )?;
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "kills {kills_done}, acknowledged writes {total_acked}, keys checked {total_checked}, lost: 0"
+        "kills {}, acknowledged writes {}, keys checked {}, lost: 0",
+        sum.kills, sum.acked, sum.checked
     );
     Ok(())
 }

@@ -7,11 +7,13 @@
 //! - [`vm`]: the QEMU command line, the NVMe controller configuration, boot, timeout, output framing.
 //! - [`guest`]: helpers for code running *inside* the guest (find controllers, bind drivers).
 //! - [`monitor`]: QEMU's QMP monitor from the host (hot-removal with `device_del`).
+//! - [`kill`]: stacked `kill -9` rounds of QEMU, checked against a model of acknowledged writes.
 //! - [`suite`]: a tiny harness that lets one test binary boot a VM carrying itself and run its tests there.
 
 pub mod guest;
 pub mod host;
 pub mod initramfs;
+pub mod kill;
 pub mod monitor;
 pub mod suite;
 pub mod vm;
