@@ -33,7 +33,7 @@ static int fail(const char *what, nvkv_result r) {
 }
 
 int main(int argc, char **argv) {
-    uint64_t round = argc > 1 ? strtoull(argv[1], NULL, 10) : 0;
+    uint64_t round = argc > 1 ? (uint64_t)strtoull(argv[1], NULL, 10) : 0;
     nvkv_options o;
     nvkv_result r = nvkv_options_init(&o);
     if (r != NVKV_OK) return fail("options", r);
@@ -55,7 +55,7 @@ int main(int argc, char **argv) {
         char *save = NULL;
         char *tok = strtok_r(line, " \n", &save);
         if (!tok) continue;
-        uint64_t k = strtoull(tok, NULL, 10);
+        uint64_t k = (uint64_t)strtoull(tok, NULL, 10);
         snprintf(key, sizeof key, "key%04" PRIu64, k);
         size_t len = 0;
         r = nvkv_get(db, (const uint8_t *)key, strlen(key), buf, sizeof buf, &len, NULL);
@@ -65,7 +65,7 @@ int main(int argc, char **argv) {
             if (strcmp(tok, "-") == 0) {
                 ok |= r == NVKV_NOT_FOUND;
             } else if (r == NVKV_OK) {
-                size_t wl = value_for(k, strtoull(tok, NULL, 10), want);
+                size_t wl = value_for(k, (uint64_t)strtoull(tok, NULL, 10), want);
                 ok |= wl == len && memcmp(want, buf, len) == 0;
             }
         }
@@ -85,7 +85,7 @@ int main(int argc, char **argv) {
         } else if (r == NVKV_OK) {
             buf[len] = 0;
             const char *w = strstr((const char *)buf, "-w");
-            printf("@@STATE %" PRIu64 " %" PRIu64 "\n", k, w ? strtoull(w + 2, NULL, 10) : 0);
+            printf("@@STATE %" PRIu64 " %" PRIu64 "\n", k, (uint64_t)(w ? strtoull(w + 2, NULL, 10) : 0));
         } else {
             return fail("get", r);
         }
