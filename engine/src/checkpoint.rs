@@ -119,29 +119,9 @@ impl<D: BlockDevice> Shard<D> {
             extents,
         };
         let kept = (self.ckpts.current.r.lba != 0).then(|| self.ckpts.current.clone());
-        let sb = Superblock {
-            block_size: self.bs as u32,
-            shard_id: self.cfg.shard_id,
-            shard_count: self.cfg.shard_count,
-            slice_blocks: self.slice_blocks,
-            volume: self.ckpts.volume,
-            seq: self.ckpts.sb_seq + 1,
-            life: self.ckpts.life,
-            ckpt: new.r,
-            prev: kept.as_ref().map(|k| k.r),
-        };
-        if let Err(e) = self.write_superblock(&sb) {
-            // The superblock may or may not be on the device: keep the new checkpoint's extents
-            // allocated (they may be referenced) and stop writing.
-            let io = match &e {
-                Error::Io(io) => io.clone(),
-                _ => IoError::Device(libc::EIO),
-            };
-            self.fail_pipeline(io, "a superblock write failed");
-            return Err(e);
-        }
-        self.ckpts.sb_seq = sb.seq;
-        self.ckpts.life_unwritten = false;
+        // The superblock may or may not be on the device after a failure: the new checkpoint's
+        // extents stay allocated (they may be referenced) and the shard stops writing.
+        self.publish_superblock(new.r, kept.as_ref().map(|k| k.r))?;
         // The superblock no longer references the fallback before the old one: free its extents, and
         // the segments nothing points at that only the dropped fallback's log still needed.
         if let Some(old) = self.ckpts.fallback.take() {
@@ -175,6 +155,16 @@ impl<D: BlockDevice> Shard<D> {
 
     /// Writes a superblock that only advances the sequence number (the epoch) and the life.
     fn write_life(&mut self) -> Result<(), Error> {
+        let (ckpt, prev) = (
+            self.ckpts.current.r,
+            self.ckpts.fallback.as_ref().map(|k| k.r),
+        );
+        self.publish_superblock(ckpt, prev)
+    }
+
+    /// Writes the next superblock (sequence + 1, this life) naming `ckpt` and `prev`; a failure stops
+    /// the shard's writes.
+    fn publish_superblock(&mut self, ckpt: CkptRef, prev: Option<CkptRef>) -> Result<(), Error> {
         let sb = Superblock {
             block_size: self.bs as u32,
             shard_id: self.cfg.shard_id,
@@ -183,8 +173,8 @@ impl<D: BlockDevice> Shard<D> {
             volume: self.ckpts.volume,
             seq: self.ckpts.sb_seq + 1,
             life: self.ckpts.life,
-            ckpt: self.ckpts.current.r,
-            prev: self.ckpts.fallback.as_ref().map(|k| k.r),
+            ckpt,
+            prev,
         };
         if let Err(e) = self.write_superblock(&sb) {
             let io = match &e {

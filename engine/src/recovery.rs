@@ -76,6 +76,14 @@ pub enum SliceState {
     },
 }
 
+/// A segment read for replay: its header, the header's crc (the next one's chain value), and its
+/// records as (offset in the segment, tombstone, timestamp, version, key, value length).
+type ReplayedSegment = (
+    SegmentHeader,
+    u32,
+    Vec<(usize, bool, u64, u64, Vec<u8>, usize)>,
+);
+
 /// The state one checkpoint and the log after it rebuild.
 struct Rebuilt {
     /// The checkpoint loaded, and the fallback the newest superblock keeps (when that one was loaded).
@@ -595,7 +603,6 @@ impl<D: BlockDevice> Shard<D> {
     /// [`Self::read_segment`], and when what it finds is not the next segment, once more: the end of
     /// the log only when both reads agree. A segment that checks out on the second read is used; two
     /// reads that fail differently are a device error (unstable reads), never the end of the log.
-    #[allow(clippy::type_complexity)]
     fn read_segment_twice(
         &mut self,
         lba: u64,
@@ -604,14 +611,7 @@ impl<D: BlockDevice> Shard<D> {
         chain: u32,
         min_epoch: u64,
         max_epoch: u64,
-    ) -> Result<
-        Option<(
-            SegmentHeader,
-            u32,
-            Vec<(usize, bool, u64, u64, Vec<u8>, usize)>,
-        )>,
-        Error,
-    > {
+    ) -> Result<Option<ReplayedSegment>, Error> {
         let first = self.read_segment(lba, reserved, expect, chain, min_epoch, max_epoch);
         match &first {
             Ok(Some(_)) | Err(Error::Io(_)) => return first,
@@ -629,7 +629,6 @@ impl<D: BlockDevice> Shard<D> {
     /// Reads and checks segment `expect` at `lba`: it must belong to this volume and shard, carry the
     /// chain value `chain` and an epoch in `min_epoch..=max_epoch`. None when what is there is not
     /// that segment (the end of the log).
-    #[allow(clippy::type_complexity)]
     fn read_segment(
         &mut self,
         lba: u64,
@@ -638,14 +637,7 @@ impl<D: BlockDevice> Shard<D> {
         chain: u32,
         min_epoch: u64,
         max_epoch: u64,
-    ) -> Result<
-        Option<(
-            SegmentHeader,
-            u32,
-            Vec<(usize, bool, u64, u64, Vec<u8>, usize)>,
-        )>,
-        Error,
-    > {
+    ) -> Result<Option<ReplayedSegment>, Error> {
         let first = self.read_blocks(lba, 1)?;
         let (hdr, crc) = match SegmentHeader::decode(&first, self.bs as u32) {
             Ok(h) => h,

@@ -401,16 +401,47 @@ fn a_full_device_refuses_puts_and_nothing_else() {
     }
 }
 
-/// A memory device whose writes fail (without reaching the medium) while `fail_writes` is above 0,
-/// and whose reads fail while `fail_reads` is set.
-struct Failing {
+/// A memory device that misbehaves on demand: writes fail (without reaching the medium) while
+/// `fail_writes` is above 0, reads fail while `fail_reads` is set, and once `gone` is set it is dead
+/// (its controller failed or removed): every request in flight and every later one fails with
+/// `IoError::Gone`, as nvme-driver's `ControllerDead` does.
+struct Sick {
     inner: nvkv::bdev::MemBdev,
     fail_writes: std::sync::Arc<std::sync::atomic::AtomicU32>,
     fail_reads: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
     failed: std::collections::VecDeque<nvkv::bdev::Completion<nvkv::bdev::AlignedBuf>>,
 }
 
-impl nvkv::bdev::BlockDevice for Failing {
+type Submitted = Result<(), nvkv::bdev::SubmitError<nvkv::bdev::AlignedBuf>>;
+
+impl Sick {
+    fn new(inner: nvkv::bdev::MemBdev) -> Self {
+        Sick {
+            inner,
+            fail_writes: Default::default(),
+            fail_reads: Default::default(),
+            gone: Default::default(),
+            failed: Default::default(),
+        }
+    }
+
+    fn gone(&self) -> bool {
+        self.gone.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Fails the request now (its completion comes with the next poll).
+    fn fail(&mut self, tag: u64, buf: nvkv::bdev::AlignedBuf) -> Submitted {
+        self.failed.push_back(nvkv::bdev::Completion {
+            tag,
+            result: Err(nvkv::bdev::IoError::Device(libc_eio())),
+            buf: Some(buf),
+        });
+        Ok(())
+    }
+}
+
+impl nvkv::bdev::BlockDevice for Sick {
     type Buf = nvkv::bdev::AlignedBuf;
     fn block_size(&self) -> u32 {
         self.inner.block_size()
@@ -419,68 +450,50 @@ impl nvkv::bdev::BlockDevice for Failing {
         self.inner.num_blocks()
     }
     fn has_volatile_cache(&self) -> bool {
-        self.inner.has_volatile_cache()
+        true
     }
     fn alloc_buf(&mut self, len: usize) -> Result<Self::Buf, nvkv::bdev::IoError> {
         self.inner.alloc_buf(len)
     }
-    fn submit_read(
-        &mut self,
-        lba: u64,
-        nblocks: u32,
-        buf: Self::Buf,
-        off: usize,
-        tag: u64,
-    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
-        if self.fail_reads.load(std::sync::atomic::Ordering::SeqCst) {
-            self.failed.push_back(nvkv::bdev::Completion {
-                tag,
-                result: Err(nvkv::bdev::IoError::Device(libc_eio())),
-                buf: Some(buf),
-            });
-            return Ok(());
+    fn submit_read(&mut self, lba: u64, n: u32, buf: Self::Buf, off: usize, tag: u64) -> Submitted {
+        if self.gone() {
+            return Err(nvkv::bdev::SubmitError::Gone(Some(buf)));
         }
-        self.inner.submit_read(lba, nblocks, buf, off, tag)
+        if self.fail_reads.load(std::sync::atomic::Ordering::SeqCst) {
+            return self.fail(tag, buf);
+        }
+        self.inner.submit_read(lba, n, buf, off, tag)
     }
     fn submit_write(
         &mut self,
         lba: u64,
-        nblocks: u32,
+        n: u32,
         buf: Self::Buf,
         off: usize,
         tag: u64,
-    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+    ) -> Submitted {
+        if self.gone() {
+            return Err(nvkv::bdev::SubmitError::Gone(Some(buf)));
+        }
         let left = self.fail_writes.load(std::sync::atomic::Ordering::SeqCst);
         if left > 0 {
             self.fail_writes
                 .store(left - 1, std::sync::atomic::Ordering::SeqCst);
-            self.failed.push_back(nvkv::bdev::Completion {
-                tag,
-                result: Err(nvkv::bdev::IoError::Device(libc_eio())),
-                buf: Some(buf),
-            });
-            return Ok(());
+            return self.fail(tag, buf);
         }
-        self.inner.submit_write(lba, nblocks, buf, off, tag)
+        self.inner.submit_write(lba, n, buf, off, tag)
     }
-    fn submit_flush(&mut self, tag: u64) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
+    fn submit_flush(&mut self, tag: u64) -> Submitted {
+        if self.gone() {
+            return Err(nvkv::bdev::SubmitError::Gone(None));
+        }
         self.inner.submit_flush(tag)
     }
-    fn submit_write_zeroes(
-        &mut self,
-        lba: u64,
-        nblocks: u32,
-        tag: u64,
-    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
-        self.inner.submit_write_zeroes(lba, nblocks, tag)
+    fn submit_write_zeroes(&mut self, lba: u64, n: u32, tag: u64) -> Submitted {
+        self.inner.submit_write_zeroes(lba, n, tag)
     }
-    fn submit_deallocate(
-        &mut self,
-        lba: u64,
-        nblocks: u32,
-        tag: u64,
-    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
-        self.inner.submit_deallocate(lba, nblocks, tag)
+    fn submit_deallocate(&mut self, lba: u64, n: u32, tag: u64) -> Submitted {
+        self.inner.submit_deallocate(lba, n, tag)
     }
     fn poll(&mut self, max: usize, mut f: impl FnMut(nvkv::bdev::Completion<Self::Buf>)) -> usize {
         let mut n = 0;
@@ -491,7 +504,15 @@ impl nvkv::bdev::BlockDevice for Failing {
             f(c);
             n += 1;
         }
-        n + self.inner.poll(max - n, f)
+        let gone = self.gone();
+        n + self.inner.poll(max - n, |mut c| {
+            if gone {
+                // In flight when the controller died: failed, and the buffer never comes back.
+                c.result = Err(nvkv::bdev::IoError::Gone);
+                c.buf = None;
+            }
+            f(c)
+        })
     }
 }
 
@@ -509,11 +530,10 @@ fn a_failed_write_is_retried_and_then_stops_writes_not_reads() {
     let disk = MemDisk::new(BS, 4096);
     let fail_writes = Arc::new(AtomicU32::new(0));
     let fail_reads = Arc::new(AtomicBool::new(false));
-    let dev = Failing {
-        inner: disk.bdev(),
+    let dev = Sick {
         fail_writes: fail_writes.clone(),
         fail_reads: fail_reads.clone(),
-        failed: Default::default(),
+        ..Sick::new(disk.bdev())
     };
     let c = ShardConfig {
         cache_bytes: 0, // reads of durable records go to the device
@@ -668,94 +688,6 @@ fn gc_never_frees_a_segment_it_could_not_move_whole() {
     );
 }
 
-/// A memory device that can die (its controller gone): every request in flight and every later one
-/// fails with `IoError::Gone`, as nvme-driver's `ControllerDead` does.
-struct Dying {
-    inner: nvkv::bdev::MemBdev,
-    gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Dying {
-    fn gone(&self) -> bool {
-        self.gone.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl nvkv::bdev::BlockDevice for Dying {
-    type Buf = nvkv::bdev::AlignedBuf;
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn has_volatile_cache(&self) -> bool {
-        true
-    }
-    fn alloc_buf(&mut self, len: usize) -> Result<Self::Buf, nvkv::bdev::IoError> {
-        self.inner.alloc_buf(len)
-    }
-    fn submit_read(
-        &mut self,
-        lba: u64,
-        n: u32,
-        buf: Self::Buf,
-        off: usize,
-        tag: u64,
-    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
-        if self.gone() {
-            return Err(nvkv::bdev::SubmitError::Gone(Some(buf)));
-        }
-        self.inner.submit_read(lba, n, buf, off, tag)
-    }
-    fn submit_write(
-        &mut self,
-        lba: u64,
-        n: u32,
-        buf: Self::Buf,
-        off: usize,
-        tag: u64,
-    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
-        if self.gone() {
-            return Err(nvkv::bdev::SubmitError::Gone(Some(buf)));
-        }
-        self.inner.submit_write(lba, n, buf, off, tag)
-    }
-    fn submit_flush(&mut self, tag: u64) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
-        if self.gone() {
-            return Err(nvkv::bdev::SubmitError::Gone(None));
-        }
-        self.inner.submit_flush(tag)
-    }
-    fn submit_write_zeroes(
-        &mut self,
-        lba: u64,
-        n: u32,
-        tag: u64,
-    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
-        self.inner.submit_write_zeroes(lba, n, tag)
-    }
-    fn submit_deallocate(
-        &mut self,
-        lba: u64,
-        n: u32,
-        tag: u64,
-    ) -> Result<(), nvkv::bdev::SubmitError<Self::Buf>> {
-        self.inner.submit_deallocate(lba, n, tag)
-    }
-    fn poll(&mut self, max: usize, mut f: impl FnMut(nvkv::bdev::Completion<Self::Buf>)) -> usize {
-        let gone = self.gone();
-        self.inner.poll(max, |mut c| {
-            if gone {
-                // In flight when the controller died: failed, and the buffer never comes back.
-                c.result = Err(nvkv::bdev::IoError::Gone);
-                c.buf = None;
-            }
-            f(c)
-        })
-    }
-}
-
 /// One dying device per shard, on one memory disk.
 struct DyingFactory {
     disk: MemDisk,
@@ -763,11 +695,11 @@ struct DyingFactory {
 }
 
 impl nvkv::bdev::DeviceFactory for DyingFactory {
-    type Dev = Dying;
-    fn open(&self, shard: usize) -> Result<Dying, nvkv::bdev::IoError> {
-        Ok(Dying {
-            inner: self.disk.bdev(),
+    type Dev = Sick;
+    fn open(&self, shard: usize) -> Result<Sick, nvkv::bdev::IoError> {
+        Ok(Sick {
             gone: self.gone[shard].clone(),
+            ..Sick::new(self.disk.bdev())
         })
     }
 }

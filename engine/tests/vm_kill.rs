@@ -166,28 +166,7 @@ fn main() {
         }
         return;
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("{NAME}: test");
-        return;
-    }
-    if !filters.is_empty() && !filters.iter().any(|f| NAME.contains(f.as_str())) {
-        println!("running 0 tests");
-        return;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if !ci && std::env::var("NVKV_SKIP_VM").is_ok_and(|v| v == "1") {
-        println!("SKIPPED (NVKV_SKIP_VM=1)");
-        return;
-    }
-    match host() {
-        Ok(()) => println!("test {NAME} ... ok\n\ntest result: ok. 1 passed; 0 failed"),
-        Err(e) => {
-            println!("test {NAME} ... FAILED\n{e}");
-            std::process::exit(101);
-        }
-    }
+    nvkv_qemu::kill::host_test(NAME, || host().map_err(|e| e.to_string()));
 }
 
 fn host() -> Result<(), Box<dyn Error>> {

@@ -16,6 +16,34 @@ use std::time::Duration;
 
 use crate::vm::VmBuilder;
 
+/// The `harness = false` side of a host-driven VM test named `name`: answers `--list`, honours a name
+/// filter and `NVKV_SKIP_VM=1` (outside CI), runs `f` and prints libtest's result lines (exit 101 on a
+/// failure).
+pub fn host_test(name: &str, f: impl FnOnce() -> Result<(), String>) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        println!("{name}: test");
+        return;
+    }
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+        println!("running 0 tests");
+        return;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if !ci && std::env::var("NVKV_SKIP_VM").is_ok_and(|v| v == "1") {
+        println!("SKIPPED (NVKV_SKIP_VM=1)");
+        return;
+    }
+    match f() {
+        Ok(()) => println!("test {name} ... ok\n\ntest result: ok. 1 passed; 0 failed"),
+        Err(e) => {
+            println!("test {name} ... FAILED\n{e}");
+            std::process::exit(101);
+        }
+    }
+}
+
 /// Per key: the last acknowledged state (None: absent) and what was tried after it.
 pub type Model = BTreeMap<u64, (Option<u64>, Vec<Option<u64>>)>;
 

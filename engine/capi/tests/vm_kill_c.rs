@@ -11,21 +11,10 @@ use nvkv_qemu::{NvmeController, NvmeNamespace, Vm};
 const NAME: &str = "kill_9_of_qemu_under_a_c_program_loses_no_acknowledged_write";
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("{NAME}: test");
-        return;
-    }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !filters.is_empty() && !filters.iter().any(|f| NAME.contains(f.as_str())) {
-        println!("running 0 tests");
-        return;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if !ci && std::env::var("NVKV_SKIP_VM").is_ok_and(|v| v == "1") {
-        println!("SKIPPED (NVKV_SKIP_VM=1)");
-        return;
-    }
+    nvkv_qemu::kill::host_test(NAME, host);
+}
+
+fn host() -> Result<(), String> {
     let kills = std::env::var("NVKV_KILLS_C")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -34,37 +23,24 @@ fn main() {
     let writer = compile("tests/c/kill_writer.c", "nvkv-kill-writer", Link::Static);
     let img = common::scratch().join("kill.img");
     let serial = format!("NVKVKILLC{}", std::process::id());
-    let r = nvkv_qemu::kill::run_rounds(
-        kills,
-        400,
-        &serial,
-        0x5eed ^ u64::from(std::process::id()),
-        |round, last| {
-            let vm = Vm::builder()
-                .controller(NvmeController::new(&serial).namespace(NvmeNamespace::file(
-                    &img,
-                    128 << 20,
-                    4096,
-                )))
-                .binary(&writer, "nvkv-kill-writer");
-            let cmd = format!(
-                "/bin/nvkv-kill-writer {round}{}\n",
-                if last { " last" } else { "" }
-            );
-            (vm, cmd)
-        },
+    let seed = 0x5eed ^ u64::from(std::process::id());
+    let s = nvkv_qemu::kill::run_rounds(kills, 400, &serial, seed, |round, last| {
+        let vm = Vm::builder()
+            .controller(NvmeController::new(&serial).namespace(NvmeNamespace::file(
+                &img,
+                128 << 20,
+                4096,
+            )))
+            .binary(&writer, "nvkv-kill-writer");
+        let cmd = format!(
+            "/bin/nvkv-kill-writer {round}{}\n",
+            if last { " last" } else { "" }
+        );
+        (vm, cmd)
+    })?;
+    println!(
+        "kills {}, acknowledged writes {}, keys checked {}, lost: 0",
+        s.kills, s.acked, s.checked
     );
-    match r {
-        Ok(s) => {
-            println!(
-                "kills {}, acknowledged writes {}, keys checked {}, lost: 0",
-                s.kills, s.acked, s.checked
-            );
-            println!("test {NAME} ... ok\n\ntest result: ok. 1 passed; 0 failed");
-        }
-        Err(e) => {
-            println!("test {NAME} ... FAILED\n{e}");
-            std::process::exit(101);
-        }
-    }
+    Ok(())
 }
