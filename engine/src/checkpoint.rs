@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::bdev::{BlockDevice, IoError};
 use crate::error::Error;
 use crate::format::{self, CkptHeader, CkptRef, FormatError, SegmentRef, Superblock, VolumeId};
+use crate::persist::elapsed_ns;
 use crate::shard::Shard;
 
 /// A checkpoint on the device: what the superblock says of it, and every extent it occupies.
@@ -53,10 +54,6 @@ impl Checkpoints {
     }
 }
 
-fn elapsed_ns(t: Instant) -> u64 {
-    t.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
-}
-
 impl<D: BlockDevice> Shard<D> {
     /// Writes a checkpoint of the whole index and switches the superblock to it. Persists the active
     /// buffer first, so every index entry points at a durable record.
@@ -71,11 +68,7 @@ impl<D: BlockDevice> Shard<D> {
 
     fn write_checkpoint(&mut self) -> Result<(), Error> {
         self.ckpts.due = false;
-        self.drive_cycle()?;
-        if !self.active.is_empty() {
-            self.start_cycle()?;
-            self.drive_cycle()?;
-        }
+        self.sync()?;
         let seg_seq = self.log.next_seq - 1;
         // The checkpoint being replaced becomes the fallback: the log since it must stay whole, so
         // segments after it are listed (and kept) even when nothing points at them any more.

@@ -27,31 +27,26 @@ impl<D: BlockDevice> Shard<D> {
     }
 
     /// The covered segment with the most dead bytes worth moving. Worth it in the background: nothing
-    /// live (a checkpoint frees it, no copying), or a quarter of the segment and two blocks dead —
-    /// header and padding alone count as dead bytes, and cleaning for those moved the same records
-    /// round and round. When space is short (`pressed`): two blocks and a header dead (less gained nothing once the
-    /// moved copies' own headers and padding were paid).
-    fn victim_with(&self, pressed: bool) -> Option<(u64, u64)> {
+    /// live (freed without copying), or a quarter of the segment and two blocks dead — header and
+    /// padding alone count as dead bytes, and cleaning for those moved the same records round and
+    /// round. In `make_room` (space is short): [`crate::log::SegInfo::worth_cleaning_pressed`].
+    fn victim(&self) -> Option<(u64, u64)> {
         let bs = self.bs;
         self.log
             .segments
             .iter()
             .filter(|(l, s)| s.seq <= self.gc_horizon() && !self.log.gc_bad.contains(l))
-            .map(|(&l, s)| (l, s.live, (u64::from(s.blocks) * bs).saturating_sub(s.live)))
-            .filter(|&(_, live, dead)| {
-                live == 0
-                    || if pressed {
-                        dead >= 2 * bs + SEG_HDR_LEN as u64
+            .filter(|(_, s)| {
+                let dead = s.dead(bs);
+                s.live == 0
+                    || if self.making_room {
+                        s.worth_cleaning_pressed(bs)
                     } else {
-                        dead >= 2 * bs && dead * 4 >= dead + live
+                        dead >= 2 * bs && dead * 4 >= dead + s.live
                     }
             })
-            .map(|(l, _, dead)| (l, dead))
+            .map(|(&l, s)| (l, s.dead(bs)))
             .max_by_key(|&(l, dead)| (dead, std::cmp::Reverse(l)))
-    }
-
-    fn victim(&self) -> Option<(u64, u64)> {
-        self.victim_with(self.making_room)
     }
 
     /// Segments up to this sequence number may be cleaned (see [`crate::checkpoint::Checkpoints`]).
@@ -199,7 +194,7 @@ impl<D: BlockDevice> Shard<D> {
                 .log
                 .segments
                 .values()
-                .any(|s| s.seq > horizon && u64::from(s.blocks) * self.bs > s.live);
+                .any(|s| s.seq > horizon && s.dead(self.bs) > 0);
             // Only a checkpoint that leaves room for the next one: a checkpoint costs its size less
             // the fallback it frees, and one that leaves too little stops the next for good.
             // Or one whose cost GC then wins back: what the segments after the horizon have dead,
@@ -208,9 +203,8 @@ impl<D: BlockDevice> Shard<D> {
                 .log
                 .segments
                 .values()
-                .filter(|s| s.seq > horizon)
-                .map(|s| (u64::from(s.blocks) * self.bs).saturating_sub(s.live))
-                .filter(|&d| d >= 2 * self.bs + SEG_HDR_LEN as u64)
+                .filter(|s| s.seq > horizon && s.worth_cleaning_pressed(self.bs))
+                .map(|s| s.dead(self.bs))
                 .sum::<u64>()
                 / self.bs;
             let cost = self

@@ -18,6 +18,19 @@ pub(crate) struct SegInfo {
     pub live: u64,
 }
 
+impl SegInfo {
+    /// Bytes of the segment the index does not point at (header and padding included).
+    pub(crate) fn dead(&self, bs: u64) -> u64 {
+        (u64::from(self.blocks) * bs).saturating_sub(self.live)
+    }
+
+    /// Whether cleaning it gains anything when space is short: two blocks and a header dead (less
+    /// gained nothing once the moved copies' own headers and padding were paid).
+    pub(crate) fn worth_cleaning_pressed(&self, bs: u64) -> bool {
+        self.dead(bs) >= 2 * bs + format::SEG_HDR_LEN as u64
+    }
+}
+
 /// The log's state.
 #[derive(Debug, Default)]
 pub(crate) struct Log {
@@ -69,9 +82,8 @@ impl Log {
 
     /// Bytes the index points at, and bytes of segments it does not.
     pub(crate) fn live_and_dead(&self, bs: u64) -> (u64, u64) {
-        self.segments.values().fold((0, 0), |(l, d), g| {
-            let size = u64::from(g.blocks) * bs;
-            (l + g.live, d + size - g.live.min(size))
-        })
+        self.segments
+            .values()
+            .fold((0, 0), |(l, d), g| (l + g.live, d + g.dead(bs)))
     }
 }

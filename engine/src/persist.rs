@@ -101,7 +101,7 @@ fn submit_err<B>(e: SubmitError<B>) -> (Option<B>, Option<IoError>) {
     }
 }
 
-fn elapsed_ns(t: Instant) -> u64 {
+pub(crate) fn elapsed_ns(t: Instant) -> u64 {
     t.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
 }
 

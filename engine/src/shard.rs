@@ -305,19 +305,22 @@ impl<D: BlockDevice> Shard<D> {
             .map_or(0, |f| f.extents.iter().map(|e| e.1).sum())
     }
 
-    /// Whether a checkpoint now leaves room for the one after it (so GC can always be let further).
-    pub(crate) fn checkpoint_keeps_next(&self) -> bool {
-        let est = self.ckpt_blocks_estimate();
-        (self.space.free_blocks() + self.fallback_blocks()).saturating_sub(est)
-            >= est + self.buf_blocks
+    /// Free blocks once a checkpoint now is in place: it takes its size and frees the fallback's
+    /// extents.
+    fn free_after_checkpoint(&self) -> u64 {
+        (self.space.free_blocks() + self.fallback_blocks())
+            .saturating_sub(self.ckpt_blocks_estimate())
     }
 
-    /// Whether a checkpoint now leaves the reserve whole (it frees the fallback's extents once in
-    /// place). A due checkpoint waits otherwise: when space is short, `make_room` takes one only to
-    /// let GC reach what the log since the last one holds.
+    /// Whether a checkpoint now leaves room for the one after it (so GC can always be let further).
+    pub(crate) fn checkpoint_keeps_next(&self) -> bool {
+        self.free_after_checkpoint() >= self.ckpt_blocks_estimate() + self.buf_blocks
+    }
+
+    /// Whether a checkpoint now leaves the reserve whole. A due checkpoint waits otherwise: when space
+    /// is short, `make_room` takes one only to let GC reach what the log since the last one holds.
     pub(crate) fn checkpoint_affordable(&self) -> bool {
-        self.space.free_blocks() + self.fallback_blocks()
-            >= self.ckpt_blocks_estimate() + self.reserve_blocks()
+        self.free_after_checkpoint() >= self.reserve_blocks()
     }
 
     /// Free blocks new data needs before it is buffered: the reserve and a buffer's worth.
@@ -817,25 +820,16 @@ impl<D: BlockDevice> Shard<D> {
                     .active_since
                     .is_some_and(|t| t.elapsed() >= self.cfg.commit_interval);
                 if due || self.durable_wanted >= self.active_gen {
-                    match self.start_cycle() {
-                        Ok(()) => self.cycle_error = None,
-                        // No reservation for the segment after this one: clean, then try once more;
-                        // failing that, durable waiters are told now instead of waiting on.
-                        Err(Error::NoSpace) => {
-                            let again = self
-                                .make_room(self.room_for_deletes())
-                                .and_then(|()| self.start_cycle());
-                            if let Err(e) = again {
-                                self.cycle_error = Some(e.clone());
-                                return Err(e);
-                            }
-                            self.cycle_error = None;
-                        }
-                        Err(e) => {
-                            self.cycle_error = Some(e.clone());
-                            return Err(e);
-                        }
-                    }
+                    // No reservation for the segment after this one: clean, then try once more;
+                    // failing that, durable waiters are told now instead of waiting on.
+                    let started = match self.start_cycle() {
+                        Err(Error::NoSpace) => self
+                            .make_room(self.room_for_deletes())
+                            .and_then(|()| self.start_cycle()),
+                        r => r,
+                    };
+                    self.cycle_error = started.as_ref().err().cloned();
+                    started?;
                     did = true;
                 }
             }
