@@ -339,6 +339,33 @@ enum Opening {
     Opened(Arc<Doorbell>, RecoveryReport),
 }
 
+/// One report from every shard thread, of the kind `pick` takes; the first error (a report of the
+/// other kind is one) once all have answered.
+fn gather<T>(
+    starts: &[mpsc::Receiver<Result<Opening, Error>>],
+    pick: impl Fn(Opening) -> Option<T>,
+) -> Result<Vec<T>, Error> {
+    let mut got = Vec::with_capacity(starts.len());
+    let mut first_err = None;
+    for rx in starts {
+        match rx.recv() {
+            Ok(Ok(o)) => match pick(o) {
+                Some(t) => got.push(t),
+                None => {
+                    first_err.get_or_insert(Error::Config("shard reported out of turn".into()));
+                }
+            },
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert(Error::Config("shard thread died while opening".into()));
+            }
+        }
+    }
+    first_err.map_or(Ok(got), Err)
+}
+
 /// Decides, from what every shard found, whether to format (Some(volume id)), to open (None), or to
 /// refuse. A database is formatted only when every slice is blank, and opened only when every slice
 /// holds the same volume: a blank or foreign slice among the others is a damaged database, never
@@ -527,27 +554,16 @@ impl Db {
             Err(e)
         };
         // Step 1 everywhere before anything is written.
-        let mut states = Vec::with_capacity(n);
-        let mut first_err = None;
-        for rx in &starts {
-            match rx.recv() {
-                Ok(Ok(Opening::Probed(s))) => states.push(s),
-                Ok(Ok(Opening::Opened(..))) => {
-                    first_err.get_or_insert(Error::Config("shard opened out of turn".into()));
-                }
-                Ok(Err(e)) => {
-                    first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err
-                        .get_or_insert(Error::Config("shard thread died while opening".into()));
-                }
+        let states = match gather(&starts, |o| match o {
+            Opening::Probed(s) => Some(s),
+            Opening::Opened(..) => None,
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                drop(inner_slot);
+                return fail(threads, decide_tx, e);
             }
-        }
-        if let Some(e) = first_err {
-            drop(inner_slot);
-            return fail(threads, decide_tx, e);
-        }
+        };
         let decision = match decide_open(&states, opts.create) {
             Ok(d) => d,
             Err(e) => {
@@ -559,30 +575,17 @@ impl Db {
             // A shard thread that died is reported by its channel below.
             let _ = d.send(Some(decision));
         }
-        let mut bells = Vec::with_capacity(n);
-        let mut reports = Vec::with_capacity(n);
-        for rx in starts {
-            match rx.recv() {
-                Ok(Ok(Opening::Opened(b, r))) => {
-                    bells.push(b);
-                    reports.push(r);
-                }
-                Ok(Ok(Opening::Probed(_))) => {
-                    first_err.get_or_insert(Error::Config("shard probed twice".into()));
-                }
-                Ok(Err(e)) => {
-                    first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err
-                        .get_or_insert(Error::Config("shard thread died while opening".into()));
-                }
+        let opened = match gather(&starts, |o| match o {
+            Opening::Opened(b, r) => Some((b, r)),
+            Opening::Probed(_) => None,
+        }) {
+            Ok(o) => o,
+            Err(e) => {
+                drop(inner_slot);
+                return fail(threads, Vec::new(), e);
             }
-        }
-        if let Some(e) = first_err {
-            drop(inner_slot);
-            return fail(threads, Vec::new(), e);
-        }
+        };
+        let (bells, reports): (Vec<_>, Vec<_>) = opened.into_iter().unzip();
         let shards = queues
             .into_iter()
             .zip(bells)
