@@ -251,16 +251,18 @@ impl<D: BlockDevice> Shard<D> {
         let mut blank = 0;
         for copy in 0..SB_BLOCKS {
             let mut b = self.read_blocks(copy, 1)?;
-            if Superblock::decode(&b).is_err() {
+            let mut decoded = Superblock::decode(&b);
+            if decoded.is_err() {
                 // Once more: a transient bad read must not make a good copy look damaged.
                 b = self.read_blocks(copy, 1)?;
+                decoded = Superblock::decode(&b);
             }
             if b.iter().all(|&x| x == 0) {
                 blank += 1;
                 rep.superblock_errors.push(format!("copy {copy}: blank"));
                 continue;
             }
-            match Superblock::decode(&b) {
+            match decoded {
                 Ok(sb) => {
                     self.check_geometry(&sb)?;
                     sbs.push(sb);
