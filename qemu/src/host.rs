@@ -18,6 +18,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     // The C API's tests compile C programs against libnvkv with cc and pkg-config.
     ("gcc", "/usr/bin/gcc"),
     ("pkg-config", "/usr/bin/pkg-config"),
+    // libFuzzer, which the fuzz targets (fuzz/run.sh, run by CI) build from its C++ source.
+    ("g++", "/usr/bin/g++"),
 ];
 
 /// VFIO modules, in load order (from `../shared/QEMU.md`).
