@@ -39,6 +39,7 @@ pub mod index;
 mod log;
 pub mod mailbox;
 mod persist;
+pub mod pmem;
 pub mod recovery;
 pub mod salvage;
 pub mod shard;
