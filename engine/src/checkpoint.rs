@@ -40,6 +40,8 @@ pub(crate) struct Checkpoints {
     /// `life` is not on the device yet: no superblock written since it was advanced. Versions are
     /// handed out only once it is (see `Shard::next_version`).
     pub life_unwritten: bool,
+    /// The epoch of the attached durable log the superblock names (0: none attached).
+    pub durable_log: u64,
 }
 
 impl Checkpoints {
@@ -89,7 +91,7 @@ impl<D: BlockDevice> Shard<D> {
             if self.ckpts.life_unwritten {
                 // No room for a checkpoint, but a new life must be on the device before it hands
                 // out a version: the superblock alone, referencing the same checkpoints.
-                self.write_life()?;
+                self.rewrite_superblock()?;
             }
             return Ok(());
         };
@@ -146,8 +148,9 @@ impl<D: BlockDevice> Shard<D> {
         Ok(())
     }
 
-    /// Writes a superblock that only advances the sequence number (the epoch) and the life.
-    fn write_life(&mut self) -> Result<(), Error> {
+    /// Writes a superblock that only advances the sequence number (the epoch), the life and the
+    /// durable-log attachment; the checkpoints stay.
+    pub(crate) fn rewrite_superblock(&mut self) -> Result<(), Error> {
         let (ckpt, prev) = (
             self.ckpts.current.r,
             self.ckpts.fallback.as_ref().map(|k| k.r),
@@ -168,6 +171,7 @@ impl<D: BlockDevice> Shard<D> {
             life: self.ckpts.life,
             ckpt,
             prev,
+            durable_log: self.ckpts.durable_log,
         };
         if let Err(e) = self.write_superblock(&sb) {
             let io = match &e {

@@ -31,6 +31,7 @@ pub mod bdev;
 pub mod buffer;
 pub mod cache;
 mod checkpoint;
+mod durable_log;
 pub mod error;
 pub mod format;
 mod gc;

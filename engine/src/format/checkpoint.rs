@@ -138,7 +138,7 @@ pub fn decode_ckpt_header(b: &[u8], slice_blocks: u64) -> R<(CkptHeader, Vec<(u6
         return Err(FormatError::BadField("checkpoint.reserved"));
     }
     let version = u32_at(b, 8, "checkpoint")?;
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(FormatError::BadVersion(version));
     }
     let h = CkptHeader {

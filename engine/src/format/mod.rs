@@ -3,16 +3,21 @@
 //! checked on decode. Decoders take untrusted bytes and return typed errors; they never panic.
 
 mod checkpoint;
+mod durable_log;
 mod segment;
 mod superblock;
 
 pub use checkpoint::*;
+pub use durable_log::*;
 pub use segment::*;
 pub use superblock::*;
 
 /// Format version written in every superblock and checkpoint. Version 1 images (no volume id, no
-/// chained segment headers) are refused with [`FormatError::BadVersion`].
-pub const FORMAT_VERSION: u32 = 2;
+/// chained segment headers) are refused with [`FormatError::BadVersion`]. Version 2 differs from 3
+/// only by the superblock's durable-log field (absent: no durable log attached) and is read as such.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format version this build reads.
+pub const OLDEST_READABLE_VERSION: u32 = 2;
 /// Superblock magic.
 pub const SB_MAGIC: [u8; 8] = *b"NVKVSUPR";
 /// Segment header magic.
@@ -20,7 +25,7 @@ pub const SEG_MAGIC: [u8; 8] = *b"NVKVSEGM";
 /// Checkpoint header magic.
 pub const CKPT_MAGIC: [u8; 8] = *b"NVKVCKPT";
 /// Encoded superblock length (it occupies one block).
-pub const SB_LEN: usize = 164;
+pub const SB_LEN: usize = 172;
 /// Segment header length.
 pub const SEG_HDR_LEN: usize = 80;
 /// Record header length.
@@ -50,7 +55,7 @@ pub enum FormatError {
     #[error("bad magic in {0}")]
     BadMagic(&'static str),
     /// Written by another format version.
-    #[error("format version {0} (this build reads version {FORMAT_VERSION} only)")]
+    #[error("format version {0} (this build reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})")]
     BadVersion(u32),
     /// The checksum does not match.
     #[error("checksum mismatch in {0}")]

@@ -85,6 +85,10 @@ pub struct Superblock {
     pub ckpt: CkptRef,
     /// The one before it, kept (with the log since it) as a fallback until a newer one is verified.
     pub prev: Option<CkptRef>,
+    /// The epoch of the durable log (persistent memory) attached to this shard: its records may hold
+    /// acknowledged writes that are in no segment yet, so the shard must not open without it. 0: none
+    /// attached (everything acknowledged is in the segments). Version 2 superblocks have no such field.
+    pub durable_log: u64,
 }
 
 impl Superblock {
@@ -104,8 +108,9 @@ impl Superblock {
             Some(p) => p.encode(&mut out[112..112 + CKPT_REF_LEN]),
             None => out[112..112 + CKPT_REF_LEN].fill(0),
         }
-        let crc = crc32c::crc32c(&out[..160]);
-        put(out, 160, &crc.to_le_bytes());
+        put(out, 160, &self.durable_log.to_le_bytes());
+        let crc = crc32c::crc32c(&out[..168]);
+        put(out, 168, &crc.to_le_bytes());
     }
 
     /// Decodes and checks a superblock.
@@ -119,11 +124,13 @@ impl Superblock {
         if version == 1 && crc_of(b, 80, "superblock")? == u32_at(b, 80, "superblock")? {
             return Err(FormatError::BadVersion(1));
         }
-        let crc = u32_at(b, 160, "superblock")?;
-        if crc_of(b, 160, "superblock")? != crc {
+        // Version 2 ends at 164 (crc at 160) and has no durable-log field.
+        let crc_at = if version == 2 { 160 } else { 168 };
+        let crc = u32_at(b, crc_at, "superblock")?;
+        if crc_of(b, crc_at, "superblock")? != crc {
             return Err(FormatError::BadCrc("superblock"));
         }
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(FormatError::BadVersion(version));
         }
         let slice_blocks = u64_at(b, 24, "superblock")?;
@@ -141,6 +148,11 @@ impl Superblock {
                 None
             } else {
                 Some(CkptRef::decode(prev_bytes, slice_blocks)?)
+            },
+            durable_log: if version == 2 {
+                0
+            } else {
+                u64_at(b, 160, "superblock")?
             },
         };
         if !sb.block_size.is_power_of_two() || sb.block_size < 512 {
@@ -191,6 +203,7 @@ mod tests {
                 log_blocks: 8,
                 log_prev: 5,
             }),
+            durable_log: 0x1234_5678_9abc,
         }
     }
 
@@ -208,6 +221,25 @@ mod tests {
             }
             assert!(Superblock::decode(&b[..10]).is_err());
             assert!(Superblock::decode(&b[..SB_LEN - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn version_2_superblock_reads_as_no_durable_log() {
+        let s = sb();
+        let mut b = vec![0u8; 512];
+        s.encode(&mut b);
+        // Rewrite as version 2: version field, no durable-log field, crc over 0..160 at 160.
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[160..172].fill(0);
+        let crc = crc32c::crc32c(&b[..160]);
+        b[160..164].copy_from_slice(&crc.to_le_bytes());
+        let want = Superblock { durable_log: 0, ..s };
+        assert_eq!(Superblock::decode(&b), Ok(want));
+        for bit in 0..164 * 8 {
+            let mut c = b.clone();
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert!(Superblock::decode(&c).is_err(), "bit {bit}");
         }
     }
 

@@ -91,6 +91,20 @@ impl MemPmemImage {
         img.current.clone_from(&img.persisted);
     }
 
+    /// An independent copy of the device in its current state (crash the copy, go on with this one).
+    pub fn fork(&self) -> MemPmemImage {
+        let g = self.lock();
+        MemPmemImage {
+            inner: Arc::new(Mutex::new(Image {
+                current: g.current.clone(),
+                persisted: g.persisted.clone(),
+                dirty: g.dirty.clone(),
+                fail_barriers: g.fail_barriers,
+                barriers: g.barriers,
+            })),
+        }
+    }
+
     /// Makes later barriers fail (true) or succeed again (false).
     pub fn fail_barriers(&self, on: bool) {
         self.lock().fail_barriers = on;
