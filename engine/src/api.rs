@@ -14,6 +14,7 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 
 use crate::bdev::{BlockDevice, DeviceFactory, FileDisk, IoError, MemDisk};
+use crate::durable_log::DurableLogDevice;
 use crate::error::Error;
 use crate::format::VolumeId;
 use crate::mailbox::{Doorbell, Mailbox};
@@ -67,6 +68,13 @@ pub struct Options {
     /// Segments each shard writes at once (at least 1; each holds a write buffer of `buffer_bytes` while
     /// its write is in flight). More absorb longer device stalls before writers wait.
     pub max_inflight_cycles: usize,
+    /// Where durable writes are acknowledged from: a persistent-memory log (microseconds) or the
+    /// persistence cycle (a segment write and a Flush). A database opened with a durable log must be
+    /// reopened with it after a crash (its records may hold acknowledged writes); after a clean close
+    /// it opens without it.
+    pub durable_log: DurableLogDevice,
+    /// Bytes of the durable-log device each shard uses (0: an equal share of the whole device).
+    pub durable_log_bytes: usize,
 }
 
 impl Options {
@@ -86,6 +94,8 @@ impl Options {
             busy_poll: false,
             cache_bytes: crate::shard::DEFAULT_CACHE_BYTES,
             max_inflight_cycles: crate::shard::DEFAULT_INFLIGHT_CYCLES,
+            durable_log: DurableLogDevice::None,
+            durable_log_bytes: 0,
         }
     }
 
@@ -157,6 +167,9 @@ pub trait LocalCtx {
     fn tick(&mut self) -> Result<bool, Error>;
     /// See [`Shard::wait_durable`] (polls the device until generation `gen` is durable).
     fn wait_durable(&mut self, gen: u64) -> Result<(), Error>;
+    /// See [`Shard::wait_write`] (returns once write `w` is durable: by its durable-log record when
+    /// it has one, else by its persistence cycle).
+    fn wait_write(&mut self, w: &WriteResult) -> Result<(), Error>;
 }
 
 impl<D: BlockDevice> LocalCtx for Shard<D> {
@@ -203,6 +216,9 @@ impl<D: BlockDevice> LocalCtx for Shard<D> {
     }
     fn wait_durable(&mut self, gen: u64) -> Result<(), Error> {
         Shard::wait_durable(self, gen)
+    }
+    fn wait_write(&mut self, w: &WriteResult) -> Result<(), Error> {
+        Shard::wait_write(self, w)
     }
 }
 
@@ -458,7 +474,11 @@ impl Db {
         // The shard threads create their doorbells; the links are assembled once all have reported.
         let inner_slot: Arc<std::sync::OnceLock<Arc<Inner>>> = Arc::new(std::sync::OnceLock::new());
         let mut decide_tx = Vec::with_capacity(n);
+        let mut dlogs =
+            crate::durable_log::regions(&opts.durable_log, opts.durable_log_bytes, n, &*factory)?
+                .into_iter();
         for id in 0..n {
+            let dlog = dlogs.next().flatten();
             let (tx, rx) = mpsc::channel::<Result<Opening, Error>>();
             let (dtx, drx) = mpsc::channel::<Option<Option<VolumeId>>>();
             decide_tx.push(dtx);
@@ -478,7 +498,7 @@ impl Db {
                     let probed = factory
                         .open(id)
                         .map_err(Error::from)
-                        .and_then(|dev| Shard::probe(dev, cfg));
+                        .and_then(|dev| Shard::probe_with_log(dev, cfg, dlog));
                     let (mut shard, mut report, state) = match probed {
                         Ok(x) => x,
                         Err(e) => {
@@ -692,7 +712,7 @@ fn run_shard<D: BlockDevice>(
 ) -> Result<ShardStats, Error> {
     const BATCH: usize = 64;
     let link = &inner.shards[id];
-    let mut waiting: Vec<(u64, u64, Inbox, Reply)> = Vec::new();
+    let mut waiting: Vec<Waiter> = Vec::new();
     let mut idle = 0u32;
     loop {
         let mut n = 0;
@@ -701,6 +721,8 @@ fn run_shard<D: BlockDevice>(
             n += 1;
             handle(&mut shard, req, &mut waiting);
         }
+        // One barrier covers the durable-log records of every write taken above.
+        shard.flush_durable_log();
         link.depth.store(link.queue.len() as u64, Ordering::Relaxed);
         // Errors of background work surface through `sync_failed` and the next request.
         let did = shard.tick().unwrap_or_default();
@@ -711,21 +733,21 @@ fn run_shard<D: BlockDevice>(
             let stuck = shard.cycle_error().map(|e| (shard.active_gen(), e));
             let mut i = 0;
             while i < waiting.len() {
-                if let Some((_, e)) = stuck.as_ref().filter(|(from, _)| waiting[i].0 >= *from) {
-                    let (_, rid, inbox, _) = waiting.swap_remove(i);
-                    answer_id(&inbox, rid, Err(e.clone()));
-                    continue;
-                }
-                if waiting[i].0 <= durable || failed.is_some() {
-                    let (gen, rid, inbox, reply) = waiting.swap_remove(i);
-                    match &failed {
-                        // Durable before the failure: still a success.
-                        Some(_) if gen <= durable => answer_id(&inbox, rid, Ok(reply)),
-                        Some(e) => answer_id(&inbox, rid, Err(e.clone())),
-                        None => answer_id(&inbox, rid, Ok(reply)),
-                    }
+                let w = &waiting[i];
+                // Durable (by its log record or its cycle, also before a failure): a success.
+                let answer = if w.gen <= durable || shard.write_is_durable(w.gen, w.lsn) {
+                    Some(Ok(()))
+                } else if let Some((_, e)) = stuck.as_ref().filter(|(from, _)| w.gen >= *from) {
+                    Some(Err(e.clone()))
                 } else {
-                    i += 1;
+                    failed.clone().map(Err)
+                };
+                match answer {
+                    Some(a) => {
+                        let w = waiting.swap_remove(i);
+                        answer_id(&w.inbox, w.id, a.map(|()| w.reply));
+                    }
+                    None => i += 1,
                 }
             }
         }
@@ -736,11 +758,15 @@ fn run_shard<D: BlockDevice>(
             continue;
         }
         if stopping {
+            let logged: Vec<bool> = waiting
+                .iter()
+                .map(|w| shard.write_is_durable(w.gen, w.lsn))
+                .collect();
             let res = shard.close();
-            for (_, rid, inbox, reply) in waiting.drain(..) {
+            for (w, logged) in waiting.drain(..).zip(logged) {
                 match &res {
-                    Ok(_) => answer_id(&inbox, rid, Ok(reply)),
-                    Err(e) => answer_id(&inbox, rid, Err(e.clone())),
+                    Err(e) if !logged => answer_id(&w.inbox, w.id, Err(e.clone())),
+                    _ => answer_id(&w.inbox, w.id, Ok(w.reply)),
                 }
             }
             return res;
@@ -770,16 +796,26 @@ fn run_shard<D: BlockDevice>(
     }
 }
 
-fn handle<D: BlockDevice>(
-    shard: &mut Shard<D>,
-    req: Request,
-    waiting: &mut Vec<(u64, u64, Inbox, Reply)>,
-) {
+/// A durable write waiting to be answered: once its log record or its cycle is durable.
+struct Waiter {
+    gen: u64,
+    lsn: u64,
+    id: u64,
+    inbox: Inbox,
+    reply: Reply,
+}
+
+fn handle<D: BlockDevice>(shard: &mut Shard<D>, req: Request, waiting: &mut Vec<Waiter>) {
     let Request { op, id, reply } = req;
-    let write = |r: Result<WriteResult, Error>,
-                 durable: bool,
-                 waiting: &mut Vec<(u64, u64, Inbox, Reply)>| match r {
-        Ok(w) if durable && w.applied => waiting.push((w.gen, id, reply.clone(), Reply::Write(w))),
+    let wait = |w: &WriteResult, r: Reply, inbox: &Inbox| Waiter {
+        gen: w.gen,
+        lsn: w.lsn,
+        id,
+        inbox: inbox.clone(),
+        reply: r,
+    };
+    let write = |r: Result<WriteResult, Error>, durable: bool, waiting: &mut Vec<Waiter>| match r {
+        Ok(w) if durable && w.applied => waiting.push(wait(&w, Reply::Write(w), &reply)),
         Ok(w) => reply.post(id, Ok(Reply::Write(w))),
         Err(e) => reply.post(id, Err(e)),
     };
@@ -789,7 +825,7 @@ fn handle<D: BlockDevice>(
         Op::Delete(k, o) => write(shard.delete(&k, o), o.durable, waiting),
         Op::Cas(k, e, v, o) => write(shard.cas(&k, e, v.as_deref(), o), o.durable, waiting),
         Op::Incr(k, d, o) => match shard.incr(&k, d, o) {
-            Ok((n, w)) if o.durable => waiting.push((w.gen, id, reply.clone(), Reply::Incr(n, w))),
+            Ok((n, w)) if o.durable => waiting.push(wait(&w, Reply::Incr(n, w), &reply)),
             Ok((n, w)) => reply.post(id, Ok(Reply::Incr(n, w))),
             Err(e) => reply.post(id, Err(e)),
         },

@@ -65,6 +65,10 @@ pub enum Error {
     /// The device is opened by another handle or process.
     #[error("in use: {0}")]
     Locked(String),
+    /// The durable log (persistent memory) the database needs is missing, belongs to something else,
+    /// or cannot be attached. Nothing was written when an open fails with it.
+    #[error("durable log: {0}")]
+    DurableLog(String),
     /// The database is closed.
     #[error("database closed")]
     Closed,

@@ -31,7 +31,7 @@ pub mod bdev;
 pub mod buffer;
 pub mod cache;
 mod checkpoint;
-mod durable_log;
+pub mod durable_log;
 pub mod error;
 pub mod format;
 mod gc;
@@ -47,6 +47,7 @@ pub mod shard;
 pub mod space;
 
 pub use api::{Backend, Db, DbHandle, LocalCtx, Options};
+pub use durable_log::DurableLogDevice;
 pub use error::{Error, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use recovery::RecoveryReport;
 pub use shard::{

@@ -282,6 +282,7 @@ impl<D: BlockDevice> Shard<D> {
     /// durable.
     fn publish(&mut self, gen: u64, cycles: u32, blocks: u64) {
         self.durable_gen = gen;
+        self.retire_durable_log();
         self.stats.cycles += u64::from(cycles);
         self.log.free_durable(self.durable_gen, &mut self.space);
         self.log.segs_since_ckpt += cycles;

@@ -20,6 +20,7 @@ use crate::bdev::BlockDevice;
 use crate::buffer::WriteBuffer;
 use crate::cache::SegmentCache;
 use crate::checkpoint::{Checkpoints, CkptPlace};
+use crate::durable_log::DurableLogSlot;
 use crate::error::Error;
 use crate::format::{
     self, CkptRef, FormatError, SegmentHeader, Superblock, VolumeId, LIFE_SHIFT, SB_BLOCKS,
@@ -29,6 +30,7 @@ use crate::hlc::Hlc;
 use crate::index::{Entry, Index};
 use crate::log::{Log, SegInfo};
 use crate::persist::Pipeline;
+use crate::pmem::PersistentMemory;
 use crate::shard::{Shard, ShardConfig, ShardStats, TAG_SYNC_FIRST};
 use crate::space::FreeSpace;
 
@@ -59,6 +61,11 @@ pub struct RecoveryReport {
     pub replay_stop: String,
     /// Keys after recovery.
     pub keys: u64,
+    /// Writes found in the durable log, and those of them newer than what the segments hold (applied).
+    pub durable_log_records: u64,
+    pub durable_log_replayed: u64,
+    /// Why the durable-log scan stopped (empty: no log attached).
+    pub durable_log_stop: String,
 }
 
 /// What [`Shard::probe`] found in the slice.
@@ -104,7 +111,16 @@ impl<D: BlockDevice> Shard<D> {
     /// `cfg.shard_id` owns. A slice that is neither blank nor a recoverable nvkv slice is refused
     /// without writing anything.
     pub fn open(dev: D, cfg: ShardConfig) -> Result<(Self, RecoveryReport), Error> {
-        let (mut shard, mut rep, state) = Self::probe(dev, cfg)?;
+        Self::open_with_log(dev, cfg, None)
+    }
+
+    /// Like [`Shard::open`], with `log` as the shard's durable log (persistent memory).
+    pub fn open_with_log(
+        dev: D,
+        cfg: ShardConfig,
+        log: Option<Box<dyn PersistentMemory>>,
+    ) -> Result<(Self, RecoveryReport), Error> {
+        let (mut shard, mut rep, state) = Self::probe_with_log(dev, cfg, log)?;
         let volume = match state {
             SliceState::Blank if shard.cfg.create => Some(
                 format::new_volume_id()
@@ -122,9 +138,16 @@ impl<D: BlockDevice> Shard<D> {
     }
 
     /// Reads the slice and rebuilds the shard's state from it; writes nothing.
-    pub fn probe(
+    pub fn probe(dev: D, cfg: ShardConfig) -> Result<(Self, RecoveryReport, SliceState), Error> {
+        Self::probe_with_log(dev, cfg, None)
+    }
+
+    /// Like [`Shard::probe`], with `log` as the shard's durable log: the writes it holds beyond the
+    /// segments are read (and applied by [`Shard::commit_open`]).
+    pub fn probe_with_log(
         mut dev: D,
         cfg: ShardConfig,
+        log: Option<Box<dyn PersistentMemory>>,
     ) -> Result<(Self, RecoveryReport, SliceState), Error> {
         let bs = u64::from(dev.block_size());
         if cfg.shard_count == 0 || cfg.shard_id >= cfg.shard_count {
@@ -174,6 +197,8 @@ impl<D: BlockDevice> Shard<D> {
             making_room: false,
             read_buf: None,
             cache: SegmentCache::new(cfg.cache_bytes, bs),
+            dlog: log.map_or(DurableLogSlot::None, DurableLogSlot::Unattached),
+            dlog_replay: Vec::new(),
             cfg,
         };
         let mut rep = RecoveryReport {
@@ -213,6 +238,7 @@ impl<D: BlockDevice> Shard<D> {
                 self.active.set_limit((self.buf_blocks * self.bs) as usize);
                 self.log.chain_crc = crc32c::crc32c(&v);
                 self.version_ctr = 1 << LIFE_SHIFT;
+                self.ckpts.durable_log = 0;
                 self.checkpoint()?;
                 rep.formatted = true;
                 rep.superblock_seq = self.ckpts.sb_seq;
@@ -221,9 +247,14 @@ impl<D: BlockDevice> Shard<D> {
                 if self.ckpts.life == 0 {
                     return Err(Error::Config("nothing recovered to commit".into()));
                 }
+                // The writes only the durable log held go into the log of segments, which the
+                // checkpoint persists; its superblock names no durable log (the old one is done).
+                self.apply_durable_log()?;
+                self.ckpts.durable_log = 0;
                 self.checkpoint()?;
             }
         }
+        self.attach_durable_log()?;
         // A life not on the device could hand out versions an earlier life did.
         if self.ckpts.life_unwritten {
             return Err(Error::Unrecoverable(
@@ -357,6 +388,8 @@ impl<D: BlockDevice> Shard<D> {
         self.ckpts.life_unwritten = true;
         // Nothing an earlier life handed out (persisted or lost in a crash) is handed out again.
         self.version_ctr = r.version_ctr.max(life << LIFE_SHIFT);
+        self.ckpts.durable_log = newest.durable_log;
+        self.read_durable_log(newest.durable_log, r.version_ctr, rep)?;
         self.active.set_limit((self.log.head.1 * self.bs) as usize);
         rep.checkpoint_keys = self.index.len() as u64;
         rep.keys = self.index.len() as u64;

@@ -10,6 +10,7 @@ use crate::bdev::{BlockDevice, Completion, IoError};
 use crate::buffer::WriteBuffer;
 use crate::cache::SegmentCache;
 use crate::checkpoint::Checkpoints;
+use crate::durable_log::{DurableLogSlot, LoggedWrite};
 use crate::error::{check_sizes, Error, MAX_VALUE_LEN};
 use crate::format::{self, FormatError, REC_HDR_LEN, SEG_HDR_LEN};
 use crate::hlc::Hlc;
@@ -115,6 +116,9 @@ pub struct WriteResult {
     pub ts: u64,
     /// Persistence generation holding the write: durable once [`Shard::durable_gen`] reaches it.
     pub gen: u64,
+    /// The write's record in the durable log (0: none): durable once a barrier covers it, before its
+    /// generation is (see [`Shard::write_is_durable`]).
+    pub lsn: u64,
 }
 
 /// Version and timestamp of a stored value.
@@ -184,6 +188,26 @@ pub struct ShardStats {
     /// Time spent writing checkpoints (the shard does nothing else meanwhile), total and longest (ns).
     pub checkpoint_ns_total: u64,
     pub checkpoint_ns_max: u64,
+    /// The durable log's kind ("pmr", "devdax", "memory", ...; None: no durable log, durable writes
+    /// wait for a persistence cycle).
+    pub durable_log: Option<&'static str>,
+    /// Durable writes acknowledged by their durable-log record.
+    pub durable_log_writes: u64,
+    /// Durable writes acknowledged by a persistence cycle (no log, log full, record too large, log
+    /// failed).
+    pub durable_cycle_writes: u64,
+    /// Of those, the ones the log was full for, and the ones too large for it.
+    pub durable_log_full: u64,
+    pub durable_log_too_large: u64,
+    /// Barriers of the durable log, their total and longest time (ns).
+    pub durable_log_barriers: u64,
+    pub durable_log_barrier_ns_total: u64,
+    pub durable_log_barrier_ns_max: u64,
+    /// Bytes of unretired records, and of the record area.
+    pub durable_log_used_bytes: u64,
+    pub durable_log_capacity: u64,
+    /// Why the durable log takes no more writes (a barrier failed), if it does not.
+    pub durable_log_failed: Option<String>,
 }
 
 /// A cycle's segment write: this bit plus the generation.
@@ -234,6 +258,10 @@ pub struct Shard<D: BlockDevice> {
     pub(crate) read_buf: Option<D::Buf>,
     /// Copies of the newest segments, for reads.
     pub(crate) cache: SegmentCache,
+    /// The durable log (persistent memory), if the shard has one.
+    pub(crate) dlog: DurableLogSlot,
+    /// Writes recovery found in the durable log, for the open to apply.
+    pub(crate) dlog_replay: Vec<LoggedWrite>,
 }
 
 /// Largest read buffer a shard keeps for reuse.
@@ -556,19 +584,37 @@ impl<D: BlockDevice> Shard<D> {
     }
 
     fn result(&mut self, applied: bool, version: u64, ts: u64, durable: bool) -> WriteResult {
+        self.result_logged(applied, version, ts, durable, 0)
+    }
+
+    /// The outcome of a write whose durable-log record (if any) is `lsn`.
+    fn result_logged(
+        &mut self,
+        applied: bool,
+        version: u64,
+        ts: u64,
+        durable: bool,
+        lsn: u64,
+    ) -> WriteResult {
         let gen = if applied {
             self.active_gen
         } else {
             self.durable_gen.min(self.active_gen)
         };
         if durable && applied {
-            self.durable_wanted = self.durable_wanted.max(gen);
+            if lsn == 0 {
+                self.durable_wanted = self.durable_wanted.max(gen);
+                self.stats.durable_cycle_writes += 1;
+            } else {
+                self.stats.durable_log_writes += 1;
+            }
         }
         WriteResult {
             applied,
             version,
             ts,
             gen,
+            lsn,
         }
     }
 
@@ -604,7 +650,8 @@ impl<D: BlockDevice> Shard<D> {
         };
         let version = self.next_version();
         self.write_found(&mut found, key, Some(value), ts, version, false)?;
-        Ok(self.result(true, version, ts, opts.durable))
+        let lsn = self.log_durable(opts.durable, key, Some(value), ts, version);
+        Ok(self.result_logged(true, version, ts, opts.durable, lsn))
     }
 
     /// Deletes `key` (with last-writer-wins, only when the delete is newer than the stored value).
@@ -621,7 +668,8 @@ impl<D: BlockDevice> Shard<D> {
         }
         let version = self.next_version();
         self.write_found(&mut found, key, None, ts, version, false)?;
-        Ok(self.result(true, version, ts, opts.durable))
+        let lsn = self.log_durable(opts.durable, key, None, ts, version);
+        Ok(self.result_logged(true, version, ts, opts.durable, lsn))
     }
 
     /// Compare-and-swap: when the key's version is `expected` (None: the key is absent), store `new`
@@ -646,7 +694,8 @@ impl<D: BlockDevice> Shard<D> {
         }
         let version = self.next_version();
         self.write_found(&mut found, key, new, ts, version, false)?;
-        Ok(self.result(true, version, ts, opts.durable))
+        let lsn = self.log_durable(opts.durable, key, new, ts, version);
+        Ok(self.result_logged(true, version, ts, opts.durable, lsn))
     }
 
     /// Adds `delta` to the 8-byte little-endian integer under `key` (absent counts as 0); returns the sum.
@@ -670,15 +719,13 @@ impl<D: BlockDevice> Shard<D> {
         let sum = cur.checked_add(delta).ok_or(Error::Overflow)?;
         let ts = self.stamp(opts.ts);
         let version = self.next_version();
-        self.write_found(
-            &mut found,
-            key,
-            Some(&sum.to_le_bytes()),
-            ts,
-            version,
-            false,
-        )?;
-        Ok((sum, self.result(true, version, ts, opts.durable)))
+        let bytes = sum.to_le_bytes();
+        self.write_found(&mut found, key, Some(&bytes), ts, version, false)?;
+        let lsn = self.log_durable(opts.durable, key, Some(&bytes), ts, version);
+        Ok((
+            sum,
+            self.result_logged(true, version, ts, opts.durable, lsn),
+        ))
     }
 
     /// The value under `key`, with its version and timestamp.
@@ -802,6 +849,7 @@ impl<D: BlockDevice> Shard<D> {
         s.cache_hits = self.cache.hits;
         s.cache_misses = self.cache.misses;
         s.cache_bytes = self.cache.bytes() as u64;
+        self.durable_log_stats(&mut s);
         s
     }
 
@@ -875,10 +923,23 @@ impl<D: BlockDevice> Shard<D> {
         Ok(())
     }
 
-    /// Persists everything and writes a checkpoint, so the next open replays nothing.
+    /// Waits until write `w` is durable: its durable-log record covered by a barrier, else its
+    /// persistence cycle published.
+    pub fn wait_write(&mut self, w: &WriteResult) -> Result<(), Error> {
+        if w.lsn != 0 {
+            self.flush_durable_log();
+            if self.write_is_durable(w.gen, w.lsn) {
+                return Ok(());
+            }
+        }
+        self.wait_durable(w.gen)
+    }
+
+    /// Persists everything and writes a checkpoint, so the next open replays nothing (and needs no
+    /// durable log).
     pub fn close(mut self) -> Result<ShardStats, Error> {
         self.sync()?;
-        self.checkpoint()?;
+        self.checkpoint_detached()?;
         Ok(self.stats())
     }
 }

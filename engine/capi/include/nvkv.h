@@ -120,6 +120,9 @@ typedef enum nvkv_result {
   NVKV_NOT_A_DATABASE = 21,
   // The device is opened by another handle or process.
   NVKV_LOCKED = 22,
+  // The durable log (persistent memory) the database needs is missing, belongs to something
+  // else, or cannot be attached; nothing was written when an open fails with it.
+  NVKV_DURABLE_LOG = 23,
 } nvkv_result;
 
 // Values of `nvkv_options.backend`.

@@ -57,6 +57,9 @@ pub enum nvkv_result {
     NVKV_NOT_A_DATABASE = 21,
     /// The device is opened by another handle or process.
     NVKV_LOCKED = 22,
+    /// The durable log (persistent memory) the database needs is missing, belongs to something
+    /// else, or cannot be attached; nothing was written when an open fails with it.
+    NVKV_DURABLE_LOG = 23,
 }
 
 use nvkv_result::*;
@@ -139,6 +142,7 @@ impl CapiError {
                 E::Unrecoverable(_) => NVKV_UNRECOVERABLE,
                 E::NotADatabase(_) => NVKV_NOT_A_DATABASE,
                 E::Locked(_) => NVKV_LOCKED,
+                E::DurableLog(_) => NVKV_DURABLE_LOG,
                 E::Closed => NVKV_CLOSED,
             },
         }
@@ -147,7 +151,7 @@ impl CapiError {
 
 /// Static text of a code, NUL-terminated.
 pub fn strerror(code: i32) -> &'static [u8] {
-    const TEXTS: [&[u8]; 23] = [
+    const TEXTS: [&[u8]; 24] = [
         b"success\0",
         b"key not found\0",
         b"end of iteration\0",
@@ -171,6 +175,7 @@ pub fn strerror(code: i32) -> &'static [u8] {
         b"panic in libnvkv (a bug)\0",
         b"not an nvkv database\0",
         b"database in use by another handle or process\0",
+        b"durable log missing, foreign or failed\0",
     ];
     usize::try_from(code)
         .ok()
@@ -224,11 +229,14 @@ mod tests {
 
     #[test]
     fn every_code_has_its_text() {
-        for c in 0..=NVKV_LOCKED as i32 {
+        for c in 0..=NVKV_DURABLE_LOG as i32 {
             assert_ne!(strerror(c), b"unknown result code\0", "code {c}");
         }
         assert_eq!(strerror(-1), b"unknown result code\0");
-        assert_eq!(strerror(NVKV_LOCKED as i32 + 1), b"unknown result code\0");
+        assert_eq!(
+            strerror(NVKV_DURABLE_LOG as i32 + 1),
+            b"unknown result code\0"
+        );
     }
 
     #[test]

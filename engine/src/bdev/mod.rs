@@ -132,6 +132,17 @@ pub trait DeviceFactory: Send + Sync {
     type Dev: BlockDevice + 'static;
     /// Opens the instance that shard `shard` will own; called on the shard's own thread.
     fn open(&self, shard: usize) -> Result<Self::Dev, IoError>;
+
+    /// The device's own persistent memory (an NVMe controller's PMR) cut into `count` regions of
+    /// `bytes` each (0: equal shares), for the durable log. None: the device has none.
+    fn persistent_memory(
+        &self,
+        count: usize,
+        bytes: usize,
+    ) -> Result<Option<Vec<Box<dyn crate::pmem::PersistentMemory>>>, crate::Error> {
+        let _ = (count, bytes);
+        Ok(None)
+    }
 }
 
 /// Checks a request against the device geometry and the buffer; shared by the backends.

@@ -192,7 +192,9 @@ impl DlogRecordHeader {
 /// Checks the crc of a whole record (`b` holds at least its header and payload); returns its crc.
 pub fn check_dlog_record(h: &DlogRecordHeader, b: &[u8]) -> R<u32> {
     let end = DLOG_REC_HDR_LEN + h.payload_len as usize;
-    let body = b.get(..end).ok_or(FormatError::Truncated("durable log record"))?;
+    let body = b
+        .get(..end)
+        .ok_or(FormatError::Truncated("durable log record"))?;
     let want = u32_at(b, 56, "durable log record")?;
     let crc = crc32c::crc32c_append(crc32c::crc32c(&body[..56]), &body[DLOG_REC_HDR_LEN..]);
     if crc != want {
@@ -247,7 +249,7 @@ mod tests {
         let mut b = vec![0u8; h.len as usize];
         let crc = h.encode(&mut b, payload);
         b[DLOG_REC_HDR_LEN..DLOG_REC_HDR_LEN + payload.len()].copy_from_slice(payload);
-        let d = DlogRecordHeader::decode(&b).unwrap();
+        let d = DlogRecordHeader::decode(&b).expect("test");
         assert_eq!(d, h);
         assert_eq!(check_dlog_record(&d, &b), Ok(crc));
         // Every bit of header and payload is covered (the zero padding is not part of the record).
@@ -273,7 +275,7 @@ mod tests {
         };
         let mut b = vec![0u8; 200];
         let crc = h.encode(&mut b, &[]);
-        let d = DlogRecordHeader::decode(&b).unwrap();
+        let d = DlogRecordHeader::decode(&b).expect("test");
         assert_eq!(check_dlog_record(&d, &b), Ok(crc));
         let mut bad = b.clone();
         bad[48] = 1; // a pad with a payload length

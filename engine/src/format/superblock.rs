@@ -234,7 +234,10 @@ mod tests {
         b[160..172].fill(0);
         let crc = crc32c::crc32c(&b[..160]);
         b[160..164].copy_from_slice(&crc.to_le_bytes());
-        let want = Superblock { durable_log: 0, ..s };
+        let want = Superblock {
+            durable_log: 0,
+            ..s
+        };
         assert_eq!(Superblock::decode(&b), Ok(want));
         for bit in 0..164 * 8 {
             let mut c = b.clone();

@@ -61,7 +61,10 @@ impl MemPmemImage {
 
     /// The region `[off, off + len)` as one shard's persistent memory.
     pub fn region(&self, off: usize, len: usize) -> MemPmem {
-        assert!(off.checked_add(len).is_some_and(|e| e <= self.len()), "region outside the image");
+        assert!(
+            off.checked_add(len).is_some_and(|e| e <= self.len()),
+            "region outside the image"
+        );
         MemPmem {
             image: self.clone(),
             base: off,
@@ -195,14 +198,23 @@ mod tests {
         let img = MemPmemImage::new(4096);
         let mut r = img.region(0, 4096);
         r.write(0, &[1; 64]);
-        r.barrier().unwrap();
+        r.barrier().expect("barrier");
         r.write(64, &[2; 4000]);
         img.crash(7);
         let mut out = vec![0; 4096];
         r.read(0, &mut out);
-        assert!(out[..64].iter().all(|&b| b == 1), "barriered stores survive");
-        let kept = out[64..4064].chunks(8).filter(|c| c.iter().all(|&b| b == 2)).count();
-        let lost = out[64..4064].chunks(8).filter(|c| c.iter().all(|&b| b == 0)).count();
+        assert!(
+            out[..64].iter().all(|&b| b == 1),
+            "barriered stores survive"
+        );
+        let kept = out[64..4064]
+            .chunks(8)
+            .filter(|c| c.iter().all(|&b| b == 2))
+            .count();
+        let lost = out[64..4064]
+            .chunks(8)
+            .filter(|c| c.iter().all(|&b| b == 0))
+            .count();
         assert_eq!(kept + lost, 500, "words are kept or lost whole");
         assert!(kept > 100 && lost > 100, "about half kept: {kept}");
     }

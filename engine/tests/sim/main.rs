@@ -247,6 +247,7 @@ fn shard_seeds() {
         total.ops += t.ops;
         total.nospace += t.nospace;
         total.durable_acks += t.durable_acks;
+        total.logged_acks += t.logged_acks;
         total.crashes += t.crashes;
         total.mid_op_crashes += t.mid_op_crashes;
         total.restarts += t.restarts;
@@ -271,7 +272,7 @@ fn shard_seeds() {
     let f = &total.faults;
     eprintln!(
         "sim: {n} seeds in {secs:.1} s ({:.0} seeds/s), {} failed; {} ops, {} checks, {} recoveries, \
-         {} crashes ({} inside an operation), {} restarts, {} clean closes, {} durable acks, {} NoSpace",
+         {} crashes ({} inside an operation), {} restarts, {} clean closes, {} durable acks ({} by the durable log), {} NoSpace",
         n as f64 / secs,
         failed_seeds,
         total.ops,
@@ -282,6 +283,7 @@ fn shard_seeds() {
         total.restarts,
         total.clean,
         total.durable_acks,
+        total.logged_acks,
         total.nospace
     );
     eprintln!(

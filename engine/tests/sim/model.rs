@@ -240,6 +240,24 @@ impl Model {
         }
     }
 
+    /// The certain write `id` of this life is acknowledged durable (by its own durable-log record:
+    /// nothing before it becomes durable with it).
+    pub fn mark_write_durable(&mut self, id: u64) {
+        let life = self.life;
+        for ws in self.keys.values_mut() {
+            for w in ws.iter_mut() {
+                if w.id == id && w.certain && w.life == life && !w.base {
+                    w.durable = true;
+                    if let Some(v) = w.version {
+                        if let Some(h) = self.versions.get_mut(&v) {
+                            h.key_durable = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// What a read in this life may return: the last certain write (or the base / absence before any),
     /// and every uncertain write after it.
     pub fn live(&self, key: &[u8]) -> Vec<Cand> {

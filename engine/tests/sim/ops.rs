@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use nvkv::bdev::{FaultCounters, FaultDisk, SplitMix64};
-use nvkv::{Error, LocalCtx, WriteOpts};
+use nvkv::{Error, LocalCtx, WriteOpts, WriteResult};
 
 use crate::model::{fail, Check, Model};
 
@@ -32,6 +32,8 @@ pub struct Tally {
     pub ops: u64,
     pub nospace: u64,
     pub durable_acks: u64,
+    /// Of those, acknowledged by their durable-log record.
+    pub logged_acks: u64,
     pub crashes: u64,
     pub mid_op_crashes: u64,
     pub restarts: u64,
@@ -50,8 +52,8 @@ pub struct Sim {
     pub trace: Option<String>,
     /// A digest of everything observed: two runs of one seed must agree.
     pub digest: u64,
-    /// Durable writes not yet waited for: their generations.
-    pub pending: Vec<u64>,
+    /// Durable writes not yet waited for, with their write ids.
+    pub pending: Vec<(WriteResult, u64)>,
     /// A write got NoSpace in this life.
     pub full: bool,
     /// An operation of this life failed with an I/O error (the shard may refuse writes now).
@@ -323,19 +325,36 @@ impl Sim {
         disk: &FaultDisk,
         before: &FaultCounters,
     ) -> Check {
-        let Some(&g) = self.pending.iter().max() else {
-            return Ok(());
-        };
-        self.note(format!("wait_durable {g}"));
-        self.pending.clear();
-        match s.wait_durable(g) {
-            Ok(()) => {
-                self.tally.durable_acks += 1;
-                self.model.mark_durable(g);
-                Ok(())
+        let pending = std::mem::take(&mut self.pending);
+        // Writes with a durable-log record are durable on their own once a barrier covers them;
+        // the others with their generation (and everything before it).
+        if let Some(g) = pending
+            .iter()
+            .filter(|(w, _)| w.lsn == 0)
+            .map(|(w, _)| w.gen)
+            .max()
+        {
+            self.note(format!("wait_durable {g}"));
+            match s.wait_durable(g) {
+                Ok(()) => {
+                    self.tally.durable_acks += 1;
+                    self.model.mark_durable(g);
+                }
+                Err(e) => return self.write_error("wait_durable", &e, disk, before),
             }
-            Err(e) => self.write_error("wait_durable", &e, disk, before),
         }
+        for (w, id) in pending.iter().filter(|(w, _)| w.lsn != 0) {
+            self.note(format!("wait_write #{id} lsn {} gen {}", w.lsn, w.gen));
+            match s.wait_write(w) {
+                Ok(()) => {
+                    self.tally.durable_acks += 1;
+                    self.tally.logged_acks += 1;
+                    self.model.mark_write_durable(*id);
+                }
+                Err(e) => return self.write_error("wait_write", &e, disk, before),
+            }
+        }
+        Ok(())
     }
 
     fn after_write(
@@ -343,10 +362,11 @@ impl Sim {
         s: &mut dyn LocalCtx,
         disk: &FaultDisk,
         durable: bool,
-        gen: u64,
+        w: &WriteResult,
+        id: u64,
     ) -> Check {
         if durable {
-            self.pending.push(gen);
+            self.pending.push((*w, id));
             if self.rng.below(3) == 0 {
                 let before = disk.counters();
                 return self.wait_pending(s, disk, &before);
@@ -411,7 +431,7 @@ impl Sim {
                     w.gen,
                     true,
                 )?;
-                self.after_write(s, disk, opts.durable, w.gen)
+                self.after_write(s, disk, opts.durable, &w, id)
             }
             Err(e) => {
                 self.note(format!(" -> {e}"));
@@ -443,7 +463,7 @@ impl Sim {
                 }
                 self.model
                     .record(&key, id, None, Some(w.version), None, w.gen, true)?;
-                self.after_write(s, disk, opts.durable, w.gen)
+                self.after_write(s, disk, opts.durable, &w, id)
             }
             Err(e) => {
                 self.note(format!(" -> {e}"));
@@ -509,7 +529,7 @@ impl Sim {
                 }
                 self.model
                     .record(&key, id, new, Some(w.version), Some(w.ts), w.gen, true)?;
-                self.after_write(s, disk, opts.durable, w.gen)
+                self.after_write(s, disk, opts.durable, &w, id)
             }
             Err(Error::VersionMismatch { current }) => {
                 self.note(format!(" -> mismatch {current:?}"));
@@ -566,7 +586,7 @@ impl Sim {
                     w.gen,
                     true,
                 )?;
-                self.after_write(s, disk, opts.durable, w.gen)
+                self.after_write(s, disk, opts.durable, &w, id)
             }
             Err(e) => {
                 self.note(format!(" -> {e}"));

@@ -4,6 +4,7 @@
 
 use nvkv::bdev::{FaultConfig, FaultDisk, MemBdev, MemDisk, SplitMix64};
 use nvkv::format::{REC_HDR_LEN, SEG_HDR_LEN};
+use nvkv::pmem::{MemPmemImage, PersistentMemory};
 use nvkv::{Error, Shard, ShardConfig};
 
 use crate::model::{fail, Check, LifeEnd};
@@ -27,6 +28,10 @@ pub struct Params {
     pub fill: bool,
     /// Shaped for chains of crashes (see `params`).
     pub chain: bool,
+    /// Bytes of the durable log in simulated persistent memory (None: no durable log).
+    pub dlog: Option<usize>,
+    /// From this life on, the durable log's barriers fail.
+    pub dlog_fail_life: Option<u32>,
 }
 
 /// Faults that keep every request succeeding (used while checking).
@@ -122,6 +127,10 @@ pub fn params(rng: &mut SplitMix64) -> Params {
         chain,
         faults,
         mid_op_crash_every: 2,
+        // Half the seeds acknowledge durable writes from a durable log, most of them small enough
+        // to fill and wrap many times; one in eight of those sees its barriers fail from some life on.
+        dlog: (rng.below(2) == 0).then(|| [4352usize, 8448, 65792][rng.below(3) as usize]),
+        dlog_fail_life: (rng.below(8) == 0).then(|| rng.below(4) as u32),
     }
 }
 
@@ -155,6 +164,11 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
     let mut image = vec![0u8; BS as usize * p.blocks as usize];
     // An open failed (excused by a fault): what it wrote before failing may explain later losses.
     let mut failed_open = false;
+    let pmem = p.dlog.map(MemPmemImage::new);
+    // How the last life with an open store ended, and whether its durable log was attached (None:
+    // its open failed).
+    let mut ended: Option<(LifeEnd, bool)> = None;
+    let mut attached;
     // The store is checked after every recovery, and once more at the end (lives + 1 opens).
     for life in 0..=p.lives {
         let last = life == p.lives;
@@ -176,8 +190,16 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
         if !faulty_open {
             disk.set_config(quiet(&p.faults));
         }
+        if let Some(img) = &pmem {
+            img.fail_barriers(p.dlog_fail_life.is_some_and(|l| life >= l));
+            check_open_without_log(sim, &image, p, ended)?;
+        }
         disk.note_progress();
-        let opened = Shard::open(disk.wrap(mem.bdev()), p.cfg.clone());
+        let region = pmem
+            .as_ref()
+            .map(|i| Box::new(i.region(0, i.len())) as Box<dyn PersistentMemory>);
+        let opened = Shard::open_with_log(disk.wrap(mem.bdev()), p.cfg.clone(), region);
+        ended = None;
         let mut shard = match opened {
             Ok((s, rep)) => {
                 sim.tally.recoveries += 1;
@@ -238,12 +260,16 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
                 // unchanged (nothing was observed).
                 failed_open = true;
                 image = disk.crash();
+                if let Some(img) = &pmem {
+                    img.crash(sim.rng.next_u64());
+                }
                 sim.tally.crashes += 1;
                 sim.tally.faults.add(&disk.counters());
                 sim.model.next_life(LifeEnd::Crash);
                 continue;
             }
         };
+        attached = shard.stats().durable_log.is_some();
         // The recovered state, checked with faults off (and no power loss left over from open).
         disk.cancel_crash();
         let cfg = p.faults.clone();
@@ -271,6 +297,8 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
             disk.schedule_crash(n);
         }
         let end = run_life(sim, &mut shard, &disk, p)?;
+        // A clean end whose close failed (excused by a fault) may leave the log named or not.
+        let mut closed = false;
         image = match end {
             LifeEnd::Crash => {
                 let mid = !disk.is_powered();
@@ -278,6 +306,9 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
                 drop(shard);
                 sim.tally.crashes += 1;
                 sim.tally.mid_op_crashes += u64::from(mid);
+                if let Some(img) = &pmem {
+                    img.crash(sim.rng.next_u64());
+                }
                 disk.crash()
             }
             LifeEnd::Restart => {
@@ -292,7 +323,10 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
                 disk.note_progress();
                 let full = sim.full;
                 match shard.close() {
-                    Ok(_) => sim.model.mark_durable(u64::MAX),
+                    Ok(_) => {
+                        sim.model.mark_durable(u64::MAX);
+                        closed = true;
+                    }
                     Err(Error::NoSpace) if full => {
                         return fail!(
                             "close-fails-when-full",
@@ -313,9 +347,44 @@ pub fn run_seed(seed: u64, sim: &mut Sim, p: &Params) -> Check {
         };
         sim.tally.faults.add(&disk.counters());
         sim.model.next_life(end);
+        ended = Some((end, attached && (end != LifeEnd::Clean || closed)));
         let _ = seed;
     }
     Ok(())
+}
+
+/// A database with a durable log: after a crash its superblock names the log, and opening without it
+/// is refused (reads only, so nothing changes); after a clean close it opens without it. Checked on
+/// a copy of the image, by a probe (which writes nothing).
+fn check_open_without_log(
+    sim: &mut Sim,
+    image: &[u8],
+    p: &Params,
+    ended: Option<(LifeEnd, bool)>,
+) -> Check {
+    let Some((end, attached)) = ended else {
+        return Ok(());
+    };
+    // After a clean end whose close failed the log may still be named: either answer is right.
+    if end == LifeEnd::Clean && !attached {
+        return Ok(());
+    }
+    if sim.rng.below(4) != 0 {
+        return Ok(());
+    }
+    let copy = MemDisk::from_image(BS, image);
+    let probed = Shard::probe(copy.bdev(), p.cfg.clone()).map(|_| ());
+    sim.note(format!(
+        "probe without the durable log after {end:?}: {probed:?}"
+    ));
+    match (end, probed) {
+        (LifeEnd::Crash | LifeEnd::Restart, Err(Error::DurableLog(_))) if attached => Ok(()),
+        (_, Ok(())) if end == LifeEnd::Clean || !attached => Ok(()),
+        (end, r) => fail!(
+            "open-without-durable-log",
+            "after {end:?}, opening without the durable log gave {r:?}"
+        ),
+    }
 }
 
 /// Random operations until the life ends; returns how it ends.
