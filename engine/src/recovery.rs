@@ -149,6 +149,16 @@ impl<D: BlockDevice> Shard<D> {
         cfg: ShardConfig,
         log: Option<Box<dyn PersistentMemory>>,
     ) -> Result<(Self, RecoveryReport, SliceState), Error> {
+        if let Some(m) = &log {
+            if crate::durable_log::capacity(m.len()).is_none() {
+                return Err(Error::DurableLog(format!(
+                    "shard {}: a region of {} bytes is too small for a durable log (at least {})",
+                    cfg.shard_id,
+                    m.len(),
+                    format::DLOG_DATA_START + format::DLOG_MIN_CAPACITY
+                )));
+            }
+        }
         let bs = u64::from(dev.block_size());
         if cfg.shard_count == 0 || cfg.shard_id >= cfg.shard_count {
             return Err(Error::Config("shard id out of range".into()));

@@ -191,7 +191,7 @@ pub struct ShardStats {
     /// The durable log's kind ("pmr", "devdax", "memory", ...; None: no durable log, durable writes
     /// wait for a persistence cycle).
     pub durable_log: Option<&'static str>,
-    /// Durable writes acknowledged by their durable-log record.
+    /// Durable writes acknowledged by their durable-log record (counted at its barrier).
     pub durable_log_writes: u64,
     /// Durable writes acknowledged by a persistence cycle (no log, log full, record too large, log
     /// failed).
@@ -601,13 +601,10 @@ impl<D: BlockDevice> Shard<D> {
         } else {
             self.durable_gen.min(self.active_gen)
         };
-        if durable && applied {
-            if lsn == 0 {
-                self.durable_wanted = self.durable_wanted.max(gen);
-                self.stats.durable_cycle_writes += 1;
-            } else {
-                self.stats.durable_log_writes += 1;
-            }
+        // A logged write is counted when its barrier succeeds or fails (`flush_durable_log`).
+        if durable && applied && lsn == 0 {
+            self.durable_wanted = self.durable_wanted.max(gen);
+            self.stats.durable_cycle_writes += 1;
         }
         WriteResult {
             applied,

@@ -106,6 +106,8 @@ pub(crate) struct DurableLog {
     scratch: Vec<u8>,
     /// Barriers issued (records and headers).
     pub barriers: u64,
+    /// Write records appended since the last barrier.
+    pub unbarriered_writes: u64,
 }
 
 impl std::fmt::Debug for DurableLog {
@@ -285,6 +287,7 @@ impl DurableLog {
             failed: None,
             scratch: Vec::new(),
             barriers: 0,
+            unbarriered_writes: 0,
         };
         log.mem.write(0, &[0u8; DLOG_HDR_LEN]);
         log.write_header();
@@ -350,6 +353,7 @@ impl DurableLog {
             return Err(e);
         }
         self.barriers += 1;
+        self.unbarriered_writes = 0;
         self.durable_lsn = self.appended_lsn;
         if let Some(p) = self.hdr_pending.take() {
             self.hdr_seq += 1;
@@ -402,6 +406,7 @@ impl DurableLog {
         let lsn = self.tail.lsn;
         self.put_record(DLOG_KIND_WRITE, len as u32, payload, &mut rec);
         self.scratch = rec;
+        self.unbarriered_writes += 1;
         match self.marks.back_mut() {
             Some((g, end)) if *g == gen => *end = self.tail,
             _ => self.marks.push_back((gen, self.tail)),

@@ -198,15 +198,20 @@ impl<D: BlockDevice> Shard<D> {
         if !log.barrier_due() {
             return;
         }
+        let writes = log.unbarriered_writes;
         let t = std::time::Instant::now();
         let r = log.barrier();
         let ns = crate::persist::elapsed_ns(t);
         self.stats.durable_log_barriers += 1;
         self.stats.durable_log_barrier_ns_total += ns;
         self.stats.durable_log_barrier_ns_max = self.stats.durable_log_barrier_ns_max.max(ns);
-        if let Err(e) = r {
-            self.stats.durable_log_failed = Some(e.to_string());
-            self.durable_wanted = self.durable_wanted.max(active);
+        match r {
+            Ok(()) => self.stats.durable_log_writes += writes,
+            Err(e) => {
+                self.stats.durable_log_failed = Some(e.to_string());
+                self.stats.durable_cycle_writes += writes;
+                self.durable_wanted = self.durable_wanted.max(active);
+            }
         }
     }
 
