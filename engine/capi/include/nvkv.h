@@ -46,7 +46,7 @@
 #include <stdint.h>
 
 // Version of the ABI this header describes; `nvkv_abi_version()` returns the library's.
-#define NVKV_ABI_VERSION 1
+#define NVKV_ABI_VERSION 2
 
 // Largest key, in bytes.
 #define NVKV_MAX_KEY_LEN 1024
@@ -147,6 +147,17 @@ typedef enum nvkv_conflict {
   NVKV_CONFLICT_MERGE = 2,
 } nvkv_conflict;
 
+// Values of `nvkv_options.durable_log`: where durable writes are acknowledged from.
+typedef enum nvkv_durable_log {
+  // The persistence cycle: a durable write waits for its segment write and Flush.
+  NVKV_DURABLE_LOG_NONE = 0,
+  // A log in the NVMe controller's Persistent Memory Region (`NVKV_BACKEND_NVME` only).
+  NVKV_DURABLE_LOG_PMR = 1,
+  // A log in persistent memory mapped from `durable_log_path`: an NVDIMM's devdax device, a file
+  // on a DAX filesystem (mapped with `MAP_SYNC`), or any file (its barrier is `msync`).
+  NVKV_DURABLE_LOG_PMEM = 2,
+} nvkv_durable_log;
+
 // An asynchronous context (opaque).
 typedef struct nvkv_async nvkv_async;
 
@@ -202,6 +213,14 @@ typedef struct nvkv_options {
   void *merge_ctx;
   // Garbage collection runs while a shard's free fraction is below this (default 0.25).
   double gc_free_low;
+  // One of `nvkv_durable_log` (default none). A database opened with a durable log must be
+  // reopened with it after a crash (`NVKV_DURABLE_LOG` otherwise); after `nvkv_close` it opens
+  // without it.
+  uint32_t durable_log;
+  // `NVKV_DURABLE_LOG_PMEM`: the path, NUL-terminated.
+  const char *durable_log_path;
+  // Bytes of the durable-log device per shard (0: an equal share of the whole device).
+  uint64_t durable_log_bytes;
 } nvkv_options;
 
 // Version and timestamp of a stored value. Versions start at 1 and are never reused.
@@ -263,6 +282,20 @@ typedef struct nvkv_stats {
   uint64_t queue_depth;
   // Writes waiting for durability.
   uint64_t durable_waiters;
+  // Whether a durable log is attached (durable writes are acknowledged by its records).
+  bool durable_log_attached;
+  // Whether it failed (a barrier failed: durable writes take the cycle path since).
+  bool durable_log_failed;
+  // Durable writes acknowledged by their durable-log record.
+  uint64_t durable_log_writes;
+  // Durable writes acknowledged by a persistence cycle (no log, log full or failed, too large).
+  uint64_t durable_cycle_writes;
+  // Durable-log barriers, and their total time in nanoseconds.
+  uint64_t durable_log_barriers;
+  uint64_t durable_log_barrier_ns;
+  // Bytes of unretired durable-log records, and the log's capacity.
+  uint64_t durable_log_used_bytes;
+  uint64_t durable_log_capacity;
 } nvkv_stats;
 
 // What an asynchronous request's callback receives. Pointers in it are valid during the callback only.

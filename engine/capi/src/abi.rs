@@ -21,7 +21,7 @@ use crate::handles::{self, Object};
 use crate::ops::{self, AsyncState, BackendSpec, Done, IterState};
 
 /// Version of the ABI this header describes; `nvkv_abi_version()` returns the library's.
-pub const NVKV_ABI_VERSION: u32 = 1;
+pub const NVKV_ABI_VERSION: u32 = 2;
 /// Largest key, in bytes.
 pub const NVKV_MAX_KEY_LEN: usize = 1024;
 /// Largest value, in bytes (a database with small write buffers has a lower limit).
@@ -71,6 +71,19 @@ pub enum nvkv_backend {
     /// An NVMe controller bound to vfio-pci, driven by nvkv's userspace driver: `path` is its PCI address
     /// ("0000:01:00.0"), `nsid` the namespace (0: 1). Needs root (or access to /dev/vfio) and memlock.
     NVKV_BACKEND_NVME = 2,
+}
+
+/// Values of `nvkv_options.durable_log`: where durable writes are acknowledged from.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub enum nvkv_durable_log {
+    /// The persistence cycle: a durable write waits for its segment write and Flush.
+    NVKV_DURABLE_LOG_NONE = 0,
+    /// A log in the NVMe controller's Persistent Memory Region (`NVKV_BACKEND_NVME` only).
+    NVKV_DURABLE_LOG_PMR = 1,
+    /// A log in persistent memory mapped from `durable_log_path`: an NVDIMM's devdax device, a file
+    /// on a DAX filesystem (mapped with `MAP_SYNC`), or any file (its barrier is `msync`).
+    NVKV_DURABLE_LOG_PMEM = 2,
 }
 
 /// Values of `nvkv_options.conflict`: what a put does when the key exists.
@@ -137,6 +150,14 @@ pub struct nvkv_options {
     pub merge_ctx: *mut c_void,
     /// Garbage collection runs while a shard's free fraction is below this (default 0.25).
     pub gc_free_low: f64,
+    /// One of `nvkv_durable_log` (default none). A database opened with a durable log must be
+    /// reopened with it after a crash (`NVKV_DURABLE_LOG` otherwise); after `nvkv_close` it opens
+    /// without it.
+    pub durable_log: u32,
+    /// `NVKV_DURABLE_LOG_PMEM`: the path, NUL-terminated.
+    pub durable_log_path: *const c_char,
+    /// Bytes of the durable-log device per shard (0: an equal share of the whole device).
+    pub durable_log_bytes: u64,
 }
 
 /// Options of one write.
@@ -206,6 +227,20 @@ pub struct nvkv_stats {
     pub queue_depth: u64,
     /// Writes waiting for durability.
     pub durable_waiters: u64,
+    /// Whether a durable log is attached (durable writes are acknowledged by its records).
+    pub durable_log_attached: bool,
+    /// Whether it failed (a barrier failed: durable writes take the cycle path since).
+    pub durable_log_failed: bool,
+    /// Durable writes acknowledged by their durable-log record.
+    pub durable_log_writes: u64,
+    /// Durable writes acknowledged by a persistence cycle (no log, log full or failed, too large).
+    pub durable_cycle_writes: u64,
+    /// Durable-log barriers, and their total time in nanoseconds.
+    pub durable_log_barriers: u64,
+    pub durable_log_barrier_ns: u64,
+    /// Bytes of unretired durable-log records, and the log's capacity.
+    pub durable_log_used_bytes: u64,
+    pub durable_log_capacity: u64,
 }
 
 /// What an asynchronous request's callback receives. Pointers in it are valid during the callback only.
@@ -372,6 +407,14 @@ fn stats(s: &ShardStats) -> nvkv_stats {
         buffer_bytes_saved: s.buffer_bytes_saved,
         queue_depth: s.queue_depth,
         durable_waiters: s.durable_waiters,
+        durable_log_attached: s.durable_log.is_some(),
+        durable_log_failed: s.durable_log_failed.is_some(),
+        durable_log_writes: s.durable_log_writes,
+        durable_cycle_writes: s.durable_cycle_writes,
+        durable_log_barriers: s.durable_log_barriers,
+        durable_log_barrier_ns: s.durable_log_barrier_ns_total,
+        durable_log_used_bytes: s.durable_log_used_bytes,
+        durable_log_capacity: s.durable_log_capacity,
     }
 }
 
@@ -434,6 +477,9 @@ impl Default for nvkv_options {
             merge: None,
             merge_ctx: std::ptr::null_mut(),
             gc_free_low: 0.25,
+            durable_log: nvkv_durable_log::NVKV_DURABLE_LOG_NONE as u32,
+            durable_log_path: std::ptr::null(),
+            durable_log_bytes: 0,
         }
     }
 }
@@ -566,6 +612,21 @@ pub unsafe extern "C" fn nvkv_open(
             }
             c => return Err(CapiError::Invalid(format!("unknown conflict strategy {c}"))),
         };
+        let durable_log = match o.durable_log {
+            0 => engine::DurableLogDevice::None,
+            1 => engine::DurableLogDevice::Pmr,
+            2 => {
+                // SAFETY: as for `path`: NULL is refused, else a NUL-terminated string.
+                let p = unsafe { c_path(o.durable_log_path) }
+                    .map_err(|_| CapiError::Null("opts->durable_log_path"))?;
+                engine::DurableLogDevice::Pmem(PathBuf::from(std::ffi::OsStr::from_bytes(
+                    p.to_bytes(),
+                )))
+            }
+            d => return Err(CapiError::Invalid(format!("unknown durable log {d}"))),
+        };
+        let durable_log_bytes = usize::try_from(o.durable_log_bytes)
+            .map_err(|_| CapiError::Invalid("durable_log_bytes too large".into()))?;
         if !(0.0..1.0).contains(&o.gc_free_low) {
             return Err(CapiError::Invalid(format!(
                 "gc_free_low {} (0 <= x < 1)",
@@ -591,6 +652,8 @@ pub unsafe extern "C" fn nvkv_open(
             x.pin_threads = o.flags & NVKV_OPEN_PIN_THREADS != 0;
             x.busy_poll = o.flags & NVKV_OPEN_BUSY_POLL != 0;
             x.gc_free_low = o.gc_free_low;
+            x.durable_log = durable_log;
+            x.durable_log_bytes = durable_log_bytes;
         })?;
         let token = handles::insert(Object::Db(Arc::new(obj)))?;
         // SAFETY: checked by `out`.

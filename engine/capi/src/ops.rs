@@ -187,6 +187,14 @@ pub fn total(all: &[ShardStats]) -> ShardStats {
         t.buffer_bytes_saved += s.buffer_bytes_saved;
         t.queue_depth += s.queue_depth;
         t.durable_waiters += s.durable_waiters;
+        t.durable_log = t.durable_log.or(s.durable_log);
+        t.durable_log_failed = t.durable_log_failed.take().or(s.durable_log_failed.clone());
+        t.durable_log_writes += s.durable_log_writes;
+        t.durable_cycle_writes += s.durable_cycle_writes;
+        t.durable_log_barriers += s.durable_log_barriers;
+        t.durable_log_barrier_ns_total += s.durable_log_barrier_ns_total;
+        t.durable_log_used_bytes += s.durable_log_used_bytes;
+        t.durable_log_capacity += s.durable_log_capacity;
     }
     t
 }

@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use nvkv::bdev::{BlockDevice, DeviceFactory, FileDisk, NvmeFactory};
-use nvkv::{Db, Options};
+use nvkv::{Db, DurableLogDevice, Options};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,6 +29,15 @@ struct Cli {
     /// Shards (fixed when the database is formatted).
     #[arg(long, default_value_t = 1)]
     shards: usize,
+    /// Where durable writes are acknowledged from: `none` (the persistence cycle), `pmr` (the NVMe
+    /// controller's Persistent Memory Region) or the path of persistent memory (an NVDIMM's
+    /// /dev/daxN.M, a file on a DAX filesystem). A database used with a log must be opened with it
+    /// after a crash.
+    #[arg(long, default_value = "none")]
+    durable_log: String,
+    /// Bytes of the durable-log device per shard (e.g. 4M; default: an equal share).
+    #[arg(long, value_parser = parse_size)]
+    durable_log_size: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -106,6 +115,12 @@ impl Cli {
         let mut o = Options::file("/dev/null", None);
         o.shards = self.shards.max(1);
         o.create = create;
+        o.durable_log = match self.durable_log.as_str() {
+            "none" => DurableLogDevice::None,
+            "pmr" => DurableLogDevice::Pmr,
+            path => DurableLogDevice::Pmem(path.into()),
+        };
+        o.durable_log_bytes = self.durable_log_size.unwrap_or(0) as usize;
         o
     }
 }
@@ -116,6 +131,24 @@ fn open(dev: &Device, opts: Options) -> Result<Db> {
         Device::File(f) => Db::open_with(opts, f.clone()),
     };
     r.map_err(|e| anyhow!("opening the database: {e}"))
+}
+
+/// Which path durable writes take, in words.
+fn durable_path(s: &nvkv::ShardStats) -> String {
+    match (s.durable_log, &s.durable_log_failed) {
+        (_, Some(why)) => format!("persistence cycle (the durable log failed: {why})"),
+        (Some(kind), None) => format!(
+            "durable log ({kind}, {} of {} bytes in use); {} acknowledged by it, {} by a cycle",
+            s.durable_log_used_bytes,
+            s.durable_log_capacity,
+            s.durable_log_writes,
+            s.durable_cycle_writes
+        ),
+        (None, None) => {
+            "persistence cycle (segment write, then Flush when the device has a volatile cache)"
+                .into()
+        }
+    }
 }
 
 /// Zeroes every block with Write Zeroes, in pieces, waiting for each.
@@ -239,6 +272,7 @@ fn run() -> Result<()> {
                     "shard {}: {} keys, {} live bytes, {} dead bytes, {} free blocks in {} extents, {} segments",
                     s.shard, s.keys, s.live_bytes, s.dead_bytes, s.free_blocks, s.free_extents, s.segments
                 );
+                println!("shard {}: durable writes: {}", s.shard, durable_path(&s));
             }
         }
         Cmd::Check => {
