@@ -5,6 +5,9 @@ use crate::{io_err, Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The NVDIMM made a device-DAX device (`/dev/daxX.Y`) through sysfs: see [`crate::nvdimm::devdax`].
+pub use crate::nvdimm::{devdax as nvdimm_devdax, DevDax};
+
 const PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
 /// True when running inside the nvkv test VM (its `/init` exports this).

@@ -44,6 +44,40 @@ pub fn host_test(name: &str, f: impl FnOnce() -> Result<(), String>) {
     }
 }
 
+/// Sends SIGKILL to the QEMU processes this process started (children whose command name starts
+/// with `qemu-system`, found by parent pid in `/proc`): a kill by process id, never by a name
+/// pattern that could hit another user's QEMU. Returns how many were signalled.
+pub fn kill_own_qemu() -> usize {
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in procs.flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // "pid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if comm.starts_with("qemu-system") && ppid == Some(me.as_str()) {
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", &pid])
+                .status()
+                .is_ok_and(|s| s.success());
+            n += usize::from(killed);
+        }
+    }
+    n
+}
+
 /// Per key: the last acknowledged state (None: absent) and what was tried after it.
 pub type Model = BTreeMap<u64, (Option<u64>, Vec<Option<u64>>)>;
 

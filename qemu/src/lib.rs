@@ -6,6 +6,7 @@
 //! - [`initramfs`]: the `newc` cpio writer and the content-addressed initramfs cache.
 //! - [`vm`]: the QEMU command line, the NVMe controller configuration, boot, timeout, output framing.
 //! - [`guest`]: helpers for code running *inside* the guest (find controllers, bind drivers).
+//! - [`nvdimm`]: an emulated NVDIMM (host arguments) and making it a devdax device in the guest.
 //! - [`monitor`]: QEMU's QMP monitor from the host (hot-removal with `device_del`).
 //! - [`kill`]: stacked `kill -9` rounds of QEMU, checked against a model of acknowledged writes.
 //! - [`suite`]: a tiny harness that lets one test binary boot a VM carrying itself and run its tests there.
@@ -15,6 +16,7 @@ pub mod host;
 pub mod initramfs;
 pub mod kill;
 pub mod monitor;
+pub mod nvdimm;
 pub mod suite;
 pub mod vm;
 

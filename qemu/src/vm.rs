@@ -2,6 +2,7 @@
 
 use crate::host::{self, Kernel};
 use crate::initramfs::{self, Archive};
+use crate::nvdimm::{self, Nvdimm};
 use crate::{io_err, Error, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -180,6 +181,7 @@ pub struct VmBuilder {
     expect_power_off: bool,
     extra_modules: Vec<String>,
     qmp: Option<PathBuf>,
+    nvdimm: Option<Nvdimm>,
 }
 
 /// Called with every console line as it arrives (for progress reports).
@@ -231,6 +233,7 @@ impl Vm {
             expect_power_off: false,
             extra_modules: Vec::new(),
             qmp: None,
+            nvdimm: None,
         }
     }
 }
@@ -337,6 +340,17 @@ impl VmBuilder {
         self
     }
 
+    /// An NVDIMM of `size` bytes (a multiple of 2 MiB, at least 16 MiB) backed by `host_file` (created
+    /// sparse or extended when smaller), with its guest modules ([`nvdimm::MODULES`]) loaded at boot;
+    /// in the guest, [`nvdimm::devdax`] makes it `/dev/daxX.Y`. See [`crate::nvdimm`].
+    pub fn nvdimm(mut self, host_file: impl Into<PathBuf>, size: u64) -> Self {
+        self.nvdimm = Some(Nvdimm {
+            file: host_file.into(),
+            size,
+        });
+        self
+    }
+
     /// The PCI address the guest sees for controller `index`: `0000:00:{0x10+i}.0`, or for a hot-pluggable one
     /// `0000:BB:00.0` on its root port's bus (the ports get buses 1, 2, ... in order).
     pub fn guest_address(&self, index: usize) -> String {
@@ -422,7 +436,12 @@ impl VmBuilder {
             };
             mods.push((m.to_string(), args));
         }
-        for m in &self.extra_modules {
+        let nvdimm_modules = self.nvdimm.as_ref().map_or(&[][..], |_| nvdimm::MODULES);
+        for m in nvdimm_modules
+            .iter()
+            .copied()
+            .chain(self.extra_modules.iter().map(|m| m.as_str()))
+        {
             let p = kernel.module(m)?;
             a.add_host_file(&p, &format!("/lib/modules/nvkv/{m}.ko"))?;
             mods.push((m.to_string(), String::new()));
@@ -453,13 +472,18 @@ impl VmBuilder {
         if let Some(b) = self.aw_bits {
             iommu += &format!(",aw-bits={b}");
         }
+        let (machine_nvdimm, mem, nvdimm_args) = match &self.nvdimm {
+            Some(n) => n.qemu_args(self.mem_mib)?,
+            None => ("", self.mem_mib.to_string(), Vec::new()),
+        };
+        let machine = format!("q35,kernel-irqchip=split{machine_nvdimm}");
         for a in [
             "-accel",
             accel,
             "-cpu",
             "max",
             "-machine",
-            "q35,kernel-irqchip=split",
+            &machine,
             "-nographic",
             "-no-reboot",
             "-nodefaults",
@@ -470,12 +494,8 @@ impl VmBuilder {
             args.push(a.into());
         }
         args.push(iommu);
-        args.extend([
-            "-m".into(),
-            self.mem_mib.to_string(),
-            "-smp".into(),
-            self.cpus.to_string(),
-        ]);
+        args.extend(["-m".into(), mem, "-smp".into(), self.cpus.to_string()]);
+        args.extend(nvdimm_args);
         args.extend(["-kernel".into(), kernel.image.display().to_string()]);
         args.extend(["-initrd".into(), initrd.display().to_string()]);
         let append = format!(

@@ -3,7 +3,7 @@
 //! The durable log (`durable_log`) writes to one of these per shard. Implementations:
 //! - [`MemPmem`]: ordinary memory with a crash model (tests, the fault simulator): what a barrier
 //!   covered survives a simulated crash, later stores survive in part, at 8-byte granularity.
-//! - `mapped::MappedPmem`: a mapping of a persistent-memory file or device (NVDIMM devdax, an fsdax
+//! - [`MappedPmem`]: a mapping of a persistent-memory file or device (NVDIMM devdax, an fsdax
 //!   file mapped with `MAP_SYNC`, or an ordinary file whose barrier is `msync`).
 //! - `pmr::PmrPmem`: a slice of an NVMe controller's Persistent Memory Region (BAR 4 through VFIO), its
 //!   barrier the one PMRCAP.PMRWBM advertises.
@@ -11,8 +11,10 @@
 //! A region is owned by one shard thread (`Send`, not `Sync`); regions handed to different shards never
 //! overlap.
 
+pub mod mapped;
 pub mod memory;
 
+pub use mapped::{FlushInsn, MapKind, MappedPmem};
 pub use memory::{MemPmem, MemPmemImage};
 
 /// Opens the persistent memory at `path` and cuts it into `count` regions of `bytes` each (0: equal
