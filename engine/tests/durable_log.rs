@@ -205,3 +205,42 @@ fn a_region_too_small_is_refused_by_name() {
     let e = Db::open(opts(disk, Some(&log))).expect_err("tiny region");
     assert!(matches!(e, Error::DurableLog(_)), "{e}");
 }
+
+#[test]
+fn a_mapped_file_holds_the_log_across_a_process_crash() {
+    // A process killed at any moment leaves its mapping's stores in the page cache: a copy of the
+    // file (and of the disk) taken while the database runs is what a restart finds.
+    let dir = std::env::temp_dir().join(format!("nvkv-dlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("pmem");
+    std::fs::write(&path, vec![0u8; 2 << 20]).expect("pmem file");
+    let disk = MemDisk::new(BS, BLOCKS);
+    let mut o = opts(disk.clone(), None);
+    o.durable_log = DurableLogDevice::Pmem(path.clone());
+    let db = Db::open(o).expect("open");
+    for i in 0..300 {
+        db.put_opts(&key(i), &value(i), DURABLE).expect("put");
+    }
+    let stats = db.stats().expect("stats");
+    assert_eq!(stats[0].durable_log, Some("file (msync)"));
+    assert_eq!(stats.iter().map(|s| s.durable_log_writes).sum::<u64>(), 300);
+    let copy = dir.join("pmem.copy");
+    std::fs::copy(&path, &copy).expect("copy");
+    let d2 = MemDisk::from_image(BS, &disk.image());
+    drop(db);
+    let mut o = opts(d2, None);
+    o.durable_log = DurableLogDevice::Pmem(copy);
+    let db = Db::open(o).expect("reopen");
+    for i in 0..300 {
+        assert_eq!(db.get(&key(i)).expect("get"), Some(value(i)), "key {i}");
+    }
+    db.close().expect("close");
+    let e = Db::open({
+        let mut o = opts(MemDisk::new(BS, BLOCKS), None);
+        o.durable_log = DurableLogDevice::Pmem(dir.join("missing"));
+        o
+    })
+    .expect_err("a missing pmem path");
+    assert!(matches!(e, Error::DurableLog(_)), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,18 +18,25 @@ pub use mapped::{FlushInsn, MapKind, MappedPmem};
 pub use memory::{MemPmem, MemPmemImage};
 
 /// Opens the persistent memory at `path` and cuts it into `count` regions of `bytes` each (0: equal
-/// shares).
+/// shares, rounded down to 4 KiB).
 pub(crate) fn open_mapped(
     path: &std::path::Path,
     count: usize,
     bytes: usize,
 ) -> Result<Vec<Box<dyn PersistentMemory>>, crate::Error> {
-    // Filled in by the mapped-memory backend.
-    let _ = (count, bytes);
-    Err(crate::Error::DurableLog(format!(
-        "{}: persistent-memory mappings are not supported by this build yet",
-        path.display()
-    )))
+    let fail = |e: PmemError| crate::Error::DurableLog(e.to_string());
+    let whole = MappedPmem::open_whole(path).map_err(fail)?;
+    let each = if bytes == 0 {
+        whole.len() / count.max(1) / 4096 * 4096
+    } else {
+        bytes
+    };
+    Ok(whole
+        .split(count, each)
+        .map_err(fail)?
+        .into_iter()
+        .map(|r| Box::new(r) as Box<dyn PersistentMemory>)
+        .collect())
 }
 
 /// Why a persistent-memory operation failed.
