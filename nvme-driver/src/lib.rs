@@ -6,7 +6,8 @@
 //! back in its [`Completion`].
 //!
 //! Modules follow the spec's concepts: [`spec`] (registers and structures), [`status`] (status codes),
-//! [`vfio`], [`dma`], [`mmio`], [`controller`], [`queue`], [`namespace`].
+//! [`vfio`], [`dma`], [`mmio`], [`controller`], [`queue`], [`namespace`], [`pmr`] (the Persistent Memory
+//! Region: [`Controller::pmr`]).
 
 pub mod controller;
 pub mod dma;
@@ -16,6 +17,7 @@ pub mod health;
 pub mod loopback;
 pub mod mmio;
 pub mod namespace;
+pub mod pmr;
 pub mod queue;
 pub mod spec;
 pub mod status;
@@ -26,5 +28,6 @@ pub use dma::{DmaBuf, Iommu};
 pub use error::{Error, IoError, Result, SubmitError, SubmitErrorKind};
 pub use health::DeathCause;
 pub use namespace::Namespace;
+pub use pmr::{Pmr, PmrError, PmrSlice};
 pub use queue::{Completion, QueueConfig, QueuePair, QueueStats};
 pub use status::NvmeStatus;

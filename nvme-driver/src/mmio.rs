@@ -1,6 +1,7 @@
-//! Memory-mapped controller registers (BAR0). Every access is a volatile 32-bit load or store: each store to a
-//! doorbell is a trap into the device model under emulation and a posted PCIe write on hardware, so the
-//! queue code counts them.
+//! Memory-mapped controller registers (BAR0) and memory BARs (the PMR). Every register access is a volatile
+//! 32-bit load or store: each store to a doorbell is a trap into the device model under emulation and a posted
+//! PCIe write on hardware, so the queue code counts them. Memory BARs are copied to and from with volatile
+//! 64-bit words ([`Bar::write_bytes`], [`Bar::read_bytes`]).
 
 use std::ptr::NonNull;
 
@@ -87,6 +88,75 @@ impl Bar {
         self.write32(off + 4, (v >> 32) as u32);
     }
 
+    /// The window's range `off..off + len`, checked: panics like a slice index when it is outside.
+    #[inline]
+    fn span(&self, off: usize, len: usize) -> *mut u8 {
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => {}
+            _ => panic!(
+                "range {off:#x}+{len:#x} outside the mapped window of {:#x} bytes",
+                self.len
+            ),
+        }
+        // SAFETY: off + len <= self.len was checked just above, so the pointer stays inside the mapping.
+        unsafe { self.base.as_ptr().add(off) }
+    }
+
+    /// Copies `src` into the window at `off` with volatile stores (memory BARs such as a PMR): single bytes up
+    /// to the first 8-byte aligned address, then aligned 64-bit words, then single bytes. Panics when the
+    /// range is outside the window.
+    pub fn write_bytes(&self, off: usize, src: &[u8]) {
+        let p = self.span(off, src.len());
+        let head = p.align_offset(8).min(src.len());
+        let (bytes, rest) = src.split_at(head);
+        for (i, &b) in bytes.iter().enumerate() {
+            // SAFETY: i < head <= src.len(), inside the span checked by span().
+            unsafe { p.add(i).write_volatile(b) };
+        }
+        let words = rest.chunks_exact(8);
+        let tail = words.remainder();
+        let mut at = head;
+        for w in words {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(w);
+            // SAFETY: at..at + 8 is inside the checked span and p + at is 8-byte aligned (p + head is).
+            unsafe {
+                p.add(at)
+                    .cast::<u64>()
+                    .write_volatile(u64::from_ne_bytes(v))
+            };
+            at += 8;
+        }
+        for (i, &b) in tail.iter().enumerate() {
+            // SAFETY: at + i < src.len(), inside the checked span.
+            unsafe { p.add(at + i).write_volatile(b) };
+        }
+    }
+
+    /// Copies `dst.len()` bytes of the window at `off` into `dst` with volatile loads, shaped as
+    /// [`Bar::write_bytes`]'s stores. Panics when the range is outside the window.
+    pub fn read_bytes(&self, off: usize, dst: &mut [u8]) {
+        let p = self.span(off, dst.len()).cast_const();
+        let head = p.align_offset(8).min(dst.len());
+        let (bytes, rest) = dst.split_at_mut(head);
+        for (i, b) in bytes.iter_mut().enumerate() {
+            // SAFETY: i < head <= dst.len(), inside the span checked by span().
+            *b = unsafe { p.add(i).read_volatile() };
+        }
+        let mut at = head;
+        let mut words = rest.chunks_exact_mut(8);
+        for w in &mut words {
+            // SAFETY: at..at + 8 is inside the checked span and p + at is 8-byte aligned (p + head is).
+            let v = unsafe { p.add(at).cast::<u64>().read_volatile() };
+            w.copy_from_slice(&v.to_ne_bytes());
+            at += 8;
+        }
+        for (i, b) in words.into_remainder().iter_mut().enumerate() {
+            // SAFETY: at + i < dst.len(), inside the checked span.
+            *b = unsafe { p.add(at + i).read_volatile() };
+        }
+    }
+
     /// Replaces a BAR mapping by ordinary memory that reads all ones, at the same address, so that the device's
     /// file can be closed (the kernel waits for that to finish a hot-removal) while queue pairs may still
     /// hold doorbell pointers into the window: their writes then land in that memory, and every register
@@ -145,5 +215,53 @@ impl Doorbell {
     pub(crate) fn write(&self, v: u32) {
         // SAFETY: the pointer was bounds-checked by Bar::doorbell and the Bar outlives the queue pair.
         unsafe { self.0.write_volatile(v) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bar;
+    use crate::dma::Iommu;
+
+    fn window(len: usize) -> Bar {
+        Bar::from_memory(Iommu::identity().alloc(len).expect("memory")).expect("non-null")
+    }
+
+    #[test]
+    fn byte_copies_round_trip_at_every_alignment_and_length() {
+        let w = window(4096);
+        let data: Vec<u8> = (0..200u32).map(|i| (i * 7 + 3) as u8).collect();
+        for off in 0..17 {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 64, 129, 200] {
+                w.write_bytes(0, &[0xee; 256]);
+                w.write_bytes(off, &data[..len]);
+                let mut back = vec![0u8; len];
+                w.read_bytes(off, &mut back);
+                assert_eq!(back, data[..len], "off {off} len {len}");
+                // Nothing outside the range was touched.
+                let mut around = [0u8; 256];
+                w.read_bytes(0, &mut around);
+                assert!(
+                    around[..off].iter().all(|&b| b == 0xee),
+                    "before, off {off} len {len}"
+                );
+                assert!(
+                    around[off + len..].iter().all(|&b| b == 0xee),
+                    "after, off {off} len {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the mapped window")]
+    fn a_write_past_the_end_panics() {
+        window(4096).write_bytes(4090, &[0; 7]);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the mapped window")]
+    fn an_overflowing_range_panics() {
+        window(4096).read_bytes(usize::MAX, &mut [0; 2]);
     }
 }

@@ -16,6 +16,10 @@ pub mod reg {
     pub const PMRCAP: usize = 0xE00;
     pub const PMRCTL: usize = 0xE04;
     pub const PMRSTS: usize = 0xE08;
+    pub const PMREBS: usize = 0xE0C;
+    pub const PMRSWTP: usize = 0xE10;
+    pub const PMRMSCL: usize = 0xE14;
+    pub const PMRMSCU: usize = 0xE18;
     /// First doorbell (SQ 0 tail); doorbell `2*qid + is_cq` is at `DOORBELLS + n * (4 << CAP.DSTRD)`.
     pub const DOORBELLS: usize = 0x1000;
 }

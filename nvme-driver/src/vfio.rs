@@ -42,6 +42,8 @@ const VFIO_IOMMU_INFO_CAPS: u32 = 1 << 1;
 const VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: u16 = 1;
 const VFIO_DMA_MAP_FLAG_READ: u32 = 1;
 const VFIO_DMA_MAP_FLAG_WRITE: u32 = 2;
+const VFIO_REGION_INFO_FLAG_READ: u32 = 1;
+const VFIO_REGION_INFO_FLAG_WRITE: u32 = 2;
 const VFIO_REGION_INFO_FLAG_MMAP: u32 = 4;
 
 /// PCI region indexes of vfio-pci.
@@ -93,6 +95,16 @@ pub struct RegionInfo {
     cap_offset: u32,
     pub size: u64,
     pub offset: u64,
+}
+
+impl RegionInfo {
+    /// The region can be read, written and mmap'ed (`VFIO_REGION_INFO_FLAG_READ | WRITE | MMAP`), as a memory
+    /// BAR the driver maps must be.
+    pub fn mappable_rw(&self) -> bool {
+        let want =
+            VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | VFIO_REGION_INFO_FLAG_MMAP;
+        self.flags & want == want
+    }
 }
 
 /// `struct vfio_irq_set` with one eventfd as its data.

@@ -1,7 +1,9 @@
 //! One boot per test binary: a test target with `harness = false` calls [`main`] with its list of guest tests
 //! and the VM to run them in. On the host, [`main`] boots that VM carrying the test binary itself, runs it there
 //! (`NVKV_GUEST=1`), reads one framed line per test back from the console and reports each as libtest does.
-//! In the guest, [`main`] runs the tests and prints the framed lines.
+//! In the guest, [`main`] runs the tests and prints the framed lines. [`main_then`] adds [`HostCheck`]s that the
+//! host runs after the boot (on files the guest wrote through a device, or a boot of their own); guest lines
+//! written with [`note`] are shown on the host after the results.
 //!
 //! When the VM cannot run (no QEMU, no kernel), the suite fails. Outside CI, `NVKV_SKIP_VM=1` turns that into
 //! a loud skip for developers without the packages; with `CI=true` it never skips.
@@ -11,6 +13,15 @@ use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 const RESULT: &str = "@@NVKV-TEST ";
+const NOTE: &str = "@@NVKV-NOTE ";
+
+/// In a guest test: prints a line the host shows after the suite's results (figures, what the device did),
+/// without echoing the whole console.
+pub fn note(msg: &str) {
+    for line in msg.lines() {
+        println!("{NOTE}{line}");
+    }
+}
 
 /// A test that runs in the guest.
 pub type TestFn = fn() -> Result<(), Box<dyn std::error::Error>>;
@@ -32,36 +43,52 @@ pub struct GuestTest {
     pub run: TestFn,
 }
 
+/// A check that runs on the host after the VM has powered off: on what the guest left behind (files
+/// behind a device, say), or a boot of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct HostCheck {
+    pub name: &'static str,
+    pub run: fn() -> Result<(), String>,
+}
+
 /// Host or guest entry point of a VM test binary. Never returns.
 pub fn main(tests: &[GuestTest], vm: impl FnOnce() -> VmBuilder) -> ! {
+    main_then(tests, vm, &[])
+}
+
+/// As [`main`], and on the host, once the guest tests have run, the host checks `after` (selected by the same
+/// name filter), reported as tests.
+pub fn main_then(tests: &[GuestTest], vm: impl FnOnce() -> VmBuilder, after: &[HostCheck]) -> ! {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
-        for t in tests {
-            println!("{}: test", t.name);
+        for name in tests
+            .iter()
+            .map(|t| t.name)
+            .chain(after.iter().map(|c| c.name))
+        {
+            println!("{name}: test");
         }
         std::process::exit(0);
     }
     // Positional arguments are name filters, as with libtest; flags (--nocapture, --test-threads ...) are ignored.
     let exact = args.iter().any(|a| a == "--exact");
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let selected: Vec<GuestTest> = tests
-        .iter()
-        .filter(|t| {
-            filters.is_empty()
-                || filters.iter().any(|f| {
-                    if exact {
-                        t.name == f.as_str()
-                    } else {
-                        t.name.contains(f.as_str())
-                    }
-                })
-        })
-        .copied()
-        .collect();
+    let wanted = |name: &str| {
+        filters.is_empty()
+            || filters.iter().any(|f| {
+                if exact {
+                    name == f.as_str()
+                } else {
+                    name.contains(f.as_str())
+                }
+            })
+    };
+    let selected: Vec<GuestTest> = tests.iter().filter(|t| wanted(t.name)).copied().collect();
+    let checks: Vec<HostCheck> = after.iter().filter(|c| wanted(c.name)).copied().collect();
     if crate::guest::in_guest() {
         run_in_guest(&selected)
     } else {
-        run_on_host(&selected, vm)
+        run_on_host(&selected, vm, &checks)
     }
 }
 
@@ -89,7 +116,7 @@ fn run_in_guest(tests: &[GuestTest]) -> ! {
     std::process::exit(0)
 }
 
-fn run_on_host(tests: &[GuestTest], vm: impl FnOnce() -> VmBuilder) -> ! {
+fn run_on_host(tests: &[GuestTest], vm: impl FnOnce() -> VmBuilder, checks: &[HostCheck]) -> ! {
     if tests.is_empty() {
         println!("\nrunning 0 tests (none matched the filter; no VM booted)\n");
         std::process::exit(0);
@@ -161,6 +188,24 @@ fn run_on_host(tests: &[GuestTest], vm: impl FnOnce() -> VmBuilder) -> ! {
             }
         }
     }
+    for c in checks {
+        match (c.run)() {
+            Ok(()) => println!("test {} ... ok (on the host, after the boot)", c.name),
+            Err(msg) => {
+                println!("test {} ... FAILED (on the host, after the boot)", c.name);
+                failed.push((c.name, msg));
+            }
+        }
+    }
+    let notes: Vec<&str> = out
+        .console
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix(NOTE))
+        .collect();
+    if !notes.is_empty() {
+        println!("\nnotes from the guest:\n  {}", notes.join("\n  "));
+    }
+    let total = tests.len() + checks.len();
     println!(
         "\nVM: boot {:.1} s, total {:.1} s, guest exit status {}{}",
         out.boot_time.as_secs_f64(),
@@ -184,12 +229,12 @@ fn run_on_host(tests: &[GuestTest], vm: impl FnOnce() -> VmBuilder) -> ! {
         );
         println!(
             "\ntest result: FAILED. {} passed; {} failed",
-            tests.len() - failed.len(),
+            total - failed.len(),
             failed.len()
         );
         std::process::exit(101);
     }
-    println!("\ntest result: ok. {} passed; 0 failed\n", tests.len());
+    println!("\ntest result: ok. {total} passed; 0 failed\n");
     std::process::exit(0)
 }
 

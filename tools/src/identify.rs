@@ -82,6 +82,8 @@ pub struct Report {
     pub address: String,
     pub controller: IdCtrl,
     pub namespaces: Vec<IdNs>,
+    /// The PMR registers (raw, with `nvme show-regs -o json`'s names); null when CAP.PMRS is clear.
+    pub pmr: Option<crate::pmr::PmrRegs>,
 }
 
 /// Bytes up to the first NUL, as nvme-cli's `"%-.*s"` prints them (trailing spaces kept).

@@ -3,7 +3,7 @@
 //!
 //! | controller | address | set-up |
 //! | --- | --- | --- |
-//! | K | 0000:00:10.0 | serial NVKV-TOOLS-K, on the kernel nvme driver at boot; ns 1: 16 MiB file, 4 KiB LBAs; ns 2: 32 MiB file, 512 B LBAs (swap and a minix file system go there: minix needs 1 KiB blocks) |
+//! | K | 0000:00:10.0 | serial NVKV-TOOLS-K, on the kernel nvme driver at boot; 16 MiB PMR (a file beside the images); ns 1: 16 MiB file, 4 KiB LBAs; ns 2: 32 MiB file, 512 B LBAs (swap and a minix file system go there: minix needs 1 KiB blocks) |
 //! | V | 0000:00:11.0 | serial NVKV-TOOLS-V, on vfio-pci at boot; ns 1: 16 MiB null-co, 4 KiB LBAs |
 //! | D | 0000:00:12.0 | serial NVKV-TOOLS-D, on vfio-pci at boot; ns 1: 64 MiB file, 4 KiB LBAs (the `nvkv` shell's database) |
 //!
@@ -87,6 +87,7 @@ fn main() {
             .controller(
                 NvmeController::new("NVKV-TOOLS-K")
                     .bind(Bind::Kernel)
+                    .pmr(dir.join("k.pmr"), 16 << 20)
                     .namespace(NvmeNamespace::file(dir.join("k1.img"), 16 << 20, 4096))
                     .namespace(NvmeNamespace::file(dir.join("k2.img"), 32 << 20, 512)),
             )
@@ -638,6 +639,10 @@ const CTRL_FIELDS: &[&str] = &[
     "acl", "aerl", "frmw", "lpa", "elpe", "npss", "sqes", "cqes", "maxcmd", "nn", "oncs", "fuses",
     "fna", "vwc", "awun", "awupf", "sgls", "subnqn",
 ];
+/// Fields of `nvme show-regs -o json` that nvkv-identify prints under "pmr", in register order.
+const PMR_FIELDS: &[&str] = &[
+    "pmrcap", "pmrctl", "pmrsts", "pmrebs", "pmrswtp", "pmrmscl", "pmrmscu",
+];
 /// Fields of `nvme id-ns -o json` that nvkv-identify prints (lbafs compared entry by entry).
 const NS_FIELDS: &[&str] = &[
     "nsze", "ncap", "nuse", "nsfeat", "nlbaf", "flbas", "mc", "dpc", "dps", "nmic", "dlfeat",
@@ -677,6 +682,25 @@ fn identify_json_matches_nvme_cli() -> R {
         let ours = json(&run_ok("nvkv-identify", &[K, "--json"])?)?;
         check!(ours["address"] == K, "address: {}", ours["address"]);
         let mut diffs = compare("id-ctrl", &cli_ctrl, &ours["controller"], CTRL_FIELDS);
+        // K has QEMU's PMR, not enabled. nvme-cli cannot be the reference here: its `show-regs` mmaps
+        // resource0, which this guest kernel refuses while the nvme driver holds the BAR
+        // (CONFIG_IO_STRICT_DEVMEM=y); nvme-cli 2.3 then tries the fabrics get-property, fails with EINVAL
+        // and aborts ("double free"). So the raw values are checked against QEMU 7.2's `nvme_init_pmr`.
+        let pmr = &ours["pmr"];
+        let want = [0x0100_0898u32, 0, 0, 0, 0, 0, 0];
+        for (f, w) in PMR_FIELDS.iter().zip(want) {
+            if pmr[*f] != w {
+                diffs.push(format!("pmr.{f}: QEMU's {w:#x}, nvkv-identify {}", pmr[*f]));
+            }
+        }
+        let text = run_ok("nvkv-identify", &[K])?;
+        for want in [
+            "pmrcap  : 0x1000898",
+            "PMR time unit is 500 milliseconds",
+            "PMR is Disabled",
+        ] {
+            check!(text.contains(want), "{want:?} missing:\n{text}");
+        }
         check!(
             ours["controller"]["sn"]
                 .as_str()
@@ -734,6 +758,7 @@ fn identify_text_and_errors() -> R {
         "NVMe Identify Namespace 1:",
         "(in use)",
         "16.00 MiB",
+        "Persistent Memory Region: no PMR (CAP.PMRS = 0)",
     ] {
         check!(text.contains(want), "{want:?} missing:\n{text}");
     }
@@ -742,6 +767,7 @@ fn identify_text_and_errors() -> R {
         one["namespaces"].as_array().map(Vec::len) == Some(1),
         "--nsid 1: {one}"
     );
+    check!(one["pmr"].is_null(), "pmr without a PMR: {}", one["pmr"]);
     // A controller on the kernel driver: the error names it and the fix.
     let out = run("nvkv-identify", &[K])?;
     check!(!out.ok, "identify of a kernel-bound controller succeeded");

@@ -84,14 +84,19 @@ const ESCALATION_WAIT: Duration = Duration::from_secs(1);
 
 impl Shared {
     /// The kernel asked for the device back (VFIO's request notification: a hot-removal or an unbind). The
-    /// controller is dead from now on; the BAR mapping is replaced by memory that reads all ones (queue pairs may
-    /// still write doorbells into it) and the device is closed, so the kernel can finish the removal while the
-    /// application's handles live on and fail every command with `ControllerDead`.
+    /// controller is dead from now on; the BAR mappings (BAR0, the PMR's) are replaced by memory that reads all
+    /// ones (queue pairs may still write doorbells into it, PMR slices their data) and the device is closed,
+    /// so the kernel can finish the removal while the application's handles live on and fail every command
+    /// (and PMR barrier) with `ControllerDead`.
     pub(super) fn removed(&self) {
         self.health.mark_dead(DeathCause::Removed);
         // Under the admin lock: no admin command is in the middle of its register accesses.
         let _aq = lock(&self.admin);
         self.bar.retire();
+        // The PMR's mapping holds the device file too: retire it, or the kernel waits for the last slice.
+        if let Some(pmr) = lock(&self.pmr).upgrade() {
+            pmr.retire();
+        }
         drop(lock(&self.device).take());
     }
 

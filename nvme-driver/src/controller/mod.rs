@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::health::{DeathCause, Health};
 use crate::mmio::Bar;
 use crate::namespace::Namespace;
+use crate::pmr::{self, Pmr, PmrError, PmrRegisters};
 use crate::queue::{QueueConfig, QueueOwner, QueuePair, QueueParts};
 use crate::spec::{
     self, admin, cns, feature, reg, Cap, IdentifyController, IdentifyNamespace, SubmissionEntry,
@@ -19,7 +20,7 @@ use crate::vfio;
 use admin_queue::{config_dbbuf, enable, set_queue_count, shadow_slots_of, AdminQueue};
 use lifecycle::start_removal_watcher;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 /// Options for opening a controller.
@@ -104,6 +105,9 @@ pub(crate) struct Shared {
     opts: ControllerOptions,
     /// The VFIO device; closed early (taken) when the kernel asks for it back, see [`Shared::removed`].
     device: Mutex<Option<vfio::Device>>,
+    /// The PMR's mapping while a [`Pmr`] or slice of it lives: retired on a hot-removal as BAR0 is. Locked
+    /// before `device` (by [`Controller::pmr`] and by the removal).
+    pmr: Mutex<Weak<Bar>>,
     /// Tells the removal watcher thread to end (written on drop).
     watcher_stop: Option<OwnedFd>,
 }
@@ -265,6 +269,7 @@ impl Controller {
             granted,
             opts,
             device: Mutex::new(None),
+            pmr: Mutex::new(Weak::new()),
             watcher_stop: None,
         });
         let shared = start_removal_watcher(shared, device);
@@ -415,6 +420,57 @@ impl Controller {
         let ns: IdentifyNamespace = spec::from_bytes(&aq.data)
             .ok_or_else(|| Error::InvalidArgument("identify buffer too small".into()))?;
         Ok(Box::new(ns))
+    }
+
+    /// The controller's Persistent Memory Region, enabled and mapped (see [`crate::pmr`]); `Ok(None)` when
+    /// CAP.PMRS says there is none. One [`Pmr`] at a time: while it or a slice of it lives, another call
+    /// fails with [`PmrError::InUse`].
+    pub fn pmr(&self) -> std::result::Result<Option<Pmr>, PmrError> {
+        let s = &self.shared;
+        if !s.cap.pmrs() {
+            return Ok(None);
+        }
+        let dead = |cause| PmrError::ControllerDead {
+            addr: s.addr.clone(),
+            cause,
+        };
+        if let Some(cause) = s.health.dead() {
+            return Err(dead(cause));
+        }
+        let mut slot = lock(&s.pmr);
+        if slot.upgrade().is_some() {
+            return Err(PmrError::InUse {
+                addr: s.addr.clone(),
+            });
+        }
+        let device = lock(&s.device);
+        let device = device.as_ref().ok_or_else(|| dead(DeathCause::Removed))?;
+        let pmr = pmr::bring_up(&s.addr, &s.bar, device, self.clone())?;
+        *slot = pmr.mapping();
+        Ok(Some(pmr))
+    }
+
+    /// The PMR registers, decoded, as they are now (None when CAP.PMRS = 0); nothing is enabled. Reading
+    /// PMRSTS is the write barrier of PMRWBM bit 1 (QEMU msyncs the PMR's backing file): not free.
+    pub fn pmr_registers(&self) -> Option<PmrRegisters> {
+        self.shared
+            .cap
+            .pmrs()
+            .then(|| PmrRegisters::read(&self.shared.bar))
+    }
+
+    /// Get Features (Volatile Write Cache): whether the write cache is enabled now (WCE, bit 0 of the
+    /// completion's Dword 0). Identify Controller's VWC bit 0 says only whether one is present.
+    pub fn volatile_write_cache_enabled(&self) -> Result<bool> {
+        let s = &self.shared;
+        let mut e = SubmissionEntry::new(admin::GET_FEATURES, 0, 0);
+        e.cdw10 = feature::VOLATILE_WRITE_CACHE;
+        s.admin_exec(
+            "Get Features (Volatile Write Cache)",
+            e,
+            s.opts.admin_timeout,
+        )
+        .map(|dw0| dw0 & 1 == 1)
     }
 
     /// Get Features / Set Features (Volatile Write Cache).
