@@ -203,8 +203,10 @@ pub struct ShardStats {
     pub durable_log_barriers: u64,
     pub durable_log_barrier_ns_total: u64,
     pub durable_log_barrier_ns_max: u64,
-    /// Bytes of unretired records, and of the record area.
+    /// Bytes of unretired records, and of the record area; bytes appended since the log was
+    /// attached (divided by the capacity: how many times it went round).
     pub durable_log_used_bytes: u64,
+    pub durable_log_appended_bytes: u64,
     pub durable_log_capacity: u64,
     /// Why the durable log takes no more writes (a barrier failed), if it does not.
     pub durable_log_failed: Option<String>,

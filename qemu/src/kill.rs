@@ -82,8 +82,10 @@ pub fn kill_own_qemu() -> usize {
 pub type Model = BTreeMap<u64, (Option<u64>, Vec<Option<u64>>)>;
 
 /// What the rounds did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KillSummary {
+    /// Sums of the guest's `@@COUNT name n` lines over all rounds.
+    pub counts: BTreeMap<String, u64>,
     /// Kills of QEMU.
     pub kills: usize,
     /// Writes acknowledged as durable by the guest.
@@ -199,6 +201,14 @@ pub fn run_rounds(
             ));
         }
         sum.checked += checked;
+        for l in &lines {
+            let mut f = l.split_whitespace();
+            if let (Some("@@COUNT"), Some(name), Some(n)) = (f.next(), f.next(), f.next()) {
+                if let Ok(n) = n.parse::<u64>() {
+                    *sum.counts.entry(name.to_string()).or_default() += n;
+                }
+            }
+        }
         // The recovered state is the new base; then the writes of this life.
         let mut acked = 0;
         for l in &lines {

@@ -172,6 +172,27 @@ impl NvmeFactory {
 impl DeviceFactory for NvmeFactory {
     type Dev = NvmeBdev;
 
+    /// The controller's Persistent Memory Region, enabled and cut into one slice per shard.
+    fn persistent_memory(
+        &self,
+        count: usize,
+        bytes: usize,
+    ) -> Result<Option<Vec<Box<dyn crate::pmem::PersistentMemory>>>, crate::Error> {
+        let fail = |e: nvme_driver::PmrError| crate::Error::DurableLog(e.to_string());
+        let Some(mut pmr) = self.ctrl.pmr().map_err(fail)? else {
+            return Ok(None);
+        };
+        let slices = pmr.split(count, bytes).map_err(fail)?;
+        Ok(Some(
+            slices
+                .into_iter()
+                .map(|s| {
+                    Box::new(crate::pmem::PmrPmem(s)) as Box<dyn crate::pmem::PersistentMemory>
+                })
+                .collect(),
+        ))
+    }
+
     fn open(&self, _shard: usize) -> Result<NvmeBdev, IoError> {
         let qp = self
             .ctrl

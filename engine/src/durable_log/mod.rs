@@ -305,6 +305,11 @@ impl DurableLog {
         self.tail.pos - self.head.pos
     }
 
+    /// Bytes appended since the attachment (records, pads and skipped ends).
+    pub(crate) fn appended(&self) -> u64 {
+        self.tail.pos
+    }
+
     /// Bytes of the record area.
     pub(crate) fn capacity(&self) -> u64 {
         self.cap

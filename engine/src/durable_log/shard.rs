@@ -233,6 +233,7 @@ impl<D: BlockDevice> Shard<D> {
     pub(crate) fn durable_log_stats(&self, s: &mut crate::ShardStats) {
         if let Some(log) = self.dlog.attached() {
             s.durable_log_used_bytes = log.used();
+            s.durable_log_appended_bytes = log.appended();
             s.durable_log_capacity = log.capacity();
         }
     }

@@ -13,9 +13,11 @@
 
 pub mod mapped;
 pub mod memory;
+pub mod pmr;
 
 pub use mapped::{FlushInsn, MapKind, MappedPmem};
 pub use memory::{MemPmem, MemPmemImage};
+pub use pmr::PmrPmem;
 
 /// Opens the persistent memory at `path` and cuts it into `count` regions of `bytes` each (0: equal
 /// shares, rounded down to 4 KiB).
