@@ -59,6 +59,11 @@ pub struct EngineWork {
     pub checkpoint_max_ms: f64,
     /// Segments cleaned by GC.
     pub gc_segments: u64,
+    /// Durable writes acknowledged by the durable log, and by a persistence cycle.
+    #[serde(default)]
+    pub durable_by_log: u64,
+    #[serde(default)]
+    pub durable_by_cycle: u64,
 }
 
 impl EngineWork {
@@ -90,6 +95,8 @@ impl EngineWork {
             checkpoint_total_ms: sum(|s| s.checkpoint_ns_total) as f64 / 1e6,
             checkpoint_max_ms: max(|s| s.checkpoint_ns_max) as f64 / 1e6,
             gc_segments: sum(|s| s.gc_segments),
+            durable_by_log: sum(|s| s.durable_log_writes),
+            durable_by_cycle: sum(|s| s.durable_cycle_writes),
         }
     }
 }
@@ -402,7 +409,7 @@ pub fn nvkv_local_run<D: nvkv::bdev::BlockDevice>(
                 }
             }
             _ => {
-                // DurablePut: new keys, each acknowledged once the cycle holding it is durable.
+                // DurablePut: new keys, each acknowledged once durable.
                 let k = s.keys + n;
                 let r = shard.put(
                     &key(k, s.key_size),
@@ -412,7 +419,8 @@ pub fn nvkv_local_run<D: nvkv::bdev::BlockDevice>(
                         durable: true,
                     },
                 )?;
-                shard.wait_durable(r.gen)?;
+                // By its durable-log record when the shard has a log, else by its cycle.
+                shard.wait_write(&r)?;
             }
         }
         shard.tick()?;

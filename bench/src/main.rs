@@ -226,6 +226,8 @@ fn kv_plan(a: &RunArgs) -> Option<nvkv_bench::plan::KvPlan> {
         rounds: if a.quick { 1 } else { 2 },
         db_bench: "/bin/db_bench".into(),
         mke2fs: "/bin/mke2fs".into(),
+        pmr_log: true,
+        nvdimm_log: true,
     })
 }
 
@@ -351,22 +353,28 @@ fn run_vm(a: &RunArgs, plan: &Plan) -> Result<(Collect, Conditions)> {
     let collected: Arc<Mutex<Collected>> = Arc::default();
     let mut vcpus = 2;
     let kv_img = std::env::temp_dir().join(format!("nvkv-bench-kv-{}.img", std::process::id()));
+    let pmr_file = PathBuf::from(format!("/dev/shm/nvkv-bench-pmr-{}", std::process::id()));
+    let nvdimm_file = PathBuf::from(format!("/dev/shm/nvkv-bench-nvdimm-{}", std::process::id()));
     for boot in 0..boots {
         let _ = std::fs::remove_file(&kv_img);
+        // Fresh persistent memory each boot, as the disk image.
+        let _ = std::fs::remove_file(&pmr_file);
+        let _ = std::fs::remove_file(&nvdimm_file);
         let sink = collected.clone();
         let vm = Vm::builder()
             .accel(a.accel)
             .controller(
                 NvmeController::new("NVKV-BENCH").namespace(NvmeNamespace::null(1 << 30, 4096)),
             )
-            // The key-value comparison needs real data: a raw image, fresh each boot.
+            // The key-value comparison needs real data: a raw image, fresh each boot. Its controller
+            // has a PMR and the VM an NVDIMM for the durable logs, both on the host's tmpfs (memory
+            // that outlives QEMU, and whose msync costs no disk write: the barrier's own cost).
             .controller(
-                NvmeController::new("NVKV-KV").namespace(NvmeNamespace::file(
-                    &kv_img,
-                    2 << 30,
-                    4096,
-                )),
+                NvmeController::new("NVKV-KV")
+                    .namespace(NvmeNamespace::file(&kv_img, 2 << 30, 4096))
+                    .pmr(&pmr_file, 16 << 20),
             )
+            .nvdimm(&nvdimm_file, 64 << 20)
             .binary(&exe, "nvkv-bench")
             .binary(&a.fio, "fio")
             .binary("/usr/bin/db_bench", "db_bench")
@@ -414,6 +422,8 @@ fn run_vm(a: &RunArgs, plan: &Plan) -> Result<(Collect, Conditions)> {
         }
     }
     let _ = std::fs::remove_file(&kv_img);
+    let _ = std::fs::remove_file(&pmr_file);
+    let _ = std::fs::remove_file(&nvdimm_file);
     let got = std::mem::take(
         &mut *collected
             .lock()

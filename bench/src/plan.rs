@@ -97,6 +97,12 @@ pub struct KvPlan {
     pub rounds: usize,
     pub db_bench: String,
     pub mke2fs: String,
+    /// Durable puts also with a durable log in the KV controller's Persistent Memory Region.
+    #[serde(default)]
+    pub pmr_log: bool,
+    /// Durable puts also with a durable log on the guest's NVDIMM (devdax).
+    #[serde(default)]
+    pub nvdimm_log: bool,
 }
 
 /// What one boot (or one bare-metal run) measures.

@@ -286,8 +286,10 @@ pub fn run_kv(
     use crate::kv::{self, Workload};
     // Per value size: each workload on both systems, YCSB and durable throughput on nvkv; plus the raw
     // sequential write of each nvkv turn.
-    let per_round =
-        kv.value_sizes.len() * (3 * kv.workloads.len() + 1 + if kv.ycsb { 6 } else { 0 }) + 1;
+    let logs = 2 * (usize::from(kv.pmr_log) + usize::from(kv.nvdimm_log));
+    let per_round = kv.value_sizes.len()
+        * (3 * kv.workloads.len() + 1 + if kv.ycsb { 6 } else { 0 } + logs)
+        + 1;
     let total = kv.rounds * per_round;
     let mut step = 0;
     for round in 0..kv.rounds {
@@ -384,6 +386,15 @@ pub fn run_kv(
                         sink.kv(m);
                     }
                     db.close().map_err(|e| anyhow!("closing nvkv: {e}"))?;
+                    for m in durable_log_turns(kv, &spec, boot, round)? {
+                        step += 1;
+                        sink.progress(
+                            step,
+                            total,
+                            &format!("boot {boot} round {round}: {} durable_put {vs} B", m.system),
+                        );
+                        sink.kv(m);
+                    }
                 }
             } else {
                 let (block, _, domain, _) = to_kernel(&kv.device, identity)?;
@@ -452,6 +463,187 @@ pub fn run_kv(
         }
     }
     to_vfio(&kv.device)
+}
+
+/// Durable puts (one client, new keys, each acknowledged once durable) with a durable log: in the KV
+/// controller's PMR and on the NVDIMM, each shard-local (the client loop on the shard's core, as the
+/// `nvkv` rows) and through the handle (as the `nvkv-handle` rows), in an order that alternates by
+/// round. The database the earlier runs left is reopened (recovery) with the log attached; cycles come
+/// every 100 ms (the log acknowledges, the cycles only retire it).
+fn durable_log_turns(
+    kv: &crate::plan::KvPlan,
+    spec: &crate::kv::KvSpec,
+    boot: usize,
+    round: usize,
+) -> Result<Vec<crate::kv::KvMeasurement>> {
+    let mut turns: Vec<&str> = Vec::new();
+    if kv.pmr_log {
+        turns.push("pmr");
+    }
+    if kv.nvdimm_log {
+        turns.push("nvdimm");
+    }
+    if round % 2 == 1 {
+        turns.reverse();
+    }
+    let mut out = Vec::new();
+    for which in turns {
+        let (device, what) = match which {
+            "pmr" => (
+                nvkv::DurableLogDevice::Pmr,
+                "a durable log in the controller's PMR (BAR 4 through VFIO; QEMU backs it with a host file on /dev/shm, its barrier — a PMRSTS read — is an msync of that file)".to_string(),
+            ),
+            _ => {
+                let dd = guest::nvdimm_devdax(2 << 20).map_err(|e| anyhow!("NVDIMM: {e}"))?;
+                (
+                    nvkv::DurableLogDevice::Pmem(dd.path.clone()),
+                    format!("a durable log on an emulated NVDIMM ({}, devdax; QEMU backs it with a host file on /dev/shm; barrier: cache-line write-back and sfence)", dd.path.display()),
+                )
+            }
+        };
+        let local = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                durable_log_local(
+                    kv,
+                    spec,
+                    &device,
+                    &format!("nvkv-{which}"),
+                    &what,
+                    boot,
+                    round,
+                )
+            })
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("shard-local run panicked")))
+        })?;
+        out.push(local);
+        out.push(durable_log_handle(
+            kv,
+            spec,
+            device,
+            &format!("nvkv-{which}-handle"),
+            &what,
+            boot,
+            round,
+        )?);
+    }
+    Ok(out)
+}
+
+/// New keys past what the earlier durable puts wrote.
+fn past_earlier_keys(spec: &crate::kv::KvSpec) -> crate::kv::KvSpec {
+    crate::kv::KvSpec {
+        keys: spec.keys * 4,
+        ..*spec
+    }
+}
+
+fn durable_log_local(
+    kv: &crate::plan::KvPlan,
+    spec: &crate::kv::KvSpec,
+    device: &nvkv::DurableLogDevice,
+    system: &str,
+    what: &str,
+    boot: usize,
+    round: usize,
+) -> Result<crate::kv::KvMeasurement> {
+    use nvkv::bdev::DeviceFactory;
+    crate::driver_perf::pin_to_cpu(0);
+    let factory = nvkv::bdev::NvmeFactory::open(&kv.device, 1).map_err(|e| anyhow!("{e}"))?;
+    let region: Box<dyn nvkv::pmem::PersistentMemory> = match device {
+        nvkv::DurableLogDevice::Pmr => factory
+            .persistent_memory(1, 0)
+            .map_err(|e| anyhow!("{e}"))?
+            .and_then(|mut v| v.pop())
+            .ok_or_else(|| anyhow!("the KV controller has no PMR"))?,
+        nvkv::DurableLogDevice::Pmem(p) => {
+            Box::new(nvkv::pmem::MappedPmem::open_whole(p).map_err(|e| anyhow!("{e}"))?)
+        }
+        d => anyhow::bail!("no shard-local run with durable log {}", d.name()),
+    };
+    let dev = factory.open(0).map_err(|e| anyhow!("{e}"))?;
+    let cfg = nvkv::ShardConfig {
+        create: true,
+        commit_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let (mut shard, _) = nvkv::Shard::open_with_log(dev, cfg, Some(region))
+        .map_err(|e| anyhow!("opening nvkv with {what}: {e}"))?;
+    let before = [shard.stats()];
+    if before[0].durable_log.is_none() {
+        anyhow::bail!(
+            "no durable log attached: {:?}",
+            before[0].durable_log_failed
+        );
+    }
+    let r = crate::kv::nvkv_local_run(
+        &mut shard,
+        crate::kv::Workload::DurablePut,
+        &past_earlier_keys(spec),
+    )?;
+    let after = [shard.stats()];
+    let mut m = crate::kv::measurement(
+        system,
+        crate::kv::Workload::DurablePut,
+        &format!("{system}: shard-local (the client loop on the shard's core, a barrier after every put), {what}; nvme backend"),
+        spec,
+        r,
+        boot,
+        round,
+        1,
+    );
+    m.engine = Some(crate::kv::EngineWork::between(&before, &after));
+    shard.close().map_err(|e| anyhow!("closing nvkv: {e}"))?;
+    Ok(m)
+}
+
+fn durable_log_handle(
+    kv: &crate::plan::KvPlan,
+    spec: &crate::kv::KvSpec,
+    device: nvkv::DurableLogDevice,
+    system: &str,
+    what: &str,
+    boot: usize,
+    round: usize,
+) -> Result<crate::kv::KvMeasurement> {
+    let factory = std::sync::Arc::new(
+        nvkv::bdev::NvmeFactory::open(&kv.device, 1).map_err(|e| anyhow!("{e}"))?,
+    );
+    let mut opts = nvkv::Options::file("/dev/null", None);
+    opts.shards = spec.threads.max(1);
+    opts.create = true;
+    opts.commit_interval = Duration::from_millis(100);
+    opts.busy_poll = true;
+    opts.durable_log = device;
+    let db =
+        nvkv::Db::open_with(opts, factory).map_err(|e| anyhow!("opening nvkv with {what}: {e}"))?;
+    let h = db.handle();
+    let before = db.stats().map_err(|e| anyhow!("nvkv stats: {e}"))?;
+    if before.iter().any(|s| s.durable_log.is_none()) {
+        anyhow::bail!(
+            "no durable log attached: {:?}",
+            before[0].durable_log_failed
+        );
+    }
+    let r = crate::kv::nvkv_run(
+        &h,
+        crate::kv::Workload::DurablePut,
+        &past_earlier_keys(spec),
+    )?;
+    let after = db.stats().map_err(|e| anyhow!("nvkv stats: {e}"))?;
+    let mut m = crate::kv::measurement(
+        system,
+        crate::kv::Workload::DurablePut,
+        &format!("{system}: DbHandle calls from a client thread to the shard thread, {what}; nvme backend"),
+        spec,
+        r,
+        boot,
+        round,
+        1,
+    );
+    m.engine = Some(crate::kv::EngineWork::between(&before, &after));
+    db.close().map_err(|e| anyhow!("closing nvkv: {e}"))?;
+    Ok(m)
 }
 
 /// Fewer keys for large values, so a run fits the guest's device and time.

@@ -79,6 +79,37 @@ fn main_job_quick_run_writes_a_valid_report() {
         summary.iter().any(|s| s["nvkv_ratio"].as_f64().is_some()),
         "no ratio in the summary"
     );
+    // Durable puts by all three paths (cycle, PMR log, NVDIMM log) and RocksDB's, each measured.
+    let kv = v["kv"].as_array().expect("kv measurements");
+    for system in [
+        "nvkv",
+        "nvkv-handle",
+        "nvkv-pmr",
+        "nvkv-pmr-handle",
+        "nvkv-nvdimm",
+        "nvkv-nvdimm-handle",
+        "rocksdb",
+    ] {
+        let m = kv
+            .iter()
+            .find(|m| m["system"] == system && m["workload"] == "durable_put")
+            .unwrap_or_else(|| panic!("no durable_put of {system}"));
+        assert!(
+            m["ops"].as_u64().unwrap_or(0) > 0,
+            "{system}: no durable puts"
+        );
+        if system.starts_with("nvkv-pmr") || system.starts_with("nvkv-nvdimm") {
+            assert!(
+                m["engine"]["durable_by_log"].as_u64().unwrap_or(0) > 0,
+                "{system}: nothing acknowledged by the durable log: {m}"
+            );
+        }
+    }
+    let table = std::fs::read_to_string(dirs[0].join("table.txt")).expect("table.txt");
+    assert!(
+        table.contains("durable put, one client"),
+        "no durable-put table"
+    );
     for f in [
         "table.txt",
         "iops_vs_qd_randread.svg",
