@@ -12,11 +12,11 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=3
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 # An explicit target keeps the flags off build scripts (they run on the host, without libFuzzer).
 triple=$(rustc -vV | sed -n 's/^host: //p')
-cargo build --release -q --target "$triple" --bin superblock --bin segment --bin checkpoint --bin recovery --bin capi
+cargo build --release -q --target "$triple" --bin superblock --bin segment --bin checkpoint --bin recovery --bin durable_log --bin capi
 bin="$CARGO_TARGET_DIR/$triple/release"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for t in superblock segment checkpoint recovery capi; do
+for t in superblock segment checkpoint recovery durable_log capi; do
     mkdir -p "$work/$t"
     cp -r "corpus/$t/." "$work/$t/"
     log="$work/$t.log"

@@ -344,7 +344,9 @@ pub fn durable_put_table(sums: &[KvSummary]) -> String {
     t += "(nvkv / nvkv-handle: acknowledged by the persistence cycle (segment write + Flush), 1 ms commit \
           interval; nvkv-pmr, nvkv-nvdimm (shard-local) and their -handle rows: by the durable-log record's \
           barrier, 100 ms commit interval; % of fill: durable puts per second ÷ the non-durable fill's on the \
-          same path)\n";
+          same path; QEMU 7.2's NVMe reports a volatile write cache (Identify VWC bit 0 = 1) even with \
+          write-cache=off, so the cycle path issues a Flush here; on a drive without one (VWC = 0, power-loss \
+          protection) the engine skips the Flush)\n";
     t
 }
 

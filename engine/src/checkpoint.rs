@@ -252,7 +252,10 @@ impl<D: BlockDevice> Shard<D> {
             volume: self.ckpts.volume,
             seg_seq,
             sb_seq: self.ckpts.sb_seq + 1,
-            version_ctr: self.version_ctr,
+            // Not `version_ctr`: a write that took its version and is not appended yet (this
+            // checkpoint makes room for it) is not in the checkpoint, and recovery replays the durable
+            // log's records above this number.
+            version_ctr: self.version_done,
             n_extents: 0,
             n_segments: 0,
             n_entries: 0,

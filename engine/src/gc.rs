@@ -124,6 +124,9 @@ impl<D: BlockDevice> Shard<D> {
             }
             // Same timestamp and version: a move, not a new write.
             self.write_record(rec.key, Some(rec.value), e.ts, e.version, true)?;
+            self.log
+                .moves
+                .push((self.active_gen, rec.key.to_vec(), e.version, loc));
             moved += format::record_len(rec.key.len(), rec.value.len()) as u64;
         }
         self.stats.gc_bytes_moved += moved;
@@ -156,6 +159,8 @@ impl<D: BlockDevice> Shard<D> {
     fn make_room_inner(&mut self, need: u64) -> Result<(), Error> {
         let mut tries = 0;
         while self.space.free_blocks() < need {
+            // A cycle failed meanwhile: nothing more is written (moves and seals included).
+            self.check_writable()?;
             tries += 1;
             if tries > 256 {
                 return Err(Error::NoSpace);

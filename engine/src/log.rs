@@ -44,6 +44,9 @@ pub(crate) struct Log {
     pub chain_crc: u32,
     /// Extents to free once a generation is durable (generation, first block, blocks): GC victims.
     pub pending_free: Vec<(u64, u64, u64)>,
+    /// Records GC moved whose copies are not durable yet (generation, key, version, the old
+    /// location): after a failed cycle the index points back at the old copies, which are.
+    pub moves: Vec<(u64, Vec<u8>, u64, u64)>,
     /// Segments GC found unreadable: not tried again.
     pub gc_bad: BTreeSet<u64>,
     /// Segments and bytes written since the last checkpoint.

@@ -126,6 +126,16 @@ impl<D: BlockDevice> Shard<D> {
     pub(crate) fn fail_pipeline(&mut self, e: IoError, why: &str) {
         self.stats.failed = Some(format!("read-only: {why}: {e}"));
         self.failed = Some(e);
+        // Copies GC made into segments that may now never be durable: read the durable originals.
+        for (_, key, version, old) in std::mem::take(&mut self.log.moves) {
+            self.index.update(&key, |en| {
+                let moved = en.version == version && en.loc != old;
+                if moved {
+                    en.loc = old;
+                }
+                moved
+            });
+        }
         for f in self.pipeline.writes.drain(..) {
             if let WriteState::Submit(b) = f.state {
                 self.spares.push(b);
@@ -283,6 +293,7 @@ impl<D: BlockDevice> Shard<D> {
     fn publish(&mut self, gen: u64, cycles: u32, blocks: u64) {
         self.durable_gen = gen;
         self.retire_durable_log();
+        self.log.moves.retain(|m| m.0 > gen);
         self.stats.cycles += u64::from(cycles);
         self.log.free_durable(self.durable_gen, &mut self.space);
         self.log.segs_since_ckpt += cycles;
@@ -325,6 +336,9 @@ impl<D: BlockDevice> Shard<D> {
     /// reservation gets one that holds it this way.
     pub(crate) fn seal_cycle(&mut self, min_next: u64) -> Result<(), Error> {
         debug_assert!(self.cycle_slot_free());
+        // After a failed cycle nothing is sealed: a segment that can never be written would take
+        // records (GC's moved copies among them) out of the memory that still serves them.
+        self.check_writable()?;
         self.compact_active();
         let (lba, reserved) = self.log.head;
         let used = self.active.len().div_ceil(self.bs as usize) as u64;

@@ -198,6 +198,7 @@ impl<D: BlockDevice> Shard<D> {
             ckpts: Checkpoints::default(),
             hlc: Hlc::new(0),
             version_ctr: 0,
+            version_done: 0,
             sync_done: Vec::new(),
             polled: Vec::new(),
             next_tag: TAG_SYNC_FIRST,
@@ -209,6 +210,7 @@ impl<D: BlockDevice> Shard<D> {
             cache: SegmentCache::new(cfg.cache_bytes, bs),
             dlog: log.map_or(DurableLogSlot::None, DurableLogSlot::Unattached),
             dlog_replay: Vec::new(),
+            dlog_reads: None,
             cfg,
         };
         let mut rep = RecoveryReport {
@@ -248,6 +250,7 @@ impl<D: BlockDevice> Shard<D> {
                 self.active.set_limit((self.buf_blocks * self.bs) as usize);
                 self.log.chain_crc = crc32c::crc32c(&v);
                 self.version_ctr = 1 << LIFE_SHIFT;
+                self.version_done = self.version_ctr;
                 self.ckpts.durable_log = 0;
                 self.checkpoint()?;
                 rep.formatted = true;
@@ -398,6 +401,8 @@ impl<D: BlockDevice> Shard<D> {
         self.ckpts.life_unwritten = true;
         // Nothing an earlier life handed out (persisted or lost in a crash) is handed out again.
         self.version_ctr = r.version_ctr.max(life << LIFE_SHIFT);
+        // The open's checkpoint persists everything recovered (and replayed from the durable log).
+        self.version_done = self.version_ctr;
         self.ckpts.durable_log = newest.durable_log;
         self.read_durable_log(newest.durable_log, r.version_ctr, rep)?;
         self.active.set_limit((self.log.head.1 * self.bs) as usize);

@@ -246,6 +246,10 @@ pub struct Shard<D: BlockDevice> {
     pub(crate) ckpts: Checkpoints,
     pub(crate) hlc: Hlc,
     pub(crate) version_ctr: u64,
+    /// Every write with a version up to this one has its record in the write buffer (or a segment):
+    /// what a checkpoint (after its sync) may promise to hold. Behind `version_ctr` while a write that
+    /// took a version is being appended (a checkpoint can happen inside it, to make room).
+    pub(crate) version_done: u64,
     pub(crate) sync_done: Vec<Completion<D::Buf>>,
     pub(crate) polled: Vec<Completion<D::Buf>>,
     pub(crate) next_tag: u64,
@@ -264,6 +268,8 @@ pub struct Shard<D: BlockDevice> {
     pub(crate) dlog: DurableLogSlot,
     /// Writes recovery found in the durable log, for the open to apply.
     pub(crate) dlog_replay: Vec<LoggedWrite>,
+    /// After a failed cycle: the values the durable log holds, by key (version, value), for reads.
+    pub(crate) dlog_reads: Option<std::collections::HashMap<Vec<u8>, (u64, Vec<u8>)>>,
 }
 
 /// Largest read buffer a shard keeps for reuse.
@@ -534,6 +540,9 @@ impl<D: BlockDevice> Shard<D> {
         }
         // GC moves may use the whole reserve: they make room, never take it.
         let off = self.append(key, value, ts, version, !moving, found)?;
+        if !moving {
+            self.version_done = self.version_done.max(version);
+        }
         let old = match value {
             Some(v) => self
                 .index
@@ -808,6 +817,12 @@ impl<D: BlockDevice> Shard<D> {
                 "cached record does not match the index",
             )?;
             out.extend_from_slice(v);
+            return Ok(());
+        }
+        // After a failed cycle the segment may not be on the device: the durable log has the value
+        // of a write it made durable.
+        if let Some(v) = self.value_from_durable_log(key, e.version) {
+            out.extend_from_slice(&v);
             return Ok(());
         }
         // A record in a segment being written: wait until the device has it.

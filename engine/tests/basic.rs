@@ -342,3 +342,42 @@ fn db_on_file() {
     db_roundtrip(o);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A device without a volatile write cache (NVMe VWC = 0: a drive with power-loss protection) makes a
+/// completed write durable by itself: durable writes are acknowledged without a Flush. With a cache,
+/// every cycle is covered by one.
+#[test]
+fn no_flush_without_a_volatile_cache() {
+    for cache in [false, true] {
+        let disk = MemDisk::new(512, 8192).with_volatile_cache(cache);
+        let (mut s, _) = Shard::open(disk.bdev(), cfg()).expect("open");
+        for i in 0..50u32 {
+            let w = s
+                .put(
+                    format!("k{i}").as_bytes(),
+                    b"v",
+                    WriteOpts {
+                        ts: None,
+                        durable: true,
+                    },
+                )
+                .expect("put");
+            s.wait_write(&w).expect("durable");
+        }
+        let st = s.stats();
+        assert!(st.cycles >= 50, "a cycle per durable write: {}", st.cycles);
+        if cache {
+            assert!(st.flushes > 0, "no Flush with a volatile cache");
+        } else {
+            assert_eq!(st.flushes, 0, "a Flush without a volatile cache");
+        }
+        drop(s);
+        // Durable either way: what the device holds (no cache to lose) recovers every write.
+        let (mut s, _) =
+            Shard::open(MemDisk::from_image(512, &disk.image()).bdev(), cfg()).expect("reopen");
+        assert_eq!(
+            s.get(b"k49").expect("get").map(|(v, _)| v),
+            Some(b"v".to_vec())
+        );
+    }
+}

@@ -1,10 +1,10 @@
 //! The engine on the `nvme` backend: nvkv's own driver on QEMU's emulated NVMe, in the test VM.
 //!
-//! Controller 0 (0000:00:10.0): 256 MiB raw file, 4 KiB LBAs; controller 1 (0000:00:11.0): 64 MiB raw file,
-//! 512 B LBAs.
+//! Controller 0 (0000:00:10.0): 256 MiB raw file, 4 KiB LBAs, no PMR; controller 1 (0000:00:11.0): 64 MiB raw
+//! file, 512 B LBAs, a 4 MiB PMR (a host file beside the images).
 
 use nvkv::bdev::NvmeFactory;
-use nvkv::{Db, Options, WriteOpts};
+use nvkv::{Db, DurableLogDevice, Options, WriteOpts};
 use nvkv_qemu::suite::{self, GuestTest};
 use nvkv_qemu::{NvmeController, NvmeNamespace, Vm};
 use std::collections::BTreeMap;
@@ -30,6 +30,10 @@ fn main() {
             name: "durable_puts_and_concurrent_clients",
             run: durable_puts_and_concurrent_clients,
         },
+        GuestTest {
+            name: "pmr_log_acknowledges_falls_back_when_full_and_is_refused_without_a_pmr",
+            run: pmr_log_acknowledges_falls_back_when_full_and_is_refused_without_a_pmr,
+        },
     ];
     suite::main(&tests, || {
         let dir = std::env::temp_dir().join(format!("nvkv-engine-vm-{}", std::process::id()));
@@ -42,11 +46,9 @@ fn main() {
                 )),
             )
             .controller(
-                NvmeController::new("NVKV-ENGINE-512").namespace(NvmeNamespace::file(
-                    dir.join("b.img"),
-                    64 << 20,
-                    512,
-                )),
+                NvmeController::new("NVKV-ENGINE-512")
+                    .namespace(NvmeNamespace::file(dir.join("b.img"), 64 << 20, 512))
+                    .pmr(dir.join("pmr"), 4 << 20),
             )
     });
 }
@@ -177,6 +179,89 @@ fn durable_puts_and_concurrent_clients() -> R {
         db.get(b"t3-0199")?.as_deref() == Some(&b"value 3 199"[..]),
         "t3-0199 lost"
     );
+    db.close()?;
+    Ok(())
+}
+
+/// The durable log in a controller's PMR: durable puts acknowledged by it (no cycle needed), a log too
+/// small for the load falling back to cycles without a hang, a clean close detaching it; on a
+/// controller without a PMR, asking for a PMR log is refused by name.
+fn pmr_log_acknowledges_falls_back_when_full_and_is_refused_without_a_pmr() -> R {
+    let mut o = options(1, true);
+    o.durable_log = DurableLogDevice::Pmr;
+    match Db::open_with(o, Arc::new(NvmeFactory::open("0000:00:10.0", 1)?)) {
+        Err(nvkv::Error::DurableLog(why)) => {
+            check!(
+                why.contains("Persistent Memory Region"),
+                "refused, but why? {why}"
+            )
+        }
+        Err(e) => return Err(format!("a PMR log without a PMR: {e}").into()),
+        Ok(_) => return Err("a PMR log opened on a controller without a PMR".into()),
+    }
+    let factory = Arc::new(NvmeFactory::open("0000:00:11.0", 1)?);
+    let durable = WriteOpts {
+        ts: None,
+        durable: true,
+    };
+    // Long commit interval: only the log acknowledges.
+    let mut o = options(2, true);
+    o.durable_log = DurableLogDevice::Pmr;
+    o.commit_interval = Duration::from_secs(60);
+    let db = Db::open_with(o, factory.clone())?;
+    for i in 0..300u32 {
+        db.put_opts(format!("p{i:04}").as_bytes(), &[i as u8; 100], durable)?;
+    }
+    let st = db.stats()?;
+    let (by_log, by_cycle) = st.iter().fold((0, 0), |(l, c), s| {
+        (l + s.durable_log_writes, c + s.durable_cycle_writes)
+    });
+    check!(
+        st.iter().all(|s| s.durable_log == Some("pmr")),
+        "{:?}",
+        st[0].durable_log
+    );
+    check!(
+        by_log == 300 && by_cycle == 0,
+        "by log {by_log}, by cycle {by_cycle}"
+    );
+    db.close()?;
+    // Detached by the close: opens without it.
+    let db = Db::open_with(options(2, false), factory.clone())?;
+    check!(
+        db.get(b"p0299")?.as_deref() == Some(&[43u8; 100][..]),
+        "p0299 lost"
+    );
+    db.close()?;
+    // A log of 8 KiB per shard under a short commit interval: full now and then, never a hang.
+    let mut o = options(2, false);
+    o.durable_log = DurableLogDevice::Pmr;
+    o.durable_log_bytes = 8192 + 256;
+    let db = Db::open_with(o, factory.clone())?;
+    for i in 0..1500u32 {
+        db.put_opts(
+            format!("q{:04}", i % 400).as_bytes(),
+            &[i as u8; 100],
+            durable,
+        )?;
+    }
+    let st = db.stats()?;
+    let (by_log, by_cycle, round) = st.iter().fold((0, 0, 0), |(l, c, a), s| {
+        (
+            l + s.durable_log_writes,
+            c + s.durable_cycle_writes,
+            a + s.durable_log_appended_bytes / s.durable_log_capacity.max(1),
+        )
+    });
+    check!(
+        by_log + by_cycle == 1500,
+        "by log {by_log}, by cycle {by_cycle}"
+    );
+    check!(
+        by_log > 0 && round >= 4,
+        "by log {by_log}; the logs went round {round} times"
+    );
+    println!("small PMR log: {by_log} acknowledged by it, {by_cycle} by cycles, went round {round} times");
     db.close()?;
     Ok(())
 }

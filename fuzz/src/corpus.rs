@@ -60,6 +60,10 @@ fn main() {
             0x20,
         ],
     );
+    // The durable log: no mutation, one in the header area, one in the first records.
+    write(&root.join("durable_log"), "none", &[]);
+    write(&root.join("durable_log"), "header", &[130, 0, 0, 4]);
+    write(&root.join("durable_log"), "record", &[44, 1, 0, 0x10]);
     write(
         &root.join("capi"),
         "ops",

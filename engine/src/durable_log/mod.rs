@@ -305,6 +305,11 @@ impl DurableLog {
         self.tail.pos - self.head.pos
     }
 
+    /// The writes this log holds from its persisted head on (what recovery would read now).
+    pub(crate) fn scan_own(&self) -> Result<Scan, String> {
+        scan(&*self.mem, &self.volume, self.shard_id, self.epoch)
+    }
+
     /// Bytes appended since the attachment (records, pads and skipped ends).
     pub(crate) fn appended(&self) -> u64 {
         self.tail.pos

@@ -89,6 +89,7 @@ impl<D: BlockDevice> Shard<D> {
         rep.durable_log_replayed = self.dlog_replay.len() as u64;
         if let Some(last) = self.dlog_replay.last() {
             self.version_ctr = self.version_ctr.max(last.version);
+            self.version_done = self.version_done.max(last.version);
         }
         for w in &self.dlog_replay {
             self.hlc.observe(w.ts);
@@ -227,6 +228,27 @@ impl<D: BlockDevice> Shard<D> {
         if let Some(log) = self.dlog.attached_mut() {
             log.retire(g);
         }
+    }
+
+    /// After a failed cycle, reads of a write the durable log made durable cannot rely on its segment
+    /// (its write or the Flush covering it failed): its value at `version` from the log, if the log
+    /// holds it. The log is read once, at the first such read (no writes follow a failure).
+    pub(crate) fn value_from_durable_log(&mut self, key: &[u8], version: u64) -> Option<Vec<u8>> {
+        if self.failed.is_none() {
+            return None;
+        }
+        let log = self.dlog.attached()?;
+        if self.dlog_reads.is_none() {
+            let mut m = std::collections::HashMap::new();
+            if let Ok(found) = log.scan_own() {
+                for w in found.writes.into_iter().filter(|w| !w.tombstone) {
+                    m.insert(w.key, (w.version, w.value));
+                }
+            }
+            self.dlog_reads = Some(m);
+        }
+        let (v, value) = self.dlog_reads.as_ref()?.get(key)?;
+        (*v == version).then(|| value.clone())
     }
 
     /// The durable log's figures for [`crate::ShardStats`].
