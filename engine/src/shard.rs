@@ -269,7 +269,7 @@ pub struct Shard<D: BlockDevice> {
     /// Writes recovery found in the durable log, for the open to apply.
     pub(crate) dlog_replay: Vec<LoggedWrite>,
     /// After a failed cycle: the values the durable log holds, by key (version, value), for reads.
-    pub(crate) dlog_reads: Option<std::collections::HashMap<Vec<u8>, (u64, Vec<u8>)>>,
+    pub(crate) dlog_reads: Option<crate::durable_log::LoggedValues>,
 }
 
 /// Largest read buffer a shard keeps for reuse.

@@ -68,6 +68,9 @@ pub(crate) struct LoggedWrite {
     pub value: Vec<u8>,
 }
 
+/// Values the log holds, by key: (version, value).
+pub(crate) type LoggedValues = std::collections::HashMap<Vec<u8>, (u64, Vec<u8>)>;
+
 /// What a scan of the log found.
 #[derive(Debug, Default)]
 pub(crate) struct Scan {

@@ -234,9 +234,7 @@ impl<D: BlockDevice> Shard<D> {
     /// (its write or the Flush covering it failed): its value at `version` from the log, if the log
     /// holds it. The log is read once, at the first such read (no writes follow a failure).
     pub(crate) fn value_from_durable_log(&mut self, key: &[u8], version: u64) -> Option<Vec<u8>> {
-        if self.failed.is_none() {
-            return None;
-        }
+        self.failed.as_ref()?;
         let log = self.dlog.attached()?;
         if self.dlog_reads.is_none() {
             let mut m = std::collections::HashMap::new();
