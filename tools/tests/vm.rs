@@ -853,7 +853,17 @@ fn kv_shell_round_trip_on_nvme() -> R {
     );
     let o = kv(&["stats"])?;
     check!(
-        o.ok && o.stdout.lines().filter(|l| l.starts_with("shard ")).count() == 2,
+        o.ok && o
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("shard ") && l.contains(" keys, "))
+            .count()
+            == 2
+            && o.stdout
+                .lines()
+                .filter(|l| l.contains("durable writes: persistence cycle"))
+                .count()
+                == 2,
         "stats: {}",
         o.stdout
     );
