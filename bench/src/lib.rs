@@ -2,6 +2,7 @@
 //!
 //! - [`plan`]: what to measure (workloads, contenders, durations) and the result records.
 //! - [`driver_perf`]: nvkv's own driver under a workload (like SPDK's perf).
+//! - [`dlog_cost`]: a durable put through the durable log against the plain copy and msync it builds on.
 //! - [`loopback`]: the driver's own cost per I/O against an in-memory controller.
 //! - [`fio`]: the kernel NVMe path under the same workload, measured by fio.
 //! - [`runner`]: runs a plan where the device is (in the guest or on bare metal), alternating contenders and
@@ -10,6 +11,7 @@
 //!
 //! Nothing here asserts a timing: the harness measures and reports.
 
+pub mod dlog_cost;
 pub mod driver_perf;
 pub mod fio;
 pub mod kv;

@@ -110,6 +110,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The durable log's own cost per write on this host: a durable put through the log against a
+    /// non-durable put and against the plain copy + msync of the same record into a /dev/shm file.
+    DlogCost(nvkv_bench::dlog_cost::Args),
     /// One loopback run (used under callgrind by `loopback --instructions`).
     #[command(hide = true)]
     LoopbackRun {
@@ -577,6 +580,7 @@ fn main() -> Result<()> {
                 print!("{}", report::kv_host_table(&ms));
             }
         }
+        Cmd::DlogCost(a) => nvkv_bench::dlog_cost::main(a)?,
         Cmd::LoopbackRun { qd, ios, path } => {
             nvkv_bench::loopback::measure(qd, ios, path)?;
         }
