@@ -3,7 +3,7 @@
 //! - [`Mailbox`]: where a shard posts answers for one client thread. Post = push, then unpark the
 //!   owner; receive = pop, else park. Thread park tokens make a post between the client's failed pop
 //!   and its park wake it anyway, so no answer is slept through.
-//! - [`Doorbell`]: how a client wakes an idle shard. The shard raises `sleeping`, re-checks its queue,
+//! - [`ShardBell`]: how a client wakes an idle shard. The shard raises `sleeping`, re-checks its queue,
 //!   then parks; a client pushes, then unparks the shard if `sleeping` is up. Both sides use SeqCst, so
 //!   either the shard's re-check sees the request or the client sees the flag.
 //!
@@ -142,18 +142,18 @@ impl<T: Send + 'static, R: Runtime> Default for Mailbox<T, R> {
 }
 
 /// Wakes an idle shard thread.
-pub struct Doorbell<R: Runtime = Std> {
+pub struct ShardBell<R: Runtime = Std> {
     sleeping: R::Flag,
     shard: R::Handle,
 }
 
-impl<R: Runtime> std::fmt::Debug for Doorbell<R> {
+impl<R: Runtime> std::fmt::Debug for ShardBell<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Doorbell")
+        f.write_str("ShardBell")
     }
 }
 
-impl<R: Runtime> Doorbell<R> {
+impl<R: Runtime> ShardBell<R> {
     /// A doorbell for the calling (shard) thread.
     pub fn new() -> Self {
         Self::for_thread(R::current())
@@ -161,7 +161,7 @@ impl<R: Runtime> Doorbell<R> {
 
     /// A doorbell for the thread `h`.
     pub fn for_thread(h: R::Handle) -> Self {
-        Doorbell {
+        ShardBell {
             sleeping: R::Flag::default(),
             shard: h,
         }
@@ -184,7 +184,7 @@ impl<R: Runtime> Doorbell<R> {
     }
 }
 
-impl<R: Runtime> Default for Doorbell<R> {
+impl<R: Runtime> Default for ShardBell<R> {
     fn default() -> Self {
         Self::new()
     }
@@ -241,7 +241,7 @@ mod shuttle_tests {
     fn scenario(clients: usize, reqs: u64) {
         let requests: Arc<Requests> = Arc::default();
         let stop: Arc<<Shuttle as Runtime>::Flag> = Arc::default();
-        let bell_slot: Arc<shuttle::sync::Mutex<Option<Arc<Doorbell<Shuttle>>>>> = Arc::default();
+        let bell_slot: Arc<shuttle::sync::Mutex<Option<Arc<ShardBell<Shuttle>>>>> = Arc::default();
         let server = {
             let requests = requests.clone();
             let stop = stop.clone();
@@ -270,7 +270,7 @@ mod shuttle_tests {
                 }
             })
         };
-        let bell = Arc::new(Doorbell::<Shuttle>::for_thread(server.thread().clone()));
+        let bell = Arc::new(ShardBell::<Shuttle>::for_thread(server.thread().clone()));
         *bell_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(bell.clone());
         let handles: Vec<_> = (0..clients)
             .map(|c| {

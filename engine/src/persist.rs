@@ -62,14 +62,14 @@ pub(crate) struct FlushInFlight {
 }
 
 /// The persistence pipeline: segments being written, in generation order, and the Flush in flight.
-pub(crate) struct Pipeline<B> {
+pub(crate) struct CyclePipeline<B> {
     pub writes: VecDeque<InFlight<B>>,
     pub flush: Option<FlushInFlight>,
 }
 
-impl<B> Pipeline<B> {
+impl<B> CyclePipeline<B> {
     pub(crate) fn new() -> Self {
-        Pipeline {
+        CyclePipeline {
             writes: VecDeque::new(),
             flush: None,
         }

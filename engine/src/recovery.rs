@@ -29,7 +29,7 @@ use crate::format::{
 use crate::hlc::Hlc;
 use crate::index::{Entry, Index};
 use crate::log::{Log, SegInfo};
-use crate::persist::Pipeline;
+use crate::persist::CyclePipeline;
 use crate::pmem::PersistentMemory;
 use crate::shard::{Shard, ShardConfig, ShardStats, TAG_SYNC_FIRST};
 use crate::space::FreeSpace;
@@ -187,7 +187,7 @@ impl<D: BlockDevice> Shard<D> {
             active_gen: 1,
             active_since: None,
             spares,
-            pipeline: Pipeline::new(),
+            pipeline: CyclePipeline::new(),
             durable_gen: 0,
             durable_wanted: 0,
             space: FreeSpace::new(SB_BLOCKS, slice_blocks),

@@ -16,7 +16,7 @@ use crate::format::{self, FormatError, REC_HDR_LEN, SEG_HDR_LEN};
 use crate::hlc::Hlc;
 use crate::index::{Entry, Found, Index, LOC_BUFFERED};
 use crate::log::Log;
-use crate::persist::Pipeline;
+use crate::persist::CyclePipeline;
 use crate::space::FreeSpace;
 
 /// Key-value pairs, as scans return them.
@@ -235,7 +235,7 @@ pub struct Shard<D: BlockDevice> {
     /// Write buffers not in use (returned by completed segment writes).
     pub(crate) spares: Vec<D::Buf>,
     /// Segments being written and the Flush that makes them durable.
-    pub(crate) pipeline: Pipeline<D::Buf>,
+    pub(crate) pipeline: CyclePipeline<D::Buf>,
     pub(crate) durable_gen: u64,
     /// Highest generation someone waits on (group commit: triggers a cycle when nothing is in flight).
     pub(crate) durable_wanted: u64,

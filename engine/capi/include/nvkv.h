@@ -167,6 +167,56 @@ typedef struct nvkv_db nvkv_db;
 // A scan iterator (opaque).
 typedef struct nvkv_iter nvkv_iter;
 
+// Version and timestamp of a stored value. Versions start at 1 and are never reused.
+typedef struct nvkv_meta {
+  // Version.
+  uint64_t version;
+  // Timestamp.
+  uint64_t ts;
+} nvkv_meta;
+
+// Outcome of a write.
+typedef struct nvkv_write_result {
+  // False when the conflict strategy kept the stored value, a delete found nothing, or a
+  // compare-and-swap failed.
+  bool applied;
+  // The key's version after the write; after `NVKV_VERSION_MISMATCH`, the current version (0: absent).
+  uint64_t version;
+  // The write's timestamp.
+  uint64_t ts;
+} nvkv_write_result;
+
+// What an asynchronous request's callback receives. Pointers in it are valid during the callback only.
+typedef struct nvkv_completion {
+  // The id `nvkv_async_*` returned for the request.
+  uint64_t id;
+  // Its result code.
+  enum nvkv_result result;
+  // Get: the value (NULL when not found).
+  const uint8_t *value;
+  // Get: the value's length.
+  size_t value_len;
+  // Get: the value's version and timestamp.
+  struct nvkv_meta meta;
+  // Put, delete, compare-and-swap, increment: the write's outcome.
+  struct nvkv_write_result write;
+  // Increment: the new value.
+  int64_t number;
+} nvkv_completion;
+
+// Called once per asynchronous request, on the thread that runs `nvkv_async_poll` / `nvkv_async_wait` /
+// `nvkv_async_free`. It may submit more requests on the same context; it must not unwind.
+typedef void (*nvkv_callback)(void *user_data,
+                              const struct nvkv_completion *c);
+
+// Options of one write.
+typedef struct nvkv_write_opts {
+  // `NVKV_WRITE_*` bits.
+  uint32_t flags;
+  // The write's timestamp when `NVKV_WRITE_TIMESTAMP` is set.
+  uint64_t ts;
+} nvkv_write_opts;
+
 // A merge function (`NVKV_CONFLICT_MERGE`). Returns a buffer allocated with `malloc` holding the value
 // to store, its length in `*out_len`; the library frees it. NULL stores `new_value` unchanged. Called on
 // the shard threads, possibly concurrently: it must be thread-safe, must not call into the same database
@@ -223,33 +273,6 @@ typedef struct nvkv_options {
   uint64_t durable_log_bytes;
 } nvkv_options;
 
-// Version and timestamp of a stored value. Versions start at 1 and are never reused.
-typedef struct nvkv_meta {
-  // Version.
-  uint64_t version;
-  // Timestamp.
-  uint64_t ts;
-} nvkv_meta;
-
-// Options of one write.
-typedef struct nvkv_write_opts {
-  // `NVKV_WRITE_*` bits.
-  uint32_t flags;
-  // The write's timestamp when `NVKV_WRITE_TIMESTAMP` is set.
-  uint64_t ts;
-} nvkv_write_opts;
-
-// Outcome of a write.
-typedef struct nvkv_write_result {
-  // False when the conflict strategy kept the stored value, a delete found nothing, or a
-  // compare-and-swap failed.
-  bool applied;
-  // The key's version after the write; after `NVKV_VERSION_MISMATCH`, the current version (0: absent).
-  uint64_t version;
-  // The write's timestamp.
-  uint64_t ts;
-} nvkv_write_result;
-
 // Statistics of one shard, or their sum (then `shard` is the number of shards).
 typedef struct nvkv_stats {
   // Shard number (in a sum: the number of shards).
@@ -298,45 +321,91 @@ typedef struct nvkv_stats {
   uint64_t durable_log_capacity;
 } nvkv_stats;
 
-// What an asynchronous request's callback receives. Pointers in it are valid during the callback only.
-typedef struct nvkv_completion {
-  // The id `nvkv_async_*` returned for the request.
-  uint64_t id;
-  // Its result code.
-  enum nvkv_result result;
-  // Get: the value (NULL when not found).
-  const uint8_t *value;
-  // Get: the value's length.
-  size_t value_len;
-  // Get: the value's version and timestamp.
-  struct nvkv_meta meta;
-  // Put, delete, compare-and-swap, increment: the write's outcome.
-  struct nvkv_write_result write;
-  // Increment: the new value.
-  int64_t number;
-} nvkv_completion;
-
-// Called once per asynchronous request, on the thread that runs `nvkv_async_poll` / `nvkv_async_wait` /
-// `nvkv_async_free`. It may submit more requests on the same context; it must not unwind.
-typedef void (*nvkv_callback)(void *user_data,
-                              const struct nvkv_completion *c);
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
-// The library's version ("0.1.0"), a static string.
-const char *nvkv_version(void);
+// A context for asynchronous requests on `db`: submit with `nvkv_async_*` (returns at once), then collect
+// with `nvkv_async_poll` (never blocks) or `nvkv_async_wait`. Answers wake the thread that created the
+// context, so create it on the thread that waits.
+enum nvkv_result nvkv_async_new(const struct nvkv_db *db,
+                                struct nvkv_async **ctx);
 
-// The library's ABI version; compare with `NVKV_ABI_VERSION` from the header you compiled against.
-uint32_t nvkv_abi_version(void);
+// Queues a get; `cb` (may be NULL) gets the value in `value`/`value_len`/`meta`, or `NVKV_NOT_FOUND`.
+// `*id` (may be NULL) receives the request's id. On a non-OK return nothing was queued and `cb` is not
+// called.
+enum nvkv_result nvkv_async_get(struct nvkv_async *ctx,
+                                const uint8_t *key,
+                                size_t key_len,
+                                nvkv_callback cb,
+                                void *user_data,
+                                uint64_t *id);
 
-// A static description of a result code (any int; unknown ones get "unknown result code").
-const char *nvkv_strerror(int code);
+// Queues a put (the key and value are copied); `cb` gets `write`. With `NVKV_WRITE_DURABLE` the callback
+// comes once the write is durable.
+enum nvkv_result nvkv_async_put(struct nvkv_async *ctx,
+                                const uint8_t *key,
+                                size_t key_len,
+                                const uint8_t *value,
+                                size_t value_len,
+                                const struct nvkv_write_opts *opts,
+                                nvkv_callback cb,
+                                void *user_data,
+                                uint64_t *id);
 
-// Details of the calling thread's last failure ("" if none), e.g. which pointer was NULL or the device's
-// error. Valid until the thread's next failing call.
-const char *nvkv_last_error(void);
+// Queues a delete; `cb` gets `write`.
+enum nvkv_result nvkv_async_delete(struct nvkv_async *ctx,
+                                   const uint8_t *key,
+                                   size_t key_len,
+                                   const struct nvkv_write_opts *opts,
+                                   nvkv_callback cb,
+                                   void *user_data,
+                                   uint64_t *id);
+
+// Queues a compare-and-swap (as `nvkv_cas`; `value` NULL with `delete_key` non-zero deletes); `cb` gets
+// `write`, or `NVKV_VERSION_MISMATCH` with the current version in `write.version`.
+enum nvkv_result nvkv_async_cas(struct nvkv_async *ctx,
+                                const uint8_t *key,
+                                size_t key_len,
+                                const uint64_t *expected_version,
+                                const uint8_t *value,
+                                size_t value_len,
+                                int delete_key,
+                                const struct nvkv_write_opts *opts,
+                                nvkv_callback cb,
+                                void *user_data,
+                                uint64_t *id);
+
+// Queues an increment; `cb` gets the new value in `number`.
+enum nvkv_result nvkv_async_incr(struct nvkv_async *ctx,
+                                 const uint8_t *key,
+                                 size_t key_len,
+                                 int64_t delta,
+                                 const struct nvkv_write_opts *opts,
+                                 nvkv_callback cb,
+                                 void *user_data,
+                                 uint64_t *id);
+
+// Takes up to `max` (0: all) finished requests and runs their callbacks on this thread; never blocks.
+// `*completed` (may be NULL) receives how many.
+enum nvkv_result nvkv_async_poll(struct nvkv_async *ctx,
+                                 size_t max,
+                                 size_t *completed);
+
+// Like `nvkv_async_poll` with no limit, but first waits up to `timeout_us` microseconds (UINT64_MAX: no
+// limit) for at least one request to finish. Returns at once when nothing is in flight. `*completed` 0 and
+// `NVKV_OK` after a timeout.
+enum nvkv_result nvkv_async_wait(struct nvkv_async *ctx,
+                                 uint64_t timeout_us,
+                                 size_t *completed);
+
+// The number of requests in flight (submitted, callback not yet run).
+enum nvkv_result nvkv_async_pending(struct nvkv_async *ctx,
+                                    size_t *pending);
+
+// Waits for the requests still in flight, runs their callbacks (so their user data can be released),
+// frees the context and sets `*ctx` to NULL.
+enum nvkv_result nvkv_async_free(struct nvkv_async **ctx);
 
 // Fills `opts` with the defaults (memory backend without a size: set `backend` and its fields).
 enum nvkv_result nvkv_options_init(struct nvkv_options *opts);
@@ -350,6 +419,29 @@ enum nvkv_result nvkv_open(const struct nvkv_options *opts,
 // copy of it) is dead afterwards: calls with it return `NVKV_CLOSED`. Calls other threads have in flight
 // finish or fail with `NVKV_CLOSED`; iterators and async contexts on it fail with `NVKV_CLOSED`.
 enum nvkv_result nvkv_close(struct nvkv_db **db);
+
+// Starts a scan of `start <= key < end` in key order, at most `limit` pairs (0: no limit). `start` may be
+// NULL with `start_len` 0 (from the first key); `end` NULL means no upper bound. The iterator fetches pairs
+// in pages, so it is not a snapshot: keys written meanwhile may or may not appear; keys left alone appear
+// exactly once. Free it with `nvkv_iter_free`.
+enum nvkv_result nvkv_scan(const struct nvkv_db *db,
+                           const uint8_t *start,
+                           size_t start_len,
+                           const uint8_t *end,
+                           size_t end_len,
+                           size_t limit,
+                           struct nvkv_iter **iter);
+
+// Moves to the next pair: `*key`/`*key_len` and (if not NULL) `*value`/`*value_len` point into the
+// iterator, valid until its next `nvkv_iter_next` or `nvkv_iter_free`. `NVKV_END` when there is none.
+enum nvkv_result nvkv_iter_next(struct nvkv_iter *iter,
+                                const uint8_t **key,
+                                size_t *key_len,
+                                const uint8_t **value,
+                                size_t *value_len);
+
+// Frees an iterator and sets `*iter` to NULL; later calls with a copy of it return `NVKV_CLOSED`.
+enum nvkv_result nvkv_iter_free(struct nvkv_iter **iter);
 
 // Reads `key` into the caller's buffer. `*value_len` always receives the value's length; when it exceeds
 // `buf_cap` the result is `NVKV_BUFFER_TOO_SMALL` and `buf` is untouched (call again with a larger one; a
@@ -437,110 +529,18 @@ enum nvkv_result nvkv_shard_stats(const struct nvkv_db *db,
                                   size_t shard,
                                   struct nvkv_stats *out_stats);
 
-// Starts a scan of `start <= key < end` in key order, at most `limit` pairs (0: no limit). `start` may be
-// NULL with `start_len` 0 (from the first key); `end` NULL means no upper bound. The iterator fetches pairs
-// in pages, so it is not a snapshot: keys written meanwhile may or may not appear; keys left alone appear
-// exactly once. Free it with `nvkv_iter_free`.
-enum nvkv_result nvkv_scan(const struct nvkv_db *db,
-                           const uint8_t *start,
-                           size_t start_len,
-                           const uint8_t *end,
-                           size_t end_len,
-                           size_t limit,
-                           struct nvkv_iter **iter);
+// The library's version ("0.1.0"), a static string.
+const char *nvkv_version(void);
 
-// Moves to the next pair: `*key`/`*key_len` and (if not NULL) `*value`/`*value_len` point into the
-// iterator, valid until its next `nvkv_iter_next` or `nvkv_iter_free`. `NVKV_END` when there is none.
-enum nvkv_result nvkv_iter_next(struct nvkv_iter *iter,
-                                const uint8_t **key,
-                                size_t *key_len,
-                                const uint8_t **value,
-                                size_t *value_len);
+// The library's ABI version; compare with `NVKV_ABI_VERSION` from the header you compiled against.
+uint32_t nvkv_abi_version(void);
 
-// Frees an iterator and sets `*iter` to NULL; later calls with a copy of it return `NVKV_CLOSED`.
-enum nvkv_result nvkv_iter_free(struct nvkv_iter **iter);
+// A static description of a result code (any int; unknown ones get "unknown result code").
+const char *nvkv_strerror(int code);
 
-// A context for asynchronous requests on `db`: submit with `nvkv_async_*` (returns at once), then collect
-// with `nvkv_async_poll` (never blocks) or `nvkv_async_wait`. Answers wake the thread that created the
-// context, so create it on the thread that waits.
-enum nvkv_result nvkv_async_new(const struct nvkv_db *db,
-                                struct nvkv_async **ctx);
-
-// Queues a get; `cb` (may be NULL) gets the value in `value`/`value_len`/`meta`, or `NVKV_NOT_FOUND`.
-// `*id` (may be NULL) receives the request's id. On a non-OK return nothing was queued and `cb` is not
-// called.
-enum nvkv_result nvkv_async_get(struct nvkv_async *ctx,
-                                const uint8_t *key,
-                                size_t key_len,
-                                nvkv_callback cb,
-                                void *user_data,
-                                uint64_t *id);
-
-// Queues a put (the key and value are copied); `cb` gets `write`. With `NVKV_WRITE_DURABLE` the callback
-// comes once the write is durable.
-enum nvkv_result nvkv_async_put(struct nvkv_async *ctx,
-                                const uint8_t *key,
-                                size_t key_len,
-                                const uint8_t *value,
-                                size_t value_len,
-                                const struct nvkv_write_opts *opts,
-                                nvkv_callback cb,
-                                void *user_data,
-                                uint64_t *id);
-
-// Queues a delete; `cb` gets `write`.
-enum nvkv_result nvkv_async_delete(struct nvkv_async *ctx,
-                                   const uint8_t *key,
-                                   size_t key_len,
-                                   const struct nvkv_write_opts *opts,
-                                   nvkv_callback cb,
-                                   void *user_data,
-                                   uint64_t *id);
-
-// Queues a compare-and-swap (as `nvkv_cas`; `value` NULL with `delete_key` non-zero deletes); `cb` gets
-// `write`, or `NVKV_VERSION_MISMATCH` with the current version in `write.version`.
-enum nvkv_result nvkv_async_cas(struct nvkv_async *ctx,
-                                const uint8_t *key,
-                                size_t key_len,
-                                const uint64_t *expected_version,
-                                const uint8_t *value,
-                                size_t value_len,
-                                int delete_key,
-                                const struct nvkv_write_opts *opts,
-                                nvkv_callback cb,
-                                void *user_data,
-                                uint64_t *id);
-
-// Queues an increment; `cb` gets the new value in `number`.
-enum nvkv_result nvkv_async_incr(struct nvkv_async *ctx,
-                                 const uint8_t *key,
-                                 size_t key_len,
-                                 int64_t delta,
-                                 const struct nvkv_write_opts *opts,
-                                 nvkv_callback cb,
-                                 void *user_data,
-                                 uint64_t *id);
-
-// Takes up to `max` (0: all) finished requests and runs their callbacks on this thread; never blocks.
-// `*completed` (may be NULL) receives how many.
-enum nvkv_result nvkv_async_poll(struct nvkv_async *ctx,
-                                 size_t max,
-                                 size_t *completed);
-
-// Like `nvkv_async_poll` with no limit, but first waits up to `timeout_us` microseconds (UINT64_MAX: no
-// limit) for at least one request to finish. Returns at once when nothing is in flight. `*completed` 0 and
-// `NVKV_OK` after a timeout.
-enum nvkv_result nvkv_async_wait(struct nvkv_async *ctx,
-                                 uint64_t timeout_us,
-                                 size_t *completed);
-
-// The number of requests in flight (submitted, callback not yet run).
-enum nvkv_result nvkv_async_pending(struct nvkv_async *ctx,
-                                    size_t *pending);
-
-// Waits for the requests still in flight, runs their callbacks (so their user data can be released),
-// frees the context and sets `*ctx` to NULL.
-enum nvkv_result nvkv_async_free(struct nvkv_async **ctx);
+// Details of the calling thread's last failure ("" if none), e.g. which pointer was NULL or the device's
+// error. Valid until the thread's next failing call.
+const char *nvkv_last_error(void);
 
 #ifdef __cplusplus
 }  // extern "C"

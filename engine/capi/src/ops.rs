@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use engine::api::{Op, Pipeline, Reply};
+use engine::api::{AsyncRequests, Op, Reply};
 use engine::bdev::{MemDisk, NvmeFactory};
 use engine::{Db, DbHandle, Meta, Options, ShardStats, WriteOpts, WriteResult};
 
@@ -267,7 +267,7 @@ impl IterState {
 /// An asynchronous context: a pipeline and the callbacks of the requests in flight.
 #[derive(Debug)]
 pub struct AsyncState {
-    pipe: Pipeline,
+    pipe: AsyncRequests,
     next_id: u64,
     pending: HashMap<u64, Callback>,
 }
@@ -279,7 +279,7 @@ impl AsyncState {
     /// A context on `db`.
     pub fn new(db: &DbHandle) -> Self {
         AsyncState {
-            pipe: db.pipeline(),
+            pipe: db.async_requests(),
             next_id: 1,
             pending: HashMap::new(),
         }

@@ -1,0 +1,148 @@
+//! The loop of one shard thread: take requests, apply them, move I/O along, answer durable writes.
+
+use super::*;
+
+/// The loop of one shard thread: take requests, apply them, move I/O along, answer durable writes
+/// once their cycle is published, sleep when idle.
+pub(super) fn run_shard<D: BlockDevice>(
+    mut shard: Shard<D>,
+    inner: Arc<Inner>,
+    id: usize,
+    busy: bool,
+) -> Result<ShardStats, Error> {
+    const BATCH: usize = 64;
+    let link = &inner.shards[id];
+    let mut waiting: Vec<Waiter> = Vec::new();
+    let mut idle = 0u32;
+    loop {
+        let mut n = 0;
+        while n < BATCH {
+            let Some(req) = link.queue.pop() else { break };
+            n += 1;
+            handle(&mut shard, req, &mut waiting);
+        }
+        // One barrier covers the durable-log records of every write taken above.
+        shard.flush_durable_log();
+        link.depth.store(link.queue.len() as u64, Ordering::Relaxed);
+        // Errors of background work surface through `sync_failed` and the next request.
+        let did = shard.tick().unwrap_or_default();
+        if !waiting.is_empty() {
+            let durable = shard.durable_gen();
+            let failed = shard.sync_failed();
+            // Writes that cannot be sealed now (no room for the next segment): told at once.
+            let stuck = shard.cycle_error().map(|e| (shard.active_gen(), e));
+            let mut i = 0;
+            while i < waiting.len() {
+                let w = &waiting[i];
+                // Durable (by its log record or its cycle, also before a failure): a success.
+                let answer = if w.gen <= durable || shard.write_is_durable(w.gen, w.lsn) {
+                    Some(Ok(()))
+                } else if let Some((_, e)) = stuck.as_ref().filter(|(from, _)| w.gen >= *from) {
+                    Some(Err(e.clone()))
+                } else {
+                    failed.clone().map(Err)
+                };
+                match answer {
+                    Some(a) => {
+                        let w = waiting.swap_remove(i);
+                        answer_id(&w.inbox, w.id, a.map(|()| w.reply));
+                    }
+                    None => i += 1,
+                }
+            }
+        }
+        // Closing is not held up by background work that keeps finding something to do.
+        let stopping = inner.stop.load(Ordering::SeqCst) && link.queue.is_empty();
+        if (n > 0 || did) && !stopping {
+            idle = 0;
+            continue;
+        }
+        if stopping {
+            let logged: Vec<bool> = waiting
+                .iter()
+                .map(|w| shard.write_is_durable(w.gen, w.lsn))
+                .collect();
+            let res = shard.close();
+            for (w, logged) in waiting.drain(..).zip(logged) {
+                match &res {
+                    Err(e) if !logged => answer_id(&w.inbox, w.id, Err(e.clone())),
+                    _ => answer_id(&w.inbox, w.id, Ok(w.reply)),
+                }
+            }
+            return res;
+        }
+        idle += 1;
+        if busy || idle < 64 {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Sleep until a request arrives or the commit interval of buffered writes runs out; with
+        // segments being written, only briefly: completions are polled (no interrupts), and a writer
+        // waiting for durability would otherwise wait out the whole sleep.
+        let timeout = if shard.io_pending() {
+            Duration::from_micros(20)
+        } else {
+            shard
+                .next_deadline()
+                .unwrap_or(Duration::from_millis(50))
+                .max(Duration::from_micros(50))
+        };
+        let q = &link.queue;
+        let stop = &inner.stop;
+        link.bell.sleep(
+            || !q.is_empty() || stop.load(Ordering::SeqCst),
+            Some(timeout),
+        );
+    }
+}
+
+/// A durable write waiting to be answered: once its log record or its cycle is durable.
+struct Waiter {
+    gen: u64,
+    lsn: u64,
+    id: u64,
+    inbox: Inbox,
+    reply: Reply,
+}
+
+fn handle<D: BlockDevice>(shard: &mut Shard<D>, req: Request, waiting: &mut Vec<Waiter>) {
+    let Request { op, id, reply } = req;
+    let wait = |w: &WriteResult, r: Reply, inbox: &Inbox| Waiter {
+        gen: w.gen,
+        lsn: w.lsn,
+        id,
+        inbox: inbox.clone(),
+        reply: r,
+    };
+    let write = |r: Result<WriteResult, Error>, durable: bool, waiting: &mut Vec<Waiter>| match r {
+        Ok(w) if durable && w.applied => waiting.push(wait(&w, Reply::Write(w), &reply)),
+        Ok(w) => reply.post(id, Ok(Reply::Write(w))),
+        Err(e) => reply.post(id, Err(e)),
+    };
+    match op {
+        Op::Get(k) => reply.post(id, shard.get(&k).map(Reply::Value)),
+        Op::Put(k, v, o) => write(shard.put(&k, &v, o), o.durable, waiting),
+        Op::Delete(k, o) => write(shard.delete(&k, o), o.durable, waiting),
+        Op::Cas(k, e, v, o) => write(shard.cas(&k, e, v.as_deref(), o), o.durable, waiting),
+        Op::Incr(k, d, o) => match shard.incr(&k, d, o) {
+            Ok((n, w)) if o.durable => waiting.push(wait(&w, Reply::Incr(n, w), &reply)),
+            Ok((n, w)) => reply.post(id, Ok(Reply::Incr(n, w))),
+            Err(e) => reply.post(id, Err(e)),
+        },
+        Op::Scan(s, e, l) => reply.post(id, shard.scan(&s, e.as_deref(), l).map(Reply::Scan)),
+        Op::Sync => reply.post(id, shard.sync().map(|_| Reply::Synced)),
+        Op::Stats => {
+            let mut st = shard.stats();
+            st.durable_waiters = waiting.len() as u64;
+            reply.post(id, Ok(Reply::Stats(Box::new(st))))
+        }
+        Op::Run(f) => {
+            // A panicking closure fails its call, not the shard.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(shard)));
+            let a = r
+                .map(Reply::Any)
+                .map_err(|_| Error::Config("closure panicked on the shard".into()));
+            reply.post(id, a)
+        }
+    }
+}
