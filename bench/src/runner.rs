@@ -312,6 +312,9 @@ pub fn run_kv(
                     boot,
                     round,
                 )?);
+                // The raw write (and RocksDB's ext4 before it) left data nvkv refuses to format
+                // over: blank the superblock areas, as `nvkv format --force` would.
+                blank_superblocks(&kv.device)?;
                 for &vs in &kv.value_sizes {
                     let spec = kv::KvSpec {
                         value_size: vs,
@@ -644,6 +647,42 @@ fn durable_log_handle(
     m.engine = Some(crate::kv::EngineWork::between(&before, &after));
     db.close().map_err(|e| anyhow!("closing nvkv: {e}"))?;
     Ok(m)
+}
+
+/// Zeroes the two superblock blocks at the start of every slice of a 1- to 8-shard layout, so that the
+/// next open formats the device (nvkv formats only a blank device).
+fn blank_superblocks(device: &str) -> Result<()> {
+    use nvkv::bdev::{BlockDevice, DeviceFactory};
+    let factory = nvkv::bdev::NvmeFactory::open(device, 1).map_err(|e| anyhow!("{e}"))?;
+    let mut d = factory.open(0).map_err(|e| anyhow!("{e}"))?;
+    let total = d.num_blocks();
+    let mut starts: Vec<u64> = (1..=8u64)
+        .flat_map(|n| (0..n).map(move |i| i * (total / n)))
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    for (tag, lba) in starts.into_iter().enumerate() {
+        let mut tries = 0;
+        while let Err(e) = d.submit_write_zeroes(lba, 2, tag as u64) {
+            tries += 1;
+            if tries > 1000 || !matches!(e, nvkv::bdev::SubmitError::Busy(_)) {
+                anyhow::bail!("write zeroes at block {lba} refused");
+            }
+            d.poll(16, |_| {});
+        }
+        let mut done = None;
+        let start = std::time::Instant::now();
+        while done.is_none() {
+            d.poll(1, |c| done = Some(c.result));
+            if start.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("write zeroes at block {lba}: no completion in 30 s");
+            }
+        }
+        if let Some(Err(e)) = done {
+            anyhow::bail!("write zeroes at block {lba}: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// Fewer keys for large values, so a run fits the guest's device and time.
