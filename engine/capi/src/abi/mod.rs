@@ -282,6 +282,12 @@ mod scan;
 mod sync_ops;
 mod version;
 
+// The entry points, at `abi::` as before the split (the fuzz targets and tests call them there).
+pub use asynchronous::*;
+pub use open::*;
+pub use scan::*;
+pub use sync_ops::*;
+pub use version::*;
 use pointers::*;
 
 #[cfg(test)]
