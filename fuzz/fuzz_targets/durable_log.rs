@@ -46,7 +46,8 @@ fn base() -> &'static (Vec<u8>, Vec<u8>) {
                 let w = if (k + round) % 5 == 0 {
                     s.delete(key.as_bytes(), durable).expect("delete")
                 } else {
-                    s.put(key.as_bytes(), &value(k, round), durable).expect("put")
+                    s.put(key.as_bytes(), &value(k, round), durable)
+                        .expect("put")
                 };
                 s.wait_write(&w).expect("durable");
             }

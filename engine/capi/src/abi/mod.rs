@@ -285,10 +285,10 @@ mod version;
 // The entry points, at `abi::` as before the split (the fuzz targets and tests call them there).
 pub use asynchronous::*;
 pub use open::*;
+use pointers::*;
 pub use scan::*;
 pub use sync_ops::*;
 pub use version::*;
-use pointers::*;
 
 #[cfg(test)]
 mod tests {
