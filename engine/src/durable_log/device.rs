@@ -34,6 +34,22 @@ impl DurableLogDevice {
     }
 }
 
+/// Bytes of each of `count` regions cut from a device of `total` bytes: `bytes`, or (0) an equal share
+/// rounded down to 4 KiB; refused when they do not fit.
+pub(crate) fn region_bytes(total: usize, count: usize, bytes: usize) -> Result<usize, Error> {
+    let each = if bytes == 0 {
+        total / count.max(1) / 4096 * 4096
+    } else {
+        bytes
+    };
+    if each == 0 || each.checked_mul(count).is_none_or(|t| t > total) {
+        return Err(Error::DurableLog(format!(
+            "{count} regions of {each} bytes do not fit in a device of {total} bytes"
+        )));
+    }
+    Ok(each)
+}
+
 /// Cuts `dev` into `count` regions of `bytes` each (0: equal shares of the whole device, rounded down
 /// to 4 KiB); None per shard when there is no durable log.
 pub(crate) fn regions<F: DeviceFactory>(
@@ -42,23 +58,10 @@ pub(crate) fn regions<F: DeviceFactory>(
     count: usize,
     factory: &F,
 ) -> Result<Vec<Option<Box<dyn PersistentMemory>>>, Error> {
-    let share = |total: usize| -> Result<usize, Error> {
-        let each = if bytes == 0 {
-            total / count / 4096 * 4096
-        } else {
-            bytes
-        };
-        if each == 0 || each.checked_mul(count).is_none_or(|t| t > total) {
-            return Err(Error::DurableLog(format!(
-                "{count} regions of {each} bytes do not fit in a device of {total} bytes"
-            )));
-        }
-        Ok(each)
-    };
     let boxed: Vec<Box<dyn PersistentMemory>> = match dev {
         DurableLogDevice::None => return Ok((0..count).map(|_| None).collect()),
         DurableLogDevice::Memory(img) => {
-            let each = share(img.len())?;
+            let each = region_bytes(img.len(), count, bytes)?;
             (0..count)
                 .map(|i| Box::new(img.region(i * each, each)) as Box<dyn PersistentMemory>)
                 .collect()

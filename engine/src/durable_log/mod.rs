@@ -30,8 +30,8 @@ use crate::pmem::{PersistentMemory, PmemError};
 mod device;
 mod shard;
 
-pub(crate) use device::regions;
 pub use device::DurableLogDevice;
+pub(crate) use device::{region_bytes, regions};
 pub(crate) use shard::DurableLogSlot;
 
 /// Records longer than this fraction of the area go the cycle path (a few huge values must not

@@ -28,11 +28,7 @@ pub(crate) fn open_mapped(
 ) -> Result<Vec<Box<dyn PersistentMemory>>, crate::Error> {
     let fail = |e: PmemError| crate::Error::DurableLog(e.to_string());
     let whole = MappedPmem::open_whole(path).map_err(fail)?;
-    let each = if bytes == 0 {
-        whole.len() / count.max(1) / 4096 * 4096
-    } else {
-        bytes
-    };
+    let each = crate::durable_log::region_bytes(whole.len(), count, bytes)?;
     Ok(whole
         .split(count, each)
         .map_err(fail)?
