@@ -377,7 +377,7 @@ async fn cluster_init(
         .collect();
     bounded(&node, node.inner.raft.initialize(members))
         .await?
-        .map_err(|e| ApiError::internal(e))?;
+        .map_err(ApiError::internal)?;
     Ok(Json(serde_json::json!({})))
 }
 

@@ -16,6 +16,9 @@ use crate::error::StoreError;
 use crate::log_store::{decode, encode};
 use crate::types::SnapshotMeta;
 
+/// A key and its value.
+pub(crate) type Record = (Vec<u8>, Vec<u8>);
+
 const MAGIC: &[u8; 8] = b"NVKVSNP1";
 /// Largest metadata section accepted (a membership of many nodes is still far below).
 const MAX_META: u32 = 1 << 20;
@@ -156,7 +159,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The next key and value; None at the (checked) end.
-    pub(crate) fn next_record(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub(crate) fn next_record(&mut self) -> Result<Option<Record>, StoreError> {
         if self.done {
             return Ok(None);
         }
