@@ -23,6 +23,14 @@ pub enum ClientError {
         /// The last failure.
         last: String,
     },
+    /// The node did not answer (connection refused, timed out).
+    #[error("{addr} did not answer: {detail}")]
+    Unreachable {
+        /// The node.
+        addr: String,
+        /// Why.
+        detail: String,
+    },
     /// The server refused the request (bad input, or a failure it reported).
     #[error("{addr} answered {status}: {message}")]
     Refused {
@@ -42,6 +50,13 @@ pub struct Client {
     nodes: Vec<String>,
     leader: Mutex<Option<String>>,
     deadline: Duration,
+}
+
+fn unreachable(addr: &str, e: reqwest::Error) -> ClientError {
+    ClientError::Unreachable {
+        addr: addr.into(),
+        detail: e.to_string(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,10 +109,7 @@ impl Client {
             .json(body)
             .send()
             .await
-            .map_err(|e| ClientError::NoLeader {
-                waited: Duration::ZERO,
-                last: format!("{addr}: {e}"),
-            })?;
+            .map_err(|e| unreachable(addr, e))?;
         let status = r.status().as_u16();
         let v: Value = r.json().await.map_err(|e| ClientError::Refused {
             addr: addr.into(),
@@ -219,10 +231,7 @@ impl Client {
             .get(format!("http://{addr}/cluster/status"))
             .send()
             .await
-            .map_err(|e| ClientError::NoLeader {
-                waited: Duration::ZERO,
-                last: format!("{addr}: {e}"),
-            })?;
+            .map_err(|e| unreachable(addr, e))?;
         r.json().await.map_err(|e| ClientError::Refused {
             addr: addr.into(),
             status: 0,
