@@ -604,17 +604,6 @@ pub struct Conditions {
     pub notes: Vec<String>,
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 /// The mount `path` is on, as "type (options)" from /proc/mounts (the longest mount point prefix).
 fn fs_of(path: &Path) -> String {
     let p = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -767,7 +756,7 @@ fn measure(a: &Args) -> Result<Report> {
         }
     }
     let conditions = Conditions {
-        cpu: cpu_model(),
+        cpu: crate::conditions::cpu_model(),
         cpus,
         kernel: kernel(),
         build: if cfg!(debug_assertions) {

@@ -1,5 +1,6 @@
 //! The nvkv benchmark harness.
 //!
+//! - [`conditions`]: when and on which CPU a result was measured.
 //! - [`plan`]: what to measure (workloads, contenders, durations) and the result records.
 //! - [`driver_perf`]: nvkv's own driver under a workload (like SPDK's perf).
 //! - [`dlog_cost`]: a durable put through the durable log against the plain copy and msync it builds on.
@@ -11,6 +12,7 @@
 //!
 //! Nothing here asserts a timing: the harness measures and reports.
 
+pub mod conditions;
 pub mod dlog_cost;
 pub mod driver_perf;
 pub mod fio;
