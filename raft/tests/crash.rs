@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use nvkv::bdev::MemDisk;
+use nvkv::bdev::{MemDisk, SplitMix64};
 use nvkv_raft::types::{Entry, LogId};
 use nvkv_raft::{Command, LogStore, NodeStore, StateMachine, StoreBackend, StoreOptions};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
@@ -20,21 +20,6 @@ use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
 const KEYS: u64 = 6;
 const BLOCK: u32 = 4096;
 const BLOCKS: u64 = 8192;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*: deterministic per seed.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -61,7 +46,7 @@ fn apply_model(m: &mut Model, cmd: &Command) {
     }
 }
 
-fn command(rng: &mut Rng, m: &Model, i: u64) -> Command {
+fn command(rng: &mut SplitMix64, m: &Model, i: u64) -> Command {
     let key = format!("k{}", rng.below(KEYS)).into_bytes();
     let value = format!("v{i}").into_bytes();
     match rng.below(10) {
@@ -171,7 +156,7 @@ async fn run(seed: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = MemDisk::new(BLOCK, BLOCKS);
     let (store, mut log, mut sm) = open(&disk, &dir.path().join("live")).await;
-    let mut rng = Rng(seed | 1);
+    let mut rng = SplitMix64::new(seed);
     let mut model = Model::new();
     let mut all = Vec::new();
     let mut images = Vec::new();

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
+use nvkv::bdev::SplitMix64;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -62,30 +63,6 @@ pub fn value_of(n: u64) -> String {
     format!("{n:0width$}", width = VALUE_BYTES)
 }
 
-/// splitmix64: a tiny deterministic generator, so both systems see the same key sequence for the same
-/// (round, clients, task) seed, with no dependency.
-#[derive(Debug, Clone)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        SplitMix(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (n > 0), by multiply-shift (the bias is below 2^-32 for any key space used here).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
-    }
-}
-
 fn new_hist() -> Result<Histogram<u64>> {
     // 1 ns to 60 s at 3 significant digits: every latency a put can have before its request timeout.
     Histogram::new_with_bounds(1, 60_000_000_000, 3).context("creating a histogram")
@@ -120,7 +97,7 @@ pub async fn run_turn<P: Putter>(
     let mut handles = Vec::with_capacity(putters.len());
     for (i, mut p) in putters.into_iter().enumerate() {
         let hist = new_hist()?;
-        let mut rng = SplitMix::new(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let mut rng = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
         handles.push(tokio::spawn(async move {
             let mut out = TaskOut {
                 ops: 0,
@@ -218,8 +195,8 @@ mod tests {
 
     #[test]
     fn the_generator_stays_in_range_and_is_deterministic() {
-        let mut a = SplitMix::new(7);
-        let mut b = SplitMix::new(7);
+        let mut a = SplitMix64::new(7);
+        let mut b = SplitMix64::new(7);
         for _ in 0..10_000 {
             let x = a.below(100_000);
             assert!(x < 100_000);
