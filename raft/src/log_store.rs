@@ -63,6 +63,11 @@ pub(crate) fn check(answers: Answers) -> Result<Vec<Reply>, StoreError> {
         .collect()
 }
 
+/// Runs `ops` in order and fails with the first error among their answers.
+pub(crate) async fn exec(db: &DbThread, ops: Vec<Op>) -> Result<Vec<Reply>, StoreError> {
+    check(db.exec(ops).await?)
+}
+
 /// A point read's value.
 pub(crate) fn value_of(reply: Reply) -> Result<Option<Vec<u8>>, StoreError> {
     match reply {
@@ -72,7 +77,7 @@ pub(crate) fn value_of(reply: Reply) -> Result<Option<Vec<u8>>, StoreError> {
 }
 
 pub(crate) async fn get(db: &DbThread, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut r = check(db.exec(vec![Op::Get(key.to_vec())]).await?)?;
+    let mut r = exec(db, vec![Op::Get(key.to_vec())]).await?;
     value_of(r.pop().ok_or(StoreError::UnexpectedReply("get"))?)
 }
 
@@ -82,7 +87,7 @@ pub(crate) async fn scan(
     end: Vec<u8>,
     limit: usize,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-    let mut r = check(db.exec(vec![Op::Scan(start, Some(end), limit)]).await?)?;
+    let mut r = exec(db, vec![Op::Scan(start, Some(end), limit)]).await?;
     match r.pop() {
         Some(Reply::Scan(pairs)) => Ok(pairs),
         _ => Err(StoreError::UnexpectedReply("scan")),
@@ -206,12 +211,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let err = |e: StoreError| e.raft(ErrorSubject::Vote, ErrorVerb::Write);
         let raw = encode("vote", vote).map_err(err)?;
-        let a = self
-            .db
-            .exec(vec![Op::Put(META_VOTE.to_vec(), raw, durable())])
+        exec(&self.db, vec![Op::Put(META_VOTE.to_vec(), raw, durable())])
             .await
-            .map_err(|e| err(e.into()))?;
-        check(a).map_err(err)?;
+            .map_err(err)?;
         Ok(())
     }
 
@@ -228,16 +230,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // durable with the next cycle.
         let err = |e: StoreError| e.raft(ErrorSubject::Store, ErrorVerb::Write);
         let raw = encode("committed log id", &committed).map_err(err)?;
-        let a = self
-            .db
-            .exec(vec![Op::Put(
-                META_COMMITTED.to_vec(),
-                raw,
-                WriteOpts::default(),
-            )])
-            .await
-            .map_err(|e| err(e.into()))?;
-        check(a).map_err(err)?;
+        let op = Op::Put(META_COMMITTED.to_vec(), raw, WriteOpts::default());
+        exec(&self.db, vec![op]).await.map_err(err)?;
         Ok(())
     }
 
@@ -295,7 +289,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let ops = (i..=end)
                 .map(|i| Op::Delete(log_key(i).to_vec(), durable()))
                 .collect();
-            check(self.db.exec(ops).await.map_err(|e| err(e.into()))?).map_err(err)?;
+            exec(&self.db, ops).await.map_err(err)?;
             if end == u64::MAX {
                 break;
             }
@@ -319,20 +313,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let err = |e: StoreError| e.raft(ErrorSubject::Logs, ErrorVerb::Delete);
         // The state machine's writes are not durable one by one: make everything up to here durable
         // before the entries that could rebuild it go.
-        check(
-            self.db
-                .exec(vec![Op::Sync])
-                .await
-                .map_err(|e| err(e.into()))?,
-        )
-        .map_err(err)?;
+        exec(&self.db, vec![Op::Sync]).await.map_err(err)?;
         let raw = encode("purged log id", &Some(log_id)).map_err(err)?;
-        check(
-            self.db
-                .exec(vec![Op::Put(META_PURGED.to_vec(), raw, durable())])
-                .await
-                .map_err(|e| err(e.into()))?,
+        exec(
+            &self.db,
+            vec![Op::Put(META_PURGED.to_vec(), raw, durable())],
         )
+        .await
         .map_err(err)?;
         let first = {
             let mut t = self.tail();
@@ -350,7 +337,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let ops = (i..=end)
                 .map(|i| Op::Delete(log_key(i).to_vec(), WriteOpts::default()))
                 .collect();
-            check(self.db.exec(ops).await.map_err(|e| err(e.into()))?).map_err(err)?;
+            exec(&self.db, ops).await.map_err(err)?;
             if end == u64::MAX {
                 break;
             }

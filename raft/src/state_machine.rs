@@ -22,7 +22,7 @@ use crate::keyspace::{
     data_key, user_key, DataValue, SnapshotRecord, DATA_END, META_APPLIED, META_INSTALLING,
     META_SNAPSHOT,
 };
-use crate::log_store::{check, decode, encode, get, scan};
+use crate::log_store::{decode, encode, exec, get, scan};
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
 use crate::types::{
     Command, CommandResult, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -162,7 +162,7 @@ impl StateMachine {
         let current = if replay || matches!(cmd, Command::Cas { .. }) {
             // Writes queued so far must land before the read.
             if !ops.is_empty() {
-                check(self.db.exec(std::mem::take(ops)).await?)?;
+                exec(&self.db, std::mem::take(ops)).await?;
             }
             live(get(&self.db, &key).await?)?
         } else {
@@ -380,12 +380,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             file,
         };
         let raw = encode("snapshot record", &rec).map_err(&err)?;
-        check(
-            self.db
-                .exec(vec![Op::Put(META_SNAPSHOT.to_vec(), raw, durable())])
-                .await
-                .map_err(|e| err(e.into()))?,
+        exec(
+            &self.db,
+            vec![Op::Put(META_SNAPSHOT.to_vec(), raw, durable())],
         )
+        .await
         .map_err(&err)?;
         let old = lock(&self.current).replace(rec.clone());
         if let Some(old) = old.filter(|o| o.file != rec.file) {
@@ -435,7 +434,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         ops.push(self.marker().map_err(&err)?);
-        check(self.db.exec(ops).await.map_err(|e| err(e.into()))?).map_err(err)?;
+        exec(&self.db, ops).await.map_err(err)?;
         Ok(results)
     }
 
