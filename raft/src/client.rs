@@ -59,6 +59,20 @@ fn unreachable(addr: &str, e: reqwest::Error) -> ClientError {
     }
 }
 
+/// A refusal with the server's `{"error": ...}` message.
+fn refused(addr: &str, status: u16, body: &Value) -> ClientError {
+    let message = body
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    ClientError::Refused {
+        addr: addr.into(),
+        status,
+        message,
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct NotLeader {
     leader_addr: Option<String>,
@@ -117,16 +131,7 @@ impl Client {
             message: format!("undecodable answer: {e}"),
         })?;
         if status != 200 {
-            let message = v
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            return Err(ClientError::Refused {
-                addr: addr.into(),
-                status,
-                message,
-            });
+            return Err(refused(addr, status, &v));
         }
         serde_json::from_value(v).map_err(|e| ClientError::Refused {
             addr: addr.into(),
@@ -187,16 +192,7 @@ impl Client {
                             self.set_leader(None);
                         }
                         _ => {
-                            let message = v
-                                .get("error")
-                                .and_then(Value::as_str)
-                                .unwrap_or("")
-                                .to_string();
-                            return Err(ClientError::Refused {
-                                addr,
-                                status,
-                                message,
-                            });
+                            return Err(refused(&addr, status, &v));
                         }
                     }
                 }
