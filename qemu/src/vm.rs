@@ -382,6 +382,7 @@ impl VmBuilder {
              /bin/busybox --install -s /bin\n\
              export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/tmp NVKV_GUEST=1\n\
              mount -t tmpfs tmpfs /tmp\n\
+             ip link set lo up || echo 'nvkv-init: no loopback interface'\n\
              ulimit -l unlimited\n",
         );
         for (name, args) in kernel_modules

@@ -73,20 +73,29 @@ fn refused(addr: &str, status: u16, body: &Value) -> ClientError {
     }
 }
 
+/// The default for [`Client::with_exchange_timeout`].
+const DEFAULT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .timeout(timeout)
+        .build()
+        // Building fails only when the TLS or resolver back end cannot start; the plain client has none.
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
 #[derive(Debug, Deserialize)]
 struct NotLeader {
     leader_addr: Option<String>,
 }
 
 impl Client {
-    /// A client of the nodes at `nodes` (host:port), with a 10 s deadline per request.
+    /// A client of the nodes at `nodes` (host:port), with a 10 s deadline per request and a 3 s
+    /// timeout per HTTP exchange.
     pub fn new(nodes: Vec<String>) -> Client {
         Client {
-            http: reqwest::Client::builder()
-                .tcp_nodelay(true)
-                .timeout(Duration::from_secs(3))
-                .build()
-                .unwrap_or_else(|_| reqwest::Client::new()),
+            http: http_client(DEFAULT_EXCHANGE_TIMEOUT),
             nodes,
             leader: Mutex::new(None),
             deadline: Duration::from_secs(10),
@@ -96,6 +105,14 @@ impl Client {
     /// Sets the deadline of each request.
     pub fn with_deadline(mut self, d: Duration) -> Client {
         self.deadline = d;
+        self
+    }
+
+    /// Sets how long one HTTP exchange with one node may take before the client tries another: a node
+    /// that stopped answering (a paused process, a partition) costs this much per request until an
+    /// election moves the leadership away from it.
+    pub fn with_exchange_timeout(mut self, t: Duration) -> Client {
+        self.http = http_client(t);
         self
     }
 
