@@ -240,7 +240,7 @@ pub fn run(plan: &Plan, boot: usize, fio_bin: &Path, sink: &mut dyn Sink) -> Res
 /// and checks the mount really is on that device, so db_bench cannot silently write to guest RAM. The inode
 /// tables and the journal are initialised by mke2fs, not lazily after mounting: otherwise the kernel's
 /// ext4lazyinit thread zeroes them in the background while RocksDB is being measured.
-fn mount_ext4(mke2fs: &Path, block: &Path) -> Result<PathBuf> {
+pub fn mount_ext4(mke2fs: &Path, block: &Path) -> Result<PathBuf> {
     let _ = std::process::Command::new("umount").arg("/mnt").status();
     let st = std::process::Command::new(mke2fs)
         .args([

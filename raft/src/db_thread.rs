@@ -49,6 +49,9 @@ struct Link {
     thread: Thread,
     handle: DbHandle,
     join: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The first failure of a job nobody waited for ([`DbThread::submit_detached`]): every job after
+    /// it is refused with it.
+    detached_failure: Arc<std::sync::Mutex<Option<Error>>>,
 }
 
 impl std::fmt::Debug for DbThread {
@@ -72,6 +75,7 @@ impl DbThread {
                 thread,
                 handle,
                 join: std::sync::Mutex::new(Some(join)),
+                detached_failure: Arc::default(),
             }),
         })
     }
@@ -81,7 +85,18 @@ impl DbThread {
         &self.inner.handle
     }
 
+    fn detached_failure(&self) -> Option<Error> {
+        self.inner
+            .detached_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn send(&self, job: Job) -> Result<(), Error> {
+        if let Some(e) = self.detached_failure() {
+            return Err(e);
+        }
         self.inner.tx.send(job).map_err(|_| Error::Closed)?;
         self.inner.thread.unpark();
         Ok(())
@@ -95,6 +110,27 @@ impl DbThread {
         done: impl FnOnce(Answers) + Send + 'static,
     ) -> Result<(), Error> {
         self.send(Job::Ops(ops, Box::new(done)))
+    }
+
+    /// Submits `ops` without waiting for their answers: for writes whose effect later jobs see (they
+    /// reach the shard in order) and whose failure need not reach this caller but must stop the node:
+    /// the first failing answer is kept and refuses every later job, so no caller goes on past it.
+    pub(crate) fn submit_detached(&self, what: &'static str, ops: Vec<Op>) -> Result<(), Error> {
+        let slot = self.inner.detached_failure.clone();
+        self.submit(ops, move |answers| {
+            if let Some(Err(e)) = answers.into_iter().find(|a| a.is_err()) {
+                let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+                if s.is_none() {
+                    eprintln!("nvkv-raft: {what} failed, refusing every later database job: {e}");
+                    *s = Some(e);
+                }
+            }
+        })
+    }
+
+    /// Fails with the first failure of a detached job, if one failed.
+    pub(crate) fn check_detached(&self) -> Result<(), Error> {
+        self.detached_failure().map_or(Ok(()), Err)
     }
 
     /// Submits `ops` and waits for their answers.

@@ -28,6 +28,7 @@ pub mod error;
 pub mod keyspace;
 pub mod log_store;
 pub mod network;
+mod recent;
 pub mod server;
 pub mod snapshot;
 pub mod state_machine;

@@ -14,6 +14,7 @@ use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader};
 use crate::db_thread::{Answers, DbThread};
 use crate::error::StoreError;
 use crate::keyspace::{log_index, log_key, LOG_END, META_COMMITTED, META_PURGED, META_VOTE};
+use crate::recent::Recent;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// Entries read per scan.
@@ -21,10 +22,15 @@ const SCAN_CHUNK: usize = 256;
 /// Requests per job at most (a job's answers are held together).
 const JOB_OPS: u64 = 16384;
 
-#[derive(Debug, Default)]
+/// Newest entries kept in memory for replication's reads (see `recent.rs`).
+const RECENT_ENTRIES: usize = 4096;
+const RECENT_BYTES: usize = 8 << 20;
+
+#[derive(Debug)]
 struct Tail {
     last_purged: Option<LogId>,
     last_log: Option<LogId>,
+    recent: Recent,
 }
 
 /// The log store of one node (also its log reader: clones share the database and the cached tail).
@@ -120,12 +126,14 @@ impl LogStore {
             tail: Arc::new(Mutex::new(Tail {
                 last_purged,
                 last_log,
+                recent: Recent::new(RECENT_ENTRIES, RECENT_BYTES),
             })),
         })
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
-        // The tail holds two ids updated whole; a panic elsewhere cannot leave it half-written.
+        // The tail's ids are updated whole and the recent entries by steps that each leave a valid
+        // suffix; a panic elsewhere cannot leave it half-written.
         self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -137,7 +145,11 @@ impl LogStore {
     async fn read_range(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StoreError> {
         let first = {
             let t = self.tail();
-            start.max(t.last_purged.map_or(0, |l| l.index + 1))
+            let first = start.max(t.last_purged.map_or(0, |l| l.index + 1));
+            if let Some(held) = t.recent.get(first, end) {
+                return Ok(held);
+            }
+            first
         };
         let mut out = Vec::new();
         let mut from = first;
@@ -231,7 +243,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let err = |e: StoreError| e.raft(ErrorSubject::Store, ErrorVerb::Write);
         let raw = encode("committed log id", &committed).map_err(err)?;
         let op = Op::Put(META_COMMITTED.to_vec(), raw, WriteOpts::default());
-        exec(&self.db, vec![op]).await.map_err(err)?;
+        // Not waited for either: later reads see it, and a failure refuses every later job.
+        self.db
+            .submit_detached("saving the committed id", vec![op])
+            .map_err(|e| err(e.into()))?;
         Ok(())
     }
 
@@ -254,11 +269,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let err = |e: StoreError| e.raft(ErrorSubject::Logs, ErrorVerb::Write);
         let mut ops = Vec::new();
+        let mut kept = Vec::new();
         let mut last = None;
         for e in entries {
             let raw = encode("log entry", &e).map_err(err)?;
-            ops.push(Op::Put(log_key(e.log_id.index).to_vec(), raw, durable()));
             last = Some(e.log_id);
+            let key = log_key(e.log_id.index).to_vec();
+            kept.push((raw.len(), e));
+            ops.push(Op::Put(key, raw, durable()));
         }
         if ops.is_empty() {
             callback.log_io_completed(Ok(()));
@@ -274,7 +292,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 callback.log_io_completed(r);
             })
             .map_err(|e| err(e.into()))?;
-        self.tail().last_log = last;
+        let mut t = self.tail();
+        t.last_log = last;
+        for (size, e) in kept {
+            t.recent.push(e, size);
+        }
         Ok(())
     }
 
@@ -282,6 +304,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Durable deletes: a crash after the new entries are appended must not bring back the
         // truncated ones beyond them.
         let err = |e: StoreError| e.raft(ErrorSubject::Logs, ErrorVerb::Delete);
+        // No read is served the truncated entries from memory from here on.
+        self.tail().recent.truncate_from(log_id.index);
         let last = self.last_index();
         let mut i = log_id.index;
         while i <= last {
@@ -325,6 +349,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut t = self.tail();
             let first = t.last_purged.map_or(0, |l| l.index + 1);
             t.last_purged = Some(log_id);
+            t.recent.purge_upto(log_id.index);
             if t.last_log.is_none_or(|l| l.index < log_id.index) {
                 t.last_log = Some(log_id);
             }

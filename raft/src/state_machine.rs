@@ -408,6 +408,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let err = sm_err(ErrorVerb::Write);
+        // A batch whose writes failed after an earlier apply returned stops the state machine here.
+        self.db.check_detached().map_err(|e| err(e.into()))?;
         let mut results = Vec::new();
         let mut ops = Vec::new();
         for e in entries {
@@ -434,7 +436,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         ops.push(self.marker().map_err(&err)?);
-        exec(&self.db, ops).await.map_err(err)?;
+        // Not waited for: the entries are committed in the log already, so their answers may go out
+        // now; every later job (a read, a snapshot, the next batch) reaches the shard after these
+        // writes and sees them, and a failure refuses every later job (openraft then stops the node,
+        // which re-applies from its marker when it restarts).
+        self.db
+            .submit_detached("applying entries", ops)
+            .map_err(|e| err(e.into()))?;
         Ok(results)
     }
 

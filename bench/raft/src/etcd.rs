@@ -63,7 +63,12 @@ pub fn version(etcd: &Path) -> Result<String> {
 
 /// Starts the three members with etcd's default durability (the WAL is fsynced before a member acknowledges
 /// an entry; no `--unsafe-no-fsync`).
-pub fn start(etcd: &Path, members: &[MemberSpec], log_dir: &Path) -> Result<Vec<Proc>> {
+pub fn start(
+    etcd: &Path,
+    members: &[MemberSpec],
+    extra: &[String],
+    log_dir: &Path,
+) -> Result<Vec<Proc>> {
     let initial_cluster = members
         .iter()
         .map(|m| format!("{}={}", m.name, m.peer_url))
@@ -102,7 +107,8 @@ pub fn start(etcd: &Path, members: &[MemberSpec], log_dir: &Path) -> Result<Vec<
             .arg("warn")
             // The environment could carry ETCD_* settings (etcd reads them as flags): start from none.
             .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .args(extra);
         let log = log_dir.join(format!("{}.log", m.name));
         procs.push(Proc::spawn(&m.name, &mut cmd, &log)?);
     }

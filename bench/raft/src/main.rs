@@ -5,6 +5,7 @@ mod etcd;
 mod nvkv;
 mod procs;
 mod report;
+mod vm;
 mod workload;
 
 use anyhow::{bail, Context, Result};
@@ -29,7 +30,24 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Start both clusters, alternate their turns over the rounds, print the table, write report.json.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// The same inside the test VM: each nvkv node on its own emulated NVMe controller (nvkv's driver,
+    /// the durable log in its PMR), etcd on ext4 on another (the kernel's driver).
+    Vm(vm::VmArgs),
+    /// In the guest (started by `vm`): mount etcd's file system and run.
+    #[command(hide = true)]
+    VmGuest {
+        #[arg(last = true)]
+        run: Vec<String>,
+    },
+}
+
+/// Parses `run`'s arguments from a full command line (the guest builds one).
+fn parse_run(argv: Vec<String>) -> Result<RunArgs> {
+    match Cli::try_parse_from(argv)?.cmd {
+        Cmd::Run(a) => Ok(*a),
+        _ => bail!("not a run command line"),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,6 +121,19 @@ struct RunArgs {
     /// Bound on each start-up wait (members healthy, nodes listening, a leader).
     #[arg(long, default_value_t = 30)]
     startup_timeout_s: u64,
+    /// The three nvkv nodes' databases on these NVMe controllers (PCI addresses, bound to vfio-pci)
+    /// instead of files in the data dir (snapshots stay in the data dir).
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    nvme: Vec<String>,
+    /// nvkv-server's --durable-log (`none`, `pmr`, or a path) [default: the server's, none].
+    #[arg(long)]
+    durable_log: Option<String>,
+    /// One more argument for every nvkv-server (repeat it), e.g. `--server-arg=--election-ms=1000`.
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
+    /// One more argument for every etcd member (repeat it), e.g. `--etcd-arg=--election-timeout=5000`.
+    #[arg(long, allow_hyphen_values = true)]
+    etcd_arg: Vec<String>,
 }
 
 /// The run as resolved from the arguments.
@@ -523,11 +554,11 @@ fn run(a: RunArgs) -> Result<()> {
             "nvkv-raft-bench: starting 3 etcd {} members",
             etcd_version.as_deref().unwrap_or("?")
         );
-        etcd_procs = etcd::start(&a.etcd, &etcd_members, &out_dir)?;
+        etcd_procs = etcd::start(&a.etcd, &etcd_members, &a.etcd_arg, &out_dir)?;
         rt.block_on(etcd::wait_healthy(&etcd_members, &mut etcd_procs, startup))?;
     }
     let nvkv_nodes = if want_nvkv {
-        nvkv::node_specs(&plan.nvkv_ports, &data_root)
+        nvkv::node_specs(&plan.nvkv_ports, &data_root, &a.nvme)?
     } else {
         Vec::new()
     };
@@ -541,6 +572,8 @@ fn run(a: RunArgs) -> Result<()> {
             server: server.clone(),
             db_size: a.db_size,
             commit_interval_ms: a.commit_interval_ms,
+            durable_log: a.durable_log.clone(),
+            extra: a.server_arg.clone(),
         };
         nvkv_procs = nvkv::start(&settings, &nvkv_nodes, &out_dir, startup)?;
         rt.block_on(nvkv::init(&nvkv_nodes))?;
@@ -625,10 +658,16 @@ fn run(a: RunArgs) -> Result<()> {
         nvkv_durability: format!(
             "nvkv-server answers a put once the entry is committed on a quorum and applied; by its design a \
              node counts towards the quorum only once the entry is durable in its nvkv database (the server's \
-             guarantee: the bench does not test it); --commit-interval-ms {}.{tmpfs_note}",
+             guarantee: the bench does not test it); --commit-interval-ms {}; databases {}; durable log {}.{tmpfs_note}",
             a.commit_interval_ms
                 .map(|m| m.to_string())
-                .unwrap_or_else(|| "at the server's default".into())
+                .unwrap_or_else(|| "at the server's default".into()),
+            if a.nvme.is_empty() {
+                "in files in the data dir".to_string()
+            } else {
+                format!("on NVMe controllers {} through nvkv's userspace driver", a.nvme.join(", "))
+            },
+            a.durable_log.as_deref().unwrap_or("none (acknowledged by persistence cycles)")
         ),
         nvkv_db_size: a.db_size,
         nvkv_commit_interval_ms: a.commit_interval_ms,
@@ -716,7 +755,9 @@ fn etcd_endpoints(
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run(a) => run(a),
+        Cmd::Run(a) => run(*a),
+        Cmd::Vm(a) => vm::host(a),
+        Cmd::VmGuest { run } => vm::guest(run),
     }
 }
 
@@ -729,8 +770,33 @@ mod tests {
         v.extend_from_slice(extra);
         let cli = Cli::try_parse_from(v).map_err(|e| anyhow::anyhow!("{e}"))?;
         match cli.cmd {
-            Cmd::Run(a) => Ok(a),
+            Cmd::Run(a) => Ok(*a),
+            _ => bail!("not run"),
         }
+    }
+
+    #[test]
+    fn nvme_controllers_one_per_node_and_pass_through_arguments() -> Result<()> {
+        let a = args(&[
+            "--nvme",
+            "0000:00:10.0,0000:00:11.0,0000:00:12.0",
+            "--durable-log",
+            "pmr",
+            "--server-arg=--election-ms=1000",
+            "--server-arg",
+            "--heartbeat-ms=100",
+            "--etcd-arg=--election-timeout=1000",
+        ])?;
+        let nodes = nvkv::node_specs(&[1, 2, 3], Path::new("/x"), &a.nvme)?;
+        assert_eq!(nodes[1].nvme.as_deref(), Some("0000:00:11.0"));
+        assert_eq!(a.durable_log.as_deref(), Some("pmr"));
+        assert_eq!(a.server_arg, ["--election-ms=1000", "--heartbeat-ms=100"]);
+        assert_eq!(a.etcd_arg, ["--election-timeout=1000"]);
+        let two = args(&["--nvme", "0000:00:10.0,0000:00:11.0"])?;
+        assert!(nvkv::node_specs(&[1, 2, 3], Path::new("/x"), &two.nvme).is_err());
+        let none = nvkv::node_specs(&[1, 2, 3], Path::new("/x"), &[])?;
+        assert!(none.iter().all(|n| n.nvme.is_none()));
+        Ok(())
     }
 
     #[test]

@@ -19,7 +19,10 @@ const NO_LEADER_PATIENCE: Duration = Duration::from_secs(5);
 pub struct NodeSpec {
     pub id: u64,
     pub addr: String,
+    /// The database file, or (with `nvme`) the file beside which the snapshots go.
     pub db: PathBuf,
+    /// The database's NVMe controller (PCI address) instead of the file.
+    pub nvme: Option<String>,
 }
 
 #[derive(Debug)]
@@ -27,18 +30,30 @@ pub struct Settings {
     pub server: PathBuf,
     pub db_size: Option<u64>,
     pub commit_interval_ms: Option<u64>,
+    pub durable_log: Option<String>,
+    /// More arguments for every server.
+    pub extra: Vec<String>,
 }
 
-pub fn node_specs(ports: &[u16], data_root: &Path) -> Vec<NodeSpec> {
-    ports
+/// One node per port: databases in files under `data_root`, or on the `nvme` controllers (one each).
+pub fn node_specs(ports: &[u16], data_root: &Path, nvme: &[String]) -> Result<Vec<NodeSpec>> {
+    if !nvme.is_empty() && nvme.len() != ports.len() {
+        bail!(
+            "--nvme names {} controllers; the cluster has {} nodes, one controller each",
+            nvme.len(),
+            ports.len()
+        );
+    }
+    Ok(ports
         .iter()
         .enumerate()
         .map(|(i, p)| NodeSpec {
             id: i as u64 + 1,
             addr: format!("127.0.0.1:{p}"),
             db: data_root.join(format!("nvkv-{}", i + 1)).join("db"),
+            nvme: nvme.get(i).cloned(),
         })
-        .collect()
+        .collect())
 }
 
 /// The default server binary: `nvkv-server` next to the bench's own executable (`target/release/`).
@@ -78,12 +93,22 @@ pub fn start(
         cmd.arg("--id")
             .arg(n.id.to_string())
             .arg("--listen")
-            .arg(&n.addr)
-            .arg("--db")
-            .arg(&n.db);
-        if let Some(b) = s.db_size {
+            .arg(&n.addr);
+        match &n.nvme {
+            Some(pci) => cmd
+                .arg("--nvme")
+                .arg(pci)
+                .arg("--snapshot-dir")
+                .arg(dir.join("snapshots")),
+            None => cmd.arg("--db").arg(&n.db),
+        };
+        if let Some(b) = s.db_size.filter(|_| n.nvme.is_none()) {
             cmd.arg("--db-size").arg(b.to_string());
         }
+        if let Some(d) = &s.durable_log {
+            cmd.arg("--durable-log").arg(d);
+        }
+        cmd.args(&s.extra);
         if let Some(ms) = s.commit_interval_ms {
             cmd.arg("--commit-interval-ms").arg(ms.to_string());
         }

@@ -30,6 +30,10 @@ struct Args {
     /// The node's database on an NVMe controller bound to vfio-pci (PCI address) instead of a file.
     #[arg(long)]
     nvme: Option<String>,
+    /// Create an absent database file sparse instead of writing it full of zeros (quicker to create,
+    /// slower durable writes until the log has gone round the file once).
+    #[arg(long)]
+    sparse: bool,
     /// Directory for snapshot files (default: beside the database file, or ./nvkv-snapshots-ID).
     #[arg(long)]
     snapshot_dir: Option<PathBuf>,
@@ -42,6 +46,9 @@ struct Args {
     /// Build a snapshot after this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Threads of the async runtime (HTTP, openraft); 1 runs it all on one thread.
+    #[arg(long, default_value_t = 2)]
+    runtime_threads: usize,
     /// Leader heartbeat interval, milliseconds.
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
@@ -79,6 +86,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut store = StoreOptions::new(backend, args.snapshot_dir.clone().unwrap_or(default_snap));
     store.commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
+    store.zero_fill_new_file = !args.sparse;
     store.durable_log = match args.durable_log.as_str() {
         "none" => DurableLogDevice::None,
         "pmr" => DurableLogDevice::Pmr,
@@ -93,11 +101,16 @@ fn main() -> anyhow::Result<()> {
         Duration::from_millis(args.election_ms * 2),
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
+    let rt = match args.runtime_threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .context("start the async runtime")?;
     rt.block_on(async move {
         let node = Node::start(opts).await.context("start the node")?;
         let stop = async {
