@@ -11,6 +11,7 @@
 //! - [`report`]: medians, ratios, `report.json`, the plots and `report.html`.
 //! - [`tables`]: the report's tables as cells, printed as text (`table.txt`) and as HTML.
 //! - [`plots`]: the plots, drawn with `plotters` (SVG).
+//! - [`progress`]: the main job's progress bar (indicatif), or plain lines when stderr is not a terminal.
 //! - [`html`]: `report.html`, one page with the conditions, the tables and the plots.
 //!
 //! Nothing here asserts a timing: the harness measures and reports.
@@ -24,6 +25,7 @@ pub mod kv;
 pub mod loopback;
 pub mod plan;
 pub mod plots;
+pub mod progress;
 pub mod report;
 pub mod runner;
 pub mod tables;
