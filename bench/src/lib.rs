@@ -8,7 +8,11 @@
 //! - [`fio`]: the kernel NVMe path under the same workload, measured by fio.
 //! - [`runner`]: runs a plan where the device is (in the guest or on bare metal), alternating contenders and
 //!   rebinding the device between vfio-pci and the kernel driver in the same boot.
-//! - [`report`]: medians, ratios, the table, `report.json` and the SVG plots.
+//! - [`report`]: medians, ratios, `report.json`, the plots and `report.html`.
+//! - [`tables`]: the report's tables as cells, printed as text (`table.txt`) and as HTML.
+//! - [`plots`]: the plots, drawn with `plotters` (SVG).
+//! - [`progress`]: the main job's progress bar (indicatif), or plain lines when stderr is not a terminal.
+//! - [`html`]: `report.html`, one page with the conditions, the tables and the plots.
 //!
 //! Nothing here asserts a timing: the harness measures and reports.
 
@@ -16,9 +20,12 @@ pub mod conditions;
 pub mod dlog_cost;
 pub mod driver_perf;
 pub mod fio;
+pub mod html;
 pub mod kv;
 pub mod loopback;
 pub mod plan;
+pub mod plots;
+pub mod progress;
 pub mod report;
 pub mod runner;
-pub mod svg;
+pub mod tables;

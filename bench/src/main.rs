@@ -7,11 +7,11 @@ use nvkv_bench::plan::{
     Contender, Measurement, Plan, Rw, Workload, INFO_PREFIX, KV_PREFIX, PROGRESS_PREFIX,
     RESULT_PREFIX,
 };
+use nvkv_bench::progress::{JobLayout, JobProgress};
 use nvkv_bench::report::{self, Conditions, Report};
 use nvkv_bench::runner::{self, Sink};
 use nvkv_qemu::{Accel, NvmeController, NvmeNamespace, Vm};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -256,19 +256,23 @@ impl Sink for FramedSink {
     }
 }
 
-/// Sink that collects (bare metal).
+/// Sink that collects (bare metal; in the VM's case the console callback fills one).
 #[derive(Default)]
 struct Collect {
     ms: Vec<Measurement>,
     info: BTreeMap<String, String>,
     kv: Vec<nvkv_bench::kv::KvMeasurement>,
+    /// The job's progress and where this run's steps sit in it (bare metal: one "boot").
+    progress: Option<(JobProgress, JobLayout)>,
 }
 impl Sink for Collect {
     fn measurement(&mut self, m: Measurement) {
         self.ms.push(m);
     }
-    fn progress(&mut self, step: usize, total: usize, what: &str) {
-        progress_bar(step, total, what);
+    fn progress(&mut self, step: usize, _total: usize, what: &str) {
+        if let Some((p, layout)) = &self.progress {
+            p.at(layout.guest_step(0, step as u64), what);
+        }
     }
     fn info(&mut self, key: &str, value: &str) {
         self.info.insert(key.into(), value.into());
@@ -276,19 +280,6 @@ impl Sink for Collect {
     fn kv(&mut self, m: nvkv_bench::kv::KvMeasurement) {
         self.kv.push(m);
     }
-}
-
-fn progress_bar(step: usize, total: usize, what: &str) {
-    let width = 30;
-    let filled = (step * width).checked_div(total).unwrap_or(0).min(width);
-    let mut e = std::io::stderr();
-    let _ = write!(
-        e,
-        "\r\x1b[2K[{}{}] {step}/{total} {what}",
-        "#".repeat(filled),
-        "-".repeat(width - filled)
-    );
-    let _ = e.flush();
 }
 
 fn first_line_of(cmd: &str, arg: &str) -> Option<String> {
@@ -317,7 +308,26 @@ fn host_description() -> String {
 /// Measurements and info lines read back from the guest.
 type Collected = Collect;
 
-fn run_vm(a: &RunArgs, plan: &Plan) -> Result<(Collect, Conditions)> {
+/// The main job's steps: the host's CPU-path runs (one step), then each boot (booting, then the plan's
+/// steps).
+fn job_layout(a: &RunArgs, plan: &Plan) -> JobLayout {
+    JobLayout {
+        before: u64::from(!a.no_kv),
+        boots: if a.device.is_some() || a.quick {
+            1
+        } else {
+            a.boots.max(1) as u64
+        },
+        per_boot: plan.steps() as u64,
+    }
+}
+
+fn run_vm(
+    a: &RunArgs,
+    plan: &Plan,
+    progress: &JobProgress,
+    layout: JobLayout,
+) -> Result<(Collect, Conditions)> {
     nvkv_qemu::host::setup().map_err(|e| anyhow!("{e}"))?;
     let exe = std::env::current_exe().context("finding the nvkv-bench executable")?;
     if !a.fio.exists() {
@@ -340,6 +350,8 @@ fn run_vm(a: &RunArgs, plan: &Plan) -> Result<(Collect, Conditions)> {
         let _ = std::fs::remove_file(&pmr_file);
         let _ = std::fs::remove_file(&nvdimm_file);
         let sink = collected.clone();
+        let p = progress.clone();
+        let this_boot = boot as u64;
         let vm = Vm::builder()
             .accel(a.accel)
             .controller(
@@ -362,11 +374,11 @@ fn run_vm(a: &RunArgs, plan: &Plan) -> Result<(Collect, Conditions)> {
             .file("/etc/nvkv/plan.json", plan_json.clone())
             .timeout(std::time::Duration::from_secs(3600))
             .on_line(move |l| {
-                if let Some(p) = l.strip_prefix(PROGRESS_PREFIX) {
-                    let mut it = p.splitn(3, ' ');
+                if let Some(line) = l.strip_prefix(PROGRESS_PREFIX) {
+                    let mut it = line.splitn(3, ' ');
                     let step = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-                    let total = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-                    progress_bar(step, total, it.next().unwrap_or(""));
+                    let _total = it.next();
+                    p.at(layout.guest_step(this_boot, step), it.next().unwrap_or(""));
                 } else if let Some(j) = l.strip_prefix(RESULT_PREFIX) {
                     if let (Ok(m), Ok(mut g)) =
                         (serde_json::from_str::<Measurement>(j), sink.lock())
@@ -384,13 +396,22 @@ fn run_vm(a: &RunArgs, plan: &Plan) -> Result<(Collect, Conditions)> {
                 }
             });
         vcpus = vm.cpu_count() as usize;
-        eprintln!("nvkv-bench: boot {}/{boots}", boot + 1);
+        progress.at(
+            layout.boot_start(boot as u64),
+            &format!(
+                "boot {}/{boots}: building the initramfs, booting the VM",
+                boot + 1
+            ),
+        );
         let out = vm
             .run(&format!(
                 "/bin/nvkv-bench guest --plan /etc/nvkv/plan.json --boot {boot} --fio /bin/fio\n"
             ))
             .map_err(|e| anyhow!("{e}"))?;
-        eprintln!();
+        progress.at(
+            layout.boot_end(boot as u64),
+            &format!("boot {}/{boots} done", boot + 1),
+        );
         if out.exit_code != 0 {
             let tail: Vec<&str> = out.output.lines().collect();
             bail!(
@@ -450,10 +471,20 @@ fn notes(plan: &Plan) -> Vec<String> {
     n
 }
 
-fn run_bare_metal(a: &RunArgs, device: &str, plan: &Plan) -> Result<(Collect, Conditions)> {
-    let mut sink = Collect::default();
+fn run_bare_metal(
+    a: &RunArgs,
+    device: &str,
+    plan: &Plan,
+    progress: &JobProgress,
+    layout: JobLayout,
+) -> Result<(Collect, Conditions)> {
+    let mut sink = Collect {
+        progress: Some((progress.clone(), layout)),
+        ..Default::default()
+    };
+    progress.at(layout.boot_start(0), &format!("bare metal: {device}"));
     runner::run(plan, 0, &a.fio, &mut sink)?;
-    eprintln!();
+    progress.at(layout.boot_end(0), "bare metal: done");
     let c = Conditions {
         environment: "bare metal".into(),
         vcpus: std::thread::available_parallelism()
@@ -566,21 +597,27 @@ fn main() -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| NvmeController::guest_address(0));
             let plan = plan_for(&a, &device);
+            let layout = job_layout(&a, &plan);
+            let progress = JobProgress::new(layout.total());
             // The CPU path on this host first (seconds), then the device runs.
             let kv_host = if a.no_kv {
                 Vec::new()
             } else {
-                eprintln!("nvkv-bench: key-value CPU path on this host (nvkv shard-local vs db_bench on tmpfs)");
+                progress.at(
+                    0,
+                    "key-value CPU path on this host (nvkv shard-local vs db_bench on tmpfs)",
+                );
                 kv_host(
                     if a.quick { 20_000 } else { 200_000 },
                     Path::new("/usr/bin/db_bench"),
                 )?
             };
             let (got, conditions) = if a.device.is_some() {
-                run_bare_metal(&a, &device, &plan)?
+                run_bare_metal(&a, &device, &plan, &progress, layout)?
             } else {
-                run_vm(&a, &plan)?
+                run_vm(&a, &plan, &progress, layout)?
             };
+            progress.finish();
             if got.ms.is_empty() && !plan.workloads.is_empty() {
                 bail!("no driver measurements came back");
             }
@@ -601,6 +638,7 @@ fn main() -> Result<()> {
             report::write(&r, &dir)?;
             println!("{}", report::table(&r));
             println!("results: {}", Path::new(&dir).join("report.json").display());
+            println!("page:    {}", Path::new(&dir).join("report.html").display());
             println!("plots:   {}/*.svg", dir.display());
         }
     }

@@ -105,6 +105,19 @@ pub struct KvPlan {
     pub nvdimm_log: bool,
 }
 
+impl KvPlan {
+    /// Progress steps of the key-value part of one boot: per round, per value size, each workload on
+    /// both nvkv paths and RocksDB, the durable throughput, YCSB A–F and the durable-log paths (two
+    /// each); plus each round's raw sequential write.
+    pub fn steps(&self) -> usize {
+        let logs = 2 * (usize::from(self.pmr_log) + usize::from(self.nvdimm_log));
+        let per_round = self.value_sizes.len()
+            * (3 * self.workloads.len() + 1 + if self.ycsb { 6 } else { 0 } + logs)
+            + 1;
+        self.rounds * per_round
+    }
+}
+
 /// What one boot (or one bare-metal run) measures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -125,6 +138,20 @@ pub struct Plan {
     /// The key-value comparison, if any.
     #[serde(default)]
     pub kv: Option<KvPlan>,
+}
+
+impl Plan {
+    /// Progress steps of the driver part of one boot: each contender on each workload, each round.
+    pub fn driver_steps(&self) -> usize {
+        let kernel = self.contenders.iter().filter(|c| c.is_kernel()).count();
+        let nvkv = usize::from(self.contenders.contains(&Contender::Nvkv));
+        self.rounds * self.workloads.len() * (kernel + nvkv)
+    }
+
+    /// Progress steps of one boot (the runner numbers its progress lines 1 ..= this).
+    pub fn steps(&self) -> usize {
+        self.driver_steps() + self.kv.as_ref().map_or(0, KvPlan::steps)
+    }
 }
 
 /// Latency percentiles in microseconds.

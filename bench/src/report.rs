@@ -1,7 +1,9 @@
-//! Medians and spread over rounds and boots, ratios against the kernel path, the table, `report.json`, plots.
+//! Medians and spread over rounds and boots, ratios against the kernel path, the table, `report.json`, the
+//! plots ([`figures`]) and `report.html` ([`write`]).
 
 use crate::plan::{Contender, Measurement, Rw, Workload};
-use crate::svg::{self, Series};
+use crate::plots::{self, Bars, Heading, Series};
+use crate::tables::{self, Table};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -173,259 +175,10 @@ pub fn summarize_kv(ms: &[crate::kv::KvMeasurement]) -> Vec<KvSummary> {
     out
 }
 
-/// The key-value part of the table.
-pub fn kv_table(r: &Report) -> String {
-    let mut t = String::new();
-    if !r.kv_summary.is_empty() {
-        t += "\nkey-value in the guest (16 B keys; one client thread; medians [min–max]; nvkv × = this row's ops/s ÷ RocksDB's; p50 ÷ = RocksDB p50 ÷ this row's p50)\n";
-        t += &format!(
-            "{:<22} {:>6} {:<8} {:>24} {:>9} {:>9} {:>9} {:>8} {:>8}\n",
-            "workload",
-            "value",
-            "system",
-            "ops/s median [min-max]",
-            "p50 us",
-            "p99 us",
-            "p99.9 us",
-            "nvkv ×",
-            "p50 ÷"
-        );
-        for s in r.kv_summary.iter().filter(|s| s.system != "device") {
-            t += &format!(
-                "{:<22} {:>6} {:<8} {:>24} {:>9.1} {:>9.1} {:>9.1} {:>8} {:>8}\n",
-                s.workload,
-                s.value_size,
-                s.system,
-                format!(
-                    "{} [{}–{}]",
-                    svg::human(s.median_ops_per_s),
-                    svg::human(s.min_ops_per_s),
-                    svg::human(s.max_ops_per_s)
-                ),
-                s.median_p50_us,
-                s.median_p99_us,
-                s.median_p999_us,
-                s.nvkv_ratio
-                    .map(|v| format!("{v:.2}"))
-                    .unwrap_or_else(|| "-".into()),
-                s.nvkv_p50_ratio
-                    .map(|v| format!("{v:.1}"))
-                    .unwrap_or_else(|| "-".into()),
-            );
-        }
-        if let Some(p) = r.kv_summary.iter().find(|s| s.system == "rocksdb") {
-            t += &format!("rocksdb: {}\n", p.path);
-        }
-        let mut paths: Vec<&str> = r
-            .kv_summary
-            .iter()
-            .filter(|s| s.system.starts_with("nvkv"))
-            .map(|s| s.path.as_str())
-            .collect();
-        paths.sort_unstable();
-        paths.dedup();
-        for p in paths {
-            t += &format!("{p}\n");
-        }
-        t += &engine_work_table(&r.kv_summary);
-        t += &durable_put_table(&r.kv_summary);
-        t += &durable_vs_raw(&r.kv_summary);
-    }
-    if !r.kv_host.is_empty() {
-        t += &kv_host_table(&r.kv_host);
-    }
-    t
-}
-
-/// What nvkv's shards spent on persistence in each run: how much of a latency is the device's.
-fn engine_work_table(sums: &[KvSummary]) -> String {
-    let rows: Vec<(&KvSummary, &crate::kv::EngineWork)> = sums
-        .iter()
-        .filter_map(|s| Some((s, s.engine.as_ref()?)))
-        .collect();
-    if rows.is_empty() {
-        return String::new();
-    }
-    let mut t = String::from(
-        "\nnvkv persistence work per run (medians): segment writes and flushes, submission to completion; checkpoints block the shard\n",
-    );
-    t += &format!(
-        "{:<22} {:>6} {:<12} {:>7} {:>7} {:>17} {:>17} {:>6} {:>17}\n",
-        "workload",
-        "value",
-        "system",
-        "cycles",
-        "flushes",
-        "write us mean/max",
-        "flush us mean/max",
-        "ckpts",
-        "ckpt ms total/max"
-    );
-    for (s, e) in rows {
-        t += &format!(
-            "{:<22} {:>6} {:<12} {:>7} {:>7} {:>17} {:>17} {:>6} {:>17}\n",
-            s.workload,
-            s.value_size,
-            s.system,
-            e.cycles,
-            e.flushes,
-            format!("{:.0}/{:.0}", e.write_mean_us, e.write_max_us),
-            format!("{:.0}/{:.0}", e.flush_mean_us, e.flush_max_us),
-            e.checkpoints,
-            format!("{:.1}/{:.1}", e.checkpoint_total_ms, e.checkpoint_max_ms),
-        );
-    }
-    t
-}
-
-/// Durable puts, one client, one at a time, by acknowledgement path: the persistence cycle (segment
-/// write + Flush), a durable log in the PMR, one on the NVDIMM, and RocksDB `--sync=1`; with the ratio
-/// of RocksDB's p50 to each, and each path's durable fill rate against the non-durable fill through
-/// the same handle.
-pub fn durable_put_table(sums: &[KvSummary]) -> String {
-    let rows: Vec<&KvSummary> = sums
-        .iter()
-        .filter(|s| s.workload == "durable_put")
-        .collect();
-    if rows.is_empty() {
-        return String::new();
-    }
-    let mut t = String::from(
-        "\ndurable put, one client, each acknowledged once durable (16 B keys; medians over all rounds of all boots)\n",
-    );
-    t += &format!(
-        "{:>6} {:<18} {:>10} {:>9} {:>9} {:>10} {:>12} {:>14} {:>12}\n",
-        "value",
-        "system",
-        "ops/s",
-        "p50 us",
-        "p99 us",
-        "p99.9 us",
-        "RocksDB p50÷",
-        "% of fill ops/s",
-        "by log/cycle"
-    );
-    for s in rows {
-        let fill = sums
-            .iter()
-            .find(|f| {
-                f.system == "nvkv-handle"
-                    && f.workload == "fillrandom"
-                    && f.value_size == s.value_size
-            })
-            .map(|f| f.median_ops_per_s);
-        let paths = s
-            .engine
-            .as_ref()
-            .map(|e| format!("{}/{}", e.durable_by_log, e.durable_by_cycle))
-            .unwrap_or_else(|| "-".into());
-        t += &format!(
-            "{:>6} {:<18} {:>10} {:>9.1} {:>9.1} {:>10.1} {:>12} {:>14} {:>12}\n",
-            s.value_size,
-            s.system,
-            svg::human(s.median_ops_per_s),
-            s.median_p50_us,
-            s.median_p99_us,
-            s.median_p999_us,
-            s.nvkv_p50_ratio
-                .map(|v| format!("{v:.1}"))
-                .unwrap_or_else(|| "-".into()),
-            match (fill, s.system.starts_with("nvkv")) {
-                (Some(f), true) if f > 0.0 => format!("{:.0}%", 100.0 * s.median_ops_per_s / f),
-                _ => "-".into(),
-            },
-            if s.system.starts_with("nvkv") {
-                paths
-            } else {
-                "-".into()
-            },
-        );
-    }
-    t += "(nvkv / nvkv-handle: acknowledged by the persistence cycle (segment write + Flush), 1 ms commit \
-          interval; nvkv-pmr, nvkv-nvdimm (shard-local) and their -handle rows: by the durable-log record's \
-          barrier, 100 ms commit interval; % of fill: durable puts per second ÷ the non-durable fill's on the \
-          same path; QEMU 7.2's NVMe reports a volatile write cache (Identify VWC bit 0 = 1) even with \
-          write-cache=off, so the cycle path issues a Flush here; on a drive without one (VWC = 0, power-loss \
-          protection) the engine skips the Flush)\n";
-    t
-}
-
-/// Durable-write throughput (user bytes of durable puts per second) against the device's raw sequential
-/// write bandwidth measured in the same boots.
-fn durable_vs_raw(sums: &[KvSummary]) -> String {
-    let Some(raw) = sums
-        .iter()
-        .find(|s| s.system == "device" && s.workload == "raw_seq_write")
-    else {
-        return String::new();
-    };
-    let raw_mb = raw.median_mb_per_s.unwrap_or(0.0);
-    let mut t = format!(
-        "\ndurable-write throughput against the raw device, same boots (medians): raw sequential write {raw_mb:.1} MB/s ({})\n",
-        raw.path
-    );
-    t += &format!(
-        "{:>6} {:>14} {:>16} {:>9} {:>10}\n",
-        "value", "durable ops/s", "user data MB/s", "% of raw", "p50 us"
-    );
-    for s in sums
-        .iter()
-        .filter(|s| s.system.starts_with("nvkv") && s.workload == "durable_throughput")
-    {
-        let mb = s.median_mb_per_s.unwrap_or(0.0);
-        t += &format!(
-            "{:>6} {:>14} {:>16.2} {:>9.1} {:>10.0}\n",
-            s.value_size,
-            svg::human(s.median_ops_per_s),
-            mb,
-            if raw_mb > 0.0 {
-                100.0 * mb / raw_mb
-            } else {
-                0.0
-            },
-            s.median_p50_us
-        );
-    }
-    t += &format!(
-        "(one client, {} durable puts in flight per batch, answered when the covering persistence cycle completes; 16 B keys)\n",
-        crate::kv::DURABLE_WINDOW
-    );
-    t
-}
-
-/// The host CPU-path table: each RocksDB figure with nvkv's ratio for the same workload and value size.
+/// The host CPU-path table as text: each RocksDB figure with nvkv's ratio for the same workload and value
+/// size.
 pub fn kv_host_table(ms: &[crate::kv::KvMeasurement]) -> String {
-    let mut t = String::new();
-    {
-        t += "\nkey-value CPU path on the host (one core, 16 B keys; percentiles include ~20 ns of clock reads for nvkv)\n";
-        t += &format!(
-            "{:<12} {:>6} {:<8} {:<66} {:>12} {:>9} {:>9} {:>8}\n",
-            "workload", "value", "system", "path", "ops/s", "p50 us", "p99 us", "nvkv ×"
-        );
-        for m in ms {
-            let nv = ms.iter().find(|n| {
-                n.system == "nvkv" && n.workload == m.workload && n.value_size == m.value_size
-            });
-            let ratio = match (m.system.as_str(), nv) {
-                ("rocksdb", Some(n)) if m.ops_per_s > 0.0 => {
-                    format!("{:.1}", n.ops_per_s / m.ops_per_s)
-                }
-                _ => "-".into(),
-            };
-            t += &format!(
-                "{:<12} {:>6} {:<8} {:<66} {:>12.0} {:>9.2} {:>9.2} {:>8}\n",
-                m.workload,
-                m.value_size,
-                m.system,
-                m.path,
-                m.ops_per_s,
-                m.latency.p50_us,
-                m.latency.p99_us,
-                ratio
-            );
-        }
-    }
-    t
+    tables::kv_host(ms).map(|t| t.text()).unwrap_or_default()
 }
 
 pub const SCHEMA: &str = "nvkv-bench/report/v1";
@@ -488,67 +241,293 @@ pub fn summarize(ms: &[Measurement]) -> Vec<Summary> {
     out
 }
 
-/// The human-readable table.
+/// The human-readable table (table.txt and the terminal): the conditions, then every table.
 pub fn table(r: &Report) -> String {
-    let c = &r.conditions;
-    let mut t = String::new();
-    t += &format!(
-        "nvkv-bench: {} · {} vCPUs · {}\ndevice: {}\n{} s per run after {} s warm-up · {} rounds/boot × {} boots (A B alternation) · medians [min–max]\n{}\n\n",
-        c.environment, c.vcpus, c.host, c.device, c.duration_s, c.warmup_s, c.rounds_per_boot, c.boots, c.pinning
-    );
-    t += &format!(
-        "{:<28} {:<30} {:>22} {:>9} {:>9} {:>9} {:>9} {:>8}\n",
-        "workload",
-        "contender",
-        "IOPS median [min-max]",
-        "p50 us",
-        "p99 us",
-        "p99.9 us",
-        "MMIO/IO",
-        "nvkv ×"
-    );
-    let mut last = None;
-    for s in &r.summary {
-        if last.as_ref() != Some(&s.workload) && last.is_some() {
-            t.push('\n');
-        }
-        last = Some(s.workload.clone());
-        let spread = format!(
-            "{} [{}–{}]",
-            svg::human(s.median_iops),
-            svg::human(s.min_iops),
-            svg::human(s.max_iops)
-        );
-        t += &format!(
-            "{:<28} {:<30} {:>22} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>8}\n",
-            s.workload.label(),
-            s.contender.label(),
-            spread,
-            s.median_p50_us,
-            s.median_p99_us,
-            s.median_p999_us,
-            s.median_mmio_writes_per_io
-                .map(|v| format!("{v:.3}"))
-                .unwrap_or_else(|| "-".into()),
-            s.nvkv_ratio
-                .map(|v| format!("{v:.2}"))
-                .unwrap_or_else(|| "-".into()),
-        );
+    let mut t = tables::conditions_text(r);
+    let all = tables::all(r);
+    let (driver, rest): (Vec<&Table>, Vec<&Table>) = all.iter().partition(|t| t.name == "driver");
+    for d in driver {
+        t.push('\n');
+        t += &d.text();
     }
-    for n in &c.notes {
-        t += &format!("note: {n}\n");
+    for n in tables::notes(r) {
+        t += &n;
+        t.push('\n');
     }
-    for (k, v) in r.info.iter().filter(|(k, _)| k.starts_with("failed")) {
-        t += &format!("{k}: {v}\n");
+    for x in rest {
+        t.push('\n');
+        t += &x.text();
     }
-    t += &kv_table(r);
     t
 }
 
-/// Writes report.json, table.txt and the plots into `dir`.
-/// Interval logs are moved out of the measurements into `hdr/*.hlog` files, named in `hdr_log_file`.
+/// One plot of the report: its file name beside report.json, what it shows, and the SVG.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub file: String,
+    pub title: String,
+    pub svg: String,
+}
+
+/// "QEMU TCG (software emulation; ...)" → "QEMU TCG": the environment as a plot's subtitle says it.
+fn short_environment(c: &Conditions) -> String {
+    let env = c
+        .environment
+        .split_once(" (")
+        .map(|(a, _)| a)
+        .unwrap_or(&c.environment);
+    format!("{env}, {} vCPUs", c.vcpus)
+}
+
+/// Order of the key-value workloads on the plots (as the plan runs them; others after, by name).
+fn workload_rank(w: &str) -> (usize, &str) {
+    let known = ["fillrandom", "readrandom", "mix50", "mix95", "durable_put"];
+    (known.iter().position(|k| *k == w).unwrap_or(known.len()), w)
+}
+
+/// The durable-put paths, in the order of the table, with their labels on the plots.
+const DURABLE_PATHS: &[(&str, &str)] = &[
+    ("nvkv", "cycle"),
+    ("nvkv-handle", "cycle, handle"),
+    ("nvkv-pmr", "PMR log"),
+    ("nvkv-pmr-handle", "PMR, handle"),
+    ("nvkv-nvdimm", "NVDIMM log"),
+    ("nvkv-nvdimm-handle", "NVDIMM, handle"),
+    ("rocksdb", "RocksDB sync"),
+];
+
+/// The system names of the key-value comparison, with their labels on the plots.
+const KV_SYSTEMS: &[(&str, &str)] = &[
+    ("nvkv", "nvkv shard-local"),
+    ("nvkv-handle", "nvkv through the handle"),
+    ("rocksdb", "RocksDB (db_bench, ext4)"),
+];
+
+/// The run with the median ops/s (or IOPS) among `v`, by `key`.
+fn median_run<T>(mut v: Vec<&T>, key: impl Fn(&T) -> f64) -> Option<&T> {
+    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    v.get(v.len() / 2).copied()
+}
+
+/// Every plot the report has data for.
+pub fn figures(r: &Report) -> Result<Vec<Figure>> {
+    let mut out = Vec::new();
+    let env = short_environment(&r.conditions);
+    let runs = |n: usize| {
+        format!(
+            "{env}; medians over {n} runs ({} boots × {} rounds)",
+            r.conditions.boots, r.conditions.rounds_per_boot
+        )
+    };
+    for rw in [Rw::RandRead, Rw::RandWrite] {
+        let rows = |c: Contender| {
+            r.summary.iter().filter(move |s| {
+                s.contender == c
+                    && s.workload.rw == rw
+                    && s.workload.threads == 1
+                    && s.workload.bs == 4096
+            })
+        };
+        let series: Vec<Series> = contenders(r)
+            .into_iter()
+            .map(|c| Series {
+                label: c.label().into(),
+                points: rows(c)
+                    .map(|s| (s.workload.qd as f64, s.median_iops))
+                    .collect(),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        let n = r
+            .summary
+            .iter()
+            .filter(|s| s.workload.rw == rw)
+            .map(|s| s.samples)
+            .max()
+            .unwrap_or(0);
+        let title = format!("4 KiB {} IOPS against queue depth", rw.fio_name());
+        let heading = Heading {
+            title: &title,
+            subtitle: &runs(n),
+        };
+        out.push(Figure {
+            file: format!("iops_vs_qd_{}.svg", rw.fio_name()),
+            svg: plots::line_chart(&heading, "queue depth (log scale)", "IOPS", &series)?,
+            title,
+        });
+    }
+    // Latency percentiles at QD1: the run with the median IOPS of each contender.
+    for rw in [Rw::RandRead, Rw::RandWrite] {
+        let series: Vec<Series> = contenders(r)
+            .into_iter()
+            .filter_map(|c| {
+                let v: Vec<&Measurement> = r
+                    .measurements
+                    .iter()
+                    .filter(|m| {
+                        m.contender == c
+                            && m.workload.rw == rw
+                            && m.workload.bs == 4096
+                            && m.workload.qd == 1
+                            && m.workload.threads == 1
+                    })
+                    .collect();
+                let m = median_run(v, |m| m.iops)?;
+                Some(Series {
+                    label: c.label().into(),
+                    points: m.latency.cdf.clone(),
+                })
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        let title = format!("4 KiB {} latency percentiles at QD1", rw.fio_name());
+        let heading = Heading {
+            title: &title,
+            subtitle: &format!("{env}; each contender's run with the median IOPS"),
+        };
+        out.push(Figure {
+            file: format!("latency_qd1_{}.svg", rw.fio_name()),
+            svg: plots::latency_percentiles(&heading, &series)?,
+            title,
+        });
+    }
+    let mut sizes: Vec<usize> = r.kv_summary.iter().map(|s| s.value_size).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for &vs in &sizes {
+        // The key-value comparison: workloads RocksDB ran too, durable puts aside (their own plot).
+        let mut groups: Vec<&str> = r
+            .kv_summary
+            .iter()
+            .filter(|s| s.value_size == vs && s.system == "rocksdb" && s.workload != "durable_put")
+            .map(|s| s.workload.as_str())
+            .collect();
+        groups.sort_by_key(|w| workload_rank(w));
+        groups.dedup();
+        let get = |sys: &str, w: &str| {
+            r.kv_summary
+                .iter()
+                .find(|s| s.value_size == vs && s.system == sys && s.workload == w)
+        };
+        if !groups.is_empty() {
+            let names: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            for (what, file, y, f) in [
+                (
+                    "throughput",
+                    "kv_ops",
+                    "ops/s",
+                    &(|s: &KvSummary| s.median_ops_per_s) as &dyn Fn(&KvSummary) -> f64,
+                ),
+                (
+                    "median latency",
+                    "kv_p50",
+                    "p50 latency (µs)",
+                    &|s: &KvSummary| s.median_p50_us,
+                ),
+            ] {
+                let bars: Vec<Bars> = KV_SYSTEMS
+                    .iter()
+                    .map(|&(sys, label)| Bars {
+                        label: label.into(),
+                        values: groups.iter().map(|w| get(sys, w).map(f)).collect(),
+                    })
+                    .filter(|b| b.values.iter().any(Option::is_some))
+                    .collect();
+                let title = format!("key-value {what}: nvkv against RocksDB, {vs} B values");
+                let log =
+                    plots::wants_log(bars.iter().flat_map(|b| b.values.iter().flatten().copied()));
+                let heading = Heading {
+                    title: &title,
+                    subtitle: &format!(
+                        "{env}; 16 B keys, one client thread; medians{}",
+                        if log { "; log scale" } else { "" }
+                    ),
+                };
+                out.push(Figure {
+                    file: format!("{file}_{vs}.svg"),
+                    svg: plots::grouped_bars(&heading, y, &names, &bars, log)?,
+                    title,
+                });
+            }
+        }
+        // Durable puts by acknowledgement path: p50 and p99 bars, and each path's percentiles.
+        let paths: Vec<(&str, &KvSummary)> = DURABLE_PATHS
+            .iter()
+            .filter_map(|&(sys, label)| Some((label, get(sys, "durable_put")?)))
+            .collect();
+        if !paths.is_empty() {
+            let names: Vec<String> = paths.iter().map(|p| p.0.to_string()).collect();
+            let bars = vec![
+                Bars {
+                    label: "p50".into(),
+                    values: paths.iter().map(|p| Some(p.1.median_p50_us)).collect(),
+                },
+                Bars {
+                    label: "p99".into(),
+                    values: paths.iter().map(|p| Some(p.1.median_p99_us)).collect(),
+                },
+            ];
+            let log =
+                plots::wants_log(bars.iter().flat_map(|b| b.values.iter().flatten().copied()));
+            let title = format!("durable put latency by acknowledgement path, {vs} B values");
+            let heading = Heading {
+                title: &title,
+                subtitle: &format!(
+                    "{env}; one client, one put at a time; medians{}",
+                    if log { "; log scale" } else { "" }
+                ),
+            };
+            out.push(Figure {
+                file: format!("durable_put_{vs}.svg"),
+                svg: plots::grouped_bars(&heading, "latency (µs)", &names, &bars, log)?,
+                title,
+            });
+            let series: Vec<Series> = DURABLE_PATHS
+                .iter()
+                .filter_map(|&(sys, label)| {
+                    let v: Vec<&crate::kv::KvMeasurement> =
+                        r.kv.iter()
+                            .filter(|m| {
+                                m.system == sys && m.workload == "durable_put" && m.value_size == vs
+                            })
+                            .collect();
+                    let m = median_run(v, |m| m.ops_per_s)?;
+                    Some(Series {
+                        label: label.into(),
+                        points: m.latency.cdf.clone(),
+                    })
+                })
+                .filter(|s| !s.points.is_empty())
+                .collect();
+            if !series.is_empty() {
+                let title = format!("durable put latency percentiles, {vs} B values");
+                let heading = Heading {
+                    title: &title,
+                    subtitle: &format!("{env}; each path's run with the median ops/s"),
+                };
+                out.push(Figure {
+                    file: format!("latency_durable_put_{vs}.svg"),
+                    svg: plots::latency_percentiles(&heading, &series)?,
+                    title,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes report.json, table.txt, the plots (SVG) and report.html (the tables, the plots inline and the
+/// conditions in one page) into `dir`. Interval logs are moved out of the measurements into `hdr/*.hlog`
+/// files, named in `hdr_log_file`.
 pub fn write(r: &Report, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = |p: &Path| p.display().to_string();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", file(dir)))?;
     let mut r = r.clone();
     for m in r.measurements.iter_mut() {
         if let Some(log) = m.hdr_interval_log.take() {
@@ -563,76 +542,25 @@ pub fn write(r: &Report, dir: &Path) -> Result<()> {
                 m.round
             )
             .to_lowercase();
-            std::fs::create_dir_all(dir.join("hdr"))?;
-            std::fs::write(dir.join(&name), log)?;
+            let hdr = dir.join("hdr");
+            std::fs::create_dir_all(&hdr).with_context(|| format!("creating {}", file(&hdr)))?;
+            let path = dir.join(&name);
+            std::fs::write(&path, log).with_context(|| format!("writing {}", file(&path)))?;
             m.hdr_log_file = Some(name);
         }
     }
     let r = &r;
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
-    std::fs::write(dir.join("table.txt"), table(r))?;
-    let env = format!("{}, {} vCPUs", r.conditions.environment, r.conditions.vcpus);
-    for rw in [Rw::RandRead, Rw::RandWrite] {
-        let series: Vec<Series> = contenders(r)
-            .into_iter()
-            .map(|c| Series {
-                label: c.label().into(),
-                points: r
-                    .summary
-                    .iter()
-                    .filter(|s| {
-                        s.contender == c
-                            && s.workload.rw == rw
-                            && s.workload.threads == 1
-                            && s.workload.bs == 4096
-                    })
-                    .map(|s| (s.workload.qd as f64, s.median_iops))
-                    .collect(),
-            })
-            .filter(|s| !s.points.is_empty())
-            .collect();
-        if !series.is_empty() {
-            let title = format!(
-                "4 KiB {} IOPS vs queue depth ({env}, median)",
-                rw.fio_name()
-            );
-            let svg = svg::line_chart(&title, "queue depth", "IOPS", &series, true, true);
-            std::fs::write(dir.join(format!("iops_vs_qd_{}.svg", rw.fio_name())), svg)?;
-        }
+    let put = |name: &str, text: &str| -> Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", file(&path)))
+    };
+    put("report.json", &serde_json::to_string_pretty(r)?)?;
+    put("table.txt", &table(r))?;
+    let figs = figures(r)?;
+    for f in &figs {
+        put(&f.file, &f.svg)?;
     }
-    // Latency CDF at QD1 random read: the run with the median IOPS of each contender.
-    let series: Vec<Series> = contenders(r)
-        .into_iter()
-        .filter_map(|c| {
-            let mut v: Vec<&Measurement> = r
-                .measurements
-                .iter()
-                .filter(|m| {
-                    m.contender == c
-                        && m.workload.rw == Rw::RandRead
-                        && m.workload.qd == 1
-                        && m.workload.threads == 1
-                })
-                .collect();
-            v.sort_by(|a, b| a.iops.total_cmp(&b.iops));
-            let m = v.get(v.len() / 2)?;
-            Some(Series {
-                label: c.label().into(),
-                points: m.latency.cdf.iter().map(|&(p, us)| (us, p)).collect(),
-            })
-        })
-        .collect();
-    if !series.is_empty() {
-        let svg = svg::line_chart(
-            &format!("4 KiB random read latency CDF, QD1 ({env})"),
-            "latency (µs)",
-            "percentile",
-            &series,
-            true,
-            false,
-        );
-        std::fs::write(dir.join("latency_cdf_qd1.svg"), svg)?;
-    }
+    put("report.html", &crate::html::page(r, &tables::all(r), &figs))?;
     Ok(())
 }
 
@@ -793,7 +721,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nvkv-report-test-{}", std::process::id()));
         write(&back, &dir).expect("write report");
         assert!(dir.join("report.json").exists() && dir.join("iops_vs_qd_randread.svg").exists());
-        assert!(dir.join("latency_cdf_qd1.svg").exists());
+        assert!(dir.join("latency_qd1_randread.svg").exists());
+        let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+        assert!(html.contains("<svg") && html.contains("nvkv (VFIO, polled)"));
         let written: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).expect("read"))
                 .expect("json");

@@ -102,7 +102,8 @@ pub fn run(plan: &Plan, boot: usize, fio_bin: &Path, sink: &mut dyn Sink) -> Res
         .filter(|c| c.is_kernel())
         .collect();
     let with_nvkv = plan.contenders.contains(&Contender::Nvkv);
-    let total = plan.rounds * plan.workloads.len() * (kernel.len() + with_nvkv as usize);
+    // Progress counts the whole boot: the driver's steps, then the key-value comparison's.
+    let total = plan.steps();
     let mut step = 0;
     let warmup = Duration::from_secs_f64(plan.warmup_s);
     let duration = Duration::from_secs_f64(plan.duration_s);
@@ -231,7 +232,7 @@ pub fn run(plan: &Plan, boot: usize, fio_bin: &Path, sink: &mut dyn Sink) -> Res
     }
     to_vfio(&plan.device)?;
     if let Some(kv) = &plan.kv {
-        run_kv(kv, boot, plan.kernel_identity_domain, sink)?;
+        run_kv(kv, boot, plan.kernel_identity_domain, sink, step, total)?;
     }
     Ok(())
 }
@@ -282,16 +283,12 @@ pub fn run_kv(
     boot: usize,
     identity: bool,
     sink: &mut dyn Sink,
+    first_step: usize,
+    total: usize,
 ) -> Result<()> {
     use crate::kv::{self, Workload};
-    // Per value size: each workload on both systems, YCSB and durable throughput on nvkv; plus the raw
-    // sequential write of each nvkv turn.
-    let logs = 2 * (usize::from(kv.pmr_log) + usize::from(kv.nvdimm_log));
-    let per_round = kv.value_sizes.len()
-        * (3 * kv.workloads.len() + 1 + if kv.ycsb { 6 } else { 0 } + logs)
-        + 1;
-    let total = kv.rounds * per_round;
-    let mut step = 0;
+    // Progress continues from the driver's steps (`first_step` done of `total`, see KvPlan::steps).
+    let mut step = first_step;
     for round in 0..kv.rounds {
         let mut order = [true, false];
         if round % 2 == 1 {

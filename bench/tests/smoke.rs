@@ -113,7 +113,10 @@ fn main_job_quick_run_writes_a_valid_report() {
     for f in [
         "table.txt",
         "iops_vs_qd_randread.svg",
-        "latency_cdf_qd1.svg",
+        "latency_qd1_randread.svg",
+        "kv_ops_100.svg",
+        "durable_put_100.svg",
+        "report.html",
     ] {
         assert!(dirs[0].join(f).exists(), "{f} missing");
     }

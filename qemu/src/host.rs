@@ -20,6 +20,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("pkg-config", "/usr/bin/pkg-config"),
     // libFuzzer, which the fuzz targets (fuzz/run.sh, run by CI) build from its C++ source.
     ("g++", "/usr/bin/g++"),
+    // The benchmark's report page is opened and screenshotted in a headless browser by a test
+    // (bench/tests/report_page.rs); its libfontconfig1 brings a font (fonts-dejavu-core).
+    ("chromium", "/usr/bin/chromium"),
 ];
 
 /// VFIO modules, in load order (from `../shared/QEMU.md`).
