@@ -58,7 +58,7 @@ fn lower_bounds(runs: &[Run], arena: &Arena, k: &[u8]) -> Vec<usize> {
         let mut active = false;
         for (r, &(lo, len)) in runs.iter().zip(&st) {
             if len > 0 {
-                prefetch(arena, r.refs[lo + len / 2]);
+                arena.prefetch(r.refs[lo + len / 2]);
                 active = true;
             }
         }
@@ -81,19 +81,6 @@ fn lower_bounds(runs: &[Run], arena: &Arena, k: &[u8]) -> Vec<usize> {
     st.into_iter().map(|(lo, _)| lo).collect()
 }
 
-/// Asks for node `r`'s line ahead of its use (merges know their next nodes long before comparing them).
-fn prefetch(arena: &Arena, r: u32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = arena.node_ptr(r);
-        // SAFETY: prefetching is only a hint; it never faults, and `p` points into a live chunk anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (arena, r);
-}
-
 /// The head of one input of a merge: its next node and that node's key prefix (compared without a
 /// node read; only equal prefixes compare the keys).
 #[derive(Clone, Copy)]
@@ -108,13 +95,54 @@ impl Head {
     }
 }
 
+/// Adds and removals per merge step: the others do no merge work, which keeps the typical put cheap.
+const MERGE_EVERY: u32 = 128;
+/// References a merge step moves (or zombie nodes it frees) at most: about 100-200 µs of work, so no
+/// operation waits for a whole merge, and fewer than 1 in 100 operations does any. At 4096 per 128
+/// operations (32 per key added), merges keep up
+/// with any index 32-bit references can address (a key is merged about log4(keys / 1024) times).
+const MERGE_REFS: usize = 4096;
+
+/// A merge in progress: runs `from..from + count` into `out`, a step at a time. Its inputs stay in
+/// the list (scans read them) until the output replaces them whole.
+struct Merge {
+    from: usize,
+    count: usize,
+    tier: u32,
+    pos: Vec<usize>,
+    heads: Vec<Option<Head>>,
+    out: Vec<u32>,
+    fences: Vec<u64>,
+    /// Zombie nodes the output leaves out: freed once the inputs are gone.
+    dropped: Vec<u32>,
+}
+
 /// The ordered view of the index.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Ordered {
     staging: Vec<u32>,
     runs: Vec<Run>,
+    merging: Option<Merge>,
+    /// Zombie nodes no run references any more, freed a step at a time.
+    to_free: Vec<u32>,
+    /// Operations since the last merge step.
+    tick: u32,
     /// Zombie nodes still referenced (freed when a merge drops them).
     pub zombies: usize,
+}
+
+impl Clone for Ordered {
+    fn clone(&self) -> Self {
+        // A merge in progress is not copied (its inputs are): the copy starts over when it wants one.
+        Ordered {
+            staging: self.staging.clone(),
+            runs: self.runs.clone(),
+            merging: None,
+            to_free: self.to_free.clone(),
+            tick: 0,
+            zombies: self.zombies,
+        }
+    }
 }
 
 impl Ordered {
@@ -124,17 +152,32 @@ impl Ordered {
         if self.staging.len() >= STAGE {
             self.flush(arena);
         }
+        self.tick(arena);
     }
 
-    /// Notes that a node became a zombie; compacts when zombies dominate.
+    /// Notes that a node became a zombie; compacts (a merge of every run) when zombies dominate.
     pub fn note_zombie(&mut self, arena: &mut Arena, live: usize) {
         self.zombies += 1;
-        if self.zombies > STAGE && self.zombies > live {
-            self.merge_all(arena);
+        if self.merging.is_none() && self.zombies > STAGE && self.zombies > live {
+            self.flush(arena);
+            if self.runs.len() > 1 || (self.runs.len() == 1 && self.zombies > self.to_free.len()) {
+                let tier = self.runs.iter().map(|r| r.tier).max().unwrap_or(0);
+                self.start_merge(arena, 0, self.runs.len(), tier);
+            }
+        }
+        self.tick(arena);
+    }
+
+    /// One operation: every [`MERGE_EVERY`]th does a bounded step of background work.
+    fn tick(&mut self, arena: &mut Arena) {
+        self.tick += 1;
+        if self.tick >= MERGE_EVERY {
+            self.tick = 0;
+            self.step(arena, MERGE_REFS);
         }
     }
 
-    /// Sorts the staged keys into a run and merges full tiers.
+    /// Sorts the staged keys into a run (at most [`STAGE`] of them: bounded work).
     pub fn flush(&mut self, arena: &mut Arena) {
         if self.staging.is_empty() {
             return;
@@ -149,19 +192,6 @@ impl Ordered {
         s.clear();
         s.extend(keyed.iter().map(|&(_, r)| r));
         self.runs.push(Run::new(s, arena, 0));
-        loop {
-            let n = self.runs.len();
-            if n < FANOUT
-                || self.runs[n - FANOUT..]
-                    .iter()
-                    .any(|r| r.tier != self.runs[n - 1].tier)
-            {
-                break;
-            }
-            let tier = self.runs[n - 1].tier + 1;
-            let merged = self.merge(arena, n - FANOUT);
-            self.runs.push(Run::new(merged, arena, tier));
-        }
     }
 
     fn drop_zombies(&mut self, arena: &mut Arena, refs: &mut Vec<u32>) {
@@ -176,62 +206,110 @@ impl Ordered {
         });
     }
 
-    /// Merges runs `from..` into one sorted list (zombies dropped and freed) and removes them.
-    fn merge(&mut self, arena: &mut Arena, from: usize) -> Vec<u32> {
+    /// Background work of at most about `budget` references: frees dropped zombies, advances the merge
+    /// in progress, or starts the next one (the lowest tier with [`FANOUT`] runs side by side).
+    fn step(&mut self, arena: &mut Arena, budget: usize) {
+        if !self.to_free.is_empty() {
+            let n = self.to_free.len().min(budget);
+            for r in self.to_free.drain(self.to_free.len() - n..) {
+                arena.free(r);
+                self.zombies -= 1;
+            }
+            return;
+        }
+        if self.merging.is_none() {
+            let mut best: Option<(u32, usize)> = None;
+            for (i, w) in self.runs.windows(FANOUT).enumerate() {
+                let t = w[0].tier;
+                if w.iter().all(|r| r.tier == t) && best.is_none_or(|(bt, _)| t < bt) {
+                    best = Some((t, i));
+                }
+            }
+            match best {
+                Some((t, i)) => self.start_merge(arena, i, FANOUT, t + 1),
+                None => return,
+            }
+        }
+        self.advance(arena, budget);
+    }
+
+    fn start_merge(&mut self, arena: &Arena, from: usize, count: usize, tier: u32) {
         const AHEAD: usize = 16;
-        let runs: Vec<Run> = self.runs.drain(from..).collect();
-        let total: usize = runs.iter().map(|r| r.refs.len()).sum();
-        let mut out = Vec::with_capacity(total);
-        let mut pos = vec![0usize; runs.len()];
-        let mut heads: Vec<Option<Head>> = Vec::with_capacity(runs.len());
-        for r in &runs {
+        let inputs = &self.runs[from..from + count];
+        let total: usize = inputs.iter().map(|r| r.refs.len()).sum();
+        let mut heads = Vec::with_capacity(count);
+        for r in inputs {
             for &x in r.refs.iter().take(AHEAD) {
-                prefetch(arena, x);
+                arena.prefetch(x);
             }
             heads.push(r.refs.first().map(|&x| Head {
                 prefix: arena.prefix(x),
                 r: x,
             }));
         }
-        loop {
+        self.merging = Some(Merge {
+            from,
+            count,
+            tier,
+            pos: vec![0; count],
+            heads,
+            // Allocated whole now (the allocator maps its pages as they are written).
+            out: Vec::with_capacity(total),
+            fences: Vec::with_capacity(total / FENCE_EVERY + 1),
+            dropped: Vec::new(),
+        });
+    }
+
+    /// Moves up to `budget` references of the merge in progress; replaces its inputs when done.
+    fn advance(&mut self, arena: &Arena, budget: usize) {
+        const AHEAD: usize = 16;
+        let Some(m) = self.merging.as_mut() else {
+            return;
+        };
+        let runs = &self.runs[m.from..m.from + m.count];
+        for _ in 0..budget {
             let mut best: Option<usize> = None;
-            for (i, h) in heads.iter().enumerate() {
+            for (i, h) in m.heads.iter().enumerate() {
                 if let Some(h) = h {
                     match best {
-                        Some(b) if !h.less(heads[b].as_ref().expect("best is a head"), arena) => {}
+                        Some(b) if !h.less(m.heads[b].as_ref().expect("best is a head"), arena) => {
+                        }
                         _ => best = Some(i),
                     }
                 }
             }
             let Some(i) = best else { break };
-            let x = heads[i].map_or(0, |h| h.r);
-            pos[i] += 1;
+            let head = m.heads[i].expect("best is a head");
+            m.pos[i] += 1;
             let refs = &runs[i].refs;
-            if let Some(&ahead) = refs.get(pos[i] + AHEAD) {
-                prefetch(arena, ahead);
+            if let Some(&ahead) = refs.get(m.pos[i] + AHEAD) {
+                arena.prefetch(ahead);
             }
-            heads[i] = refs.get(pos[i]).map(|&y| Head {
+            m.heads[i] = refs.get(m.pos[i]).map(|&y| Head {
                 prefix: arena.prefix(y),
                 r: y,
             });
-            if arena.loc(x) == ZOMBIE {
-                arena.free(x);
-                self.zombies -= 1;
+            if arena.loc(head.r) == ZOMBIE {
+                m.dropped.push(head.r);
             } else {
-                out.push(x);
+                if m.out.len() % FENCE_EVERY == 0 {
+                    m.fences.push(head.prefix);
+                }
+                m.out.push(head.r);
             }
         }
-        out
-    }
-
-    /// Merges everything into one run (dropping all zombies).
-    pub fn merge_all(&mut self, arena: &mut Arena) {
-        self.flush(arena);
-        if self.runs.len() > 1 || self.zombies > 0 {
-            let tier = self.runs.iter().map(|r| r.tier).max().unwrap_or(0);
-            let merged = self.merge(arena, 0);
-            self.runs.push(Run::new(merged, arena, tier));
+        if m.heads.iter().any(Option::is_some) {
+            return;
         }
+        let Some(m) = self.merging.take() else { return };
+        let merged = Run {
+            refs: m.out,
+            fences: m.fences,
+            tier: m.tier,
+        };
+        self.runs
+            .splice(m.from..m.from + m.count, std::iter::once(merged));
+        self.to_free.extend(m.dropped);
     }
 
     /// Keys in `[start, end)` in order (the caller flushed staging), as live node references.
@@ -247,7 +325,7 @@ impl Ordered {
         let mut pos = lower_bounds(&self.runs, arena, start);
         for (r, &p) in self.runs.iter().zip(&pos) {
             for &x in r.refs.iter().skip(p + 1).take(AHEAD) {
-                prefetch(arena, x);
+                arena.prefetch(x);
             }
         }
         let head = |i: usize, p: usize| {
@@ -272,7 +350,7 @@ impl Ordered {
             let x = heads[i].map_or(0, |h| h.r);
             pos[i] += 1;
             if let Some(&ahead) = self.runs[i].refs.get(pos[i] + AHEAD) {
-                prefetch(arena, ahead);
+                arena.prefetch(ahead);
             }
             heads[i] = head(i, pos[i]);
             if end.is_some_and(|e| arena.key(x) >= e) {
@@ -284,6 +362,12 @@ impl Ordered {
         })
     }
 
+    /// Number of sorted runs.
+    #[cfg(test)]
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+
     /// True when staged keys wait to be sorted.
     pub fn has_staged(&self) -> bool {
         !self.staging.is_empty()
@@ -291,7 +375,12 @@ impl Ordered {
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.staging.capacity() * 4
+        let merging = self.merging.as_ref().map_or(0, |m| {
+            m.out.capacity() * 4 + m.fences.capacity() * 8 + m.dropped.capacity() * 4
+        });
+        merging
+            + self.to_free.capacity() * 4
+            + self.staging.capacity() * 4
             + self.runs.capacity() * std::mem::size_of::<Run>()
             + self
                 .runs
