@@ -335,7 +335,7 @@ mod tests {
         for i in 0..200_000u64 {
             let k = format!("k{:012}", next() % 400_000).into_bytes();
             match i % 5 {
-                0 | 1 | 2 => {
+                0..=2 => {
                     assert_eq!(ix.insert(&k, ent(i)), Ok(m.insert(k, ent(i))));
                 }
                 3 => {

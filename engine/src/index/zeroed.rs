@@ -126,7 +126,7 @@ mod tests {
                 a[0] = 5;
                 let b = a.clone();
                 assert_eq!((b[0], b[len - 1]), (5, 7));
-                assert_eq!(a.heap_bytes() >= len * 4, true);
+                assert!(a.heap_bytes() >= len * 4);
             }
         }
         assert!(matches!(Zeroed::<u8>::new(2 << 20), Zeroed::Mapped { .. }));
