@@ -142,6 +142,7 @@ impl Iommu {
                             locked: crate::memlock::locked_bytes(),
                             needed: map_len as u64,
                         };
+                        crate::memlock::record(shortfall);
                         return Err(Error::Memlock {
                             what: "VFIO_IOMMU_MAP_DMA",
                             shortfall,

@@ -117,7 +117,7 @@ pub fn check(needed: u64) -> Result<(), Shortfall> {
 
 static LAST: Mutex<Option<Shortfall>> = Mutex::new(None);
 
-fn record(s: Shortfall) {
+pub(crate) fn record(s: Shortfall) {
     if let Ok(mut l) = LAST.lock() {
         *l = Some(s);
     }
