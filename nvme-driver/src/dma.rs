@@ -126,10 +126,7 @@ impl Iommu {
                 // what is missing; cached mappings of other sizes are given back before giving up.
                 if let Err(shortfall) = self.fit_memlock(map_len as u64) {
                     undo();
-                    return Err(Error::Memlock {
-                        what: "VFIO_IOMMU_MAP_DMA",
-                        shortfall,
-                    });
+                    return Err(Error::Memlock { shortfall });
                 }
                 if let Err(source) = c.map_dma(ptr, iova, map_len) {
                     undo();
@@ -143,10 +140,7 @@ impl Iommu {
                             needed: map_len as u64,
                         };
                         crate::memlock::record(shortfall);
-                        return Err(Error::Memlock {
-                            what: "VFIO_IOMMU_MAP_DMA",
-                            shortfall,
-                        });
+                        return Err(Error::Memlock { shortfall });
                     }
                     return Err(Error::Dma {
                         what: "VFIO_IOMMU_MAP_DMA",

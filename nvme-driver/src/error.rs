@@ -23,7 +23,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// This user may not open the VFIO group node (EACCES/EPERM): who owns it and how to get access.
-    #[error("{addr}: no access to {}: {access}. Ask an administrator to grant it: `nvkv-setup bind {addr} --user {}` (or `--group GROUP` for a group you are in), or join the group that owns it (`adduser {} {}`, then log in again)", access.path, access.user_name, access.user_name, access.group)]
+    #[error("{addr}: no access to {}: {access}. To fix it, {}", access.path, access.fix(addr))]
     NoAccess {
         addr: String,
         access: Box<crate::memlock::Access>,
@@ -31,9 +31,8 @@ pub enum Error {
     },
     /// Pinning more DMA memory would exceed RLIMIT_MEMLOCK (checked before mapping, or ENOMEM from
     /// `VFIO_IOMMU_MAP_DMA` while the limit is finite).
-    #[error("DMA memory for {what}: {shortfall}")]
+    #[error("{shortfall}")]
     Memlock {
-        what: &'static str,
         shortfall: crate::memlock::Shortfall,
     },
     #[error("{addr}: VFIO {op} failed: {source}")]

@@ -84,15 +84,14 @@ impl fmt::Display for Shortfall {
         write!(
             f,
             "RLIMIT_MEMLOCK is too low for DMA memory: the limit is {} KiB, {} KiB are locked already and the \
-             driver needs {} KiB more (at least {} KiB in all; `nvkv-setup check` prints what a whole run pins). \
-             Raise it: `ulimit -l {}` or `ulimit -l unlimited` in the shell that starts the program (needs the \
-             hard limit: `ulimit -H -l`), a line `USER - memlock KIB` in /etc/security/limits.d/nvkv.conf \
-             (next login), or `LimitMEMLOCK=` in a systemd unit",
+             driver needs {} KiB more (at least {} KiB in all). Raise it to what a whole run pins \
+             (`nvkv-setup check --shards N` prints that figure; `unlimited` also works): `ulimit -l KIB` in the \
+             shell that starts the program (up to the hard limit, `ulimit -H -l`), a line `USER - memlock KIB` \
+             in /etc/security/limits.d/nvkv.conf (next login), or `LimitMEMLOCK=` in a systemd unit",
             kib(self.limit),
             kib(self.locked),
             kib(self.needed),
             kib(self.minimum()),
-            kib(self.minimum()).next_multiple_of(1024),
         )
     }
 }
@@ -199,6 +198,23 @@ pub fn access(path: &str) -> Access {
     }
 }
 
+impl Access {
+    /// How to get access to the node of the controller at `addr`.
+    pub fn fix(&self, addr: &str) -> String {
+        let u = &self.user_name;
+        let mut s = format!(
+            "ask an administrator to grant it: `nvkv-setup bind {addr} --user {u}` (or `--group GROUP` for a group {u} is in)"
+        );
+        if self.mode & 0o060 == 0o060 && self.group != "root" {
+            s.push_str(&format!(
+                ", or join the group that owns it: `adduser {u} {}`, then log in again",
+                self.group
+            ));
+        }
+        s
+    }
+}
+
 impl fmt::Display for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -235,7 +251,8 @@ mod tests {
             "12 KiB are locked",
             "1024 KiB more",
             "at least 1036 KiB",
-            "ulimit -l 2048",
+            "nvkv-setup check --shards N",
+            "ulimit -l KIB",
             "limits.d",
             "LimitMEMLOCK=",
         ] {

@@ -439,7 +439,7 @@ impl fmt::Display for Granted {
 pub const UDEV_RULES: &str = "/etc/udev/rules.d/70-nvkv-vfio.rules";
 
 /// Gives `/dev/vfio/<group_no>` to `user` (owner, read-write) and/or `group` (group, read-write): mode 0600
-/// for a user alone, 0660 with a group. Without a group, the node keeps root's group.
+/// for a user alone, 0660 with a group. The owner or group not named is root (an earlier grant is replaced).
 pub fn grant(
     sys: &System,
     group_no: &str,
@@ -480,7 +480,9 @@ pub fn grant(
         id_name(sys, "/etc/group", m.gid()),
         m.mode() & 0o7777
     );
-    std::os::unix::fs::chown(&path, uid, gid).map_err(fail)?;
+    // The grant replaces an earlier one: what is not given to the user or group goes back to root.
+    std::os::unix::fs::chown(&path, Some(uid.unwrap_or(0)), Some(gid.unwrap_or(0)))
+        .map_err(fail)?;
     let mode = if gid.is_some() { 0o660 } else { 0o600 };
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
