@@ -116,10 +116,31 @@ impl Iommu {
                     unmap_memory(ptr, map_len);
                     return Err(Error::IovaExhausted { len: map_len });
                 };
-                if let Err(source) = c.map_dma(ptr, iova, map_len) {
+                let undo = || {
                     unmap_memory(ptr, map_len);
                     if let Ok(mut a) = self.iova.lock() {
                         a.free(iova, map_len as u64);
+                    }
+                };
+                // VFIO counts the pinned pages against RLIMIT_MEMLOCK: check first, so the error can say
+                // what is missing; cached mappings of other sizes are given back before giving up.
+                if let Err(shortfall) = self.fit_memlock(map_len as u64) {
+                    undo();
+                    return Err(Error::Memlock { shortfall });
+                }
+                if let Err(source) = c.map_dma(ptr, iova, map_len) {
+                    undo();
+                    let errno = source.raw_os_error();
+                    if let (Some(libc::ENOMEM | libc::EPERM), Some(limit)) =
+                        (errno, crate::memlock::counted_limit())
+                    {
+                        let shortfall = crate::memlock::Shortfall {
+                            limit,
+                            locked: crate::memlock::locked_bytes(),
+                            needed: map_len as u64,
+                        };
+                        crate::memlock::record(shortfall);
+                        return Err(Error::Memlock { shortfall });
                     }
                     return Err(Error::Dma {
                         what: "VFIO_IOMMU_MAP_DMA",
@@ -137,6 +158,56 @@ impl Iommu {
             iommu: ManuallyDrop::new(self.clone()),
         })
     }
+}
+
+impl Iommu {
+    /// Makes room for pinning `len` more bytes within RLIMIT_MEMLOCK, releasing cached mappings if that
+    /// is what it takes.
+    fn fit_memlock(&self, len: u64) -> Result<(), crate::memlock::Shortfall> {
+        let Err(short) = crate::memlock::check(len) else {
+            return Ok(());
+        };
+        let cached = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|p| p.into_inner()));
+        if cached.bytes == 0 {
+            return Err(short);
+        }
+        for m in cached.free.into_values().flatten() {
+            release(self, m.ptr, m.map_len, m.iova);
+        }
+        crate::memlock::check(len)
+    }
+}
+
+/// The DMA memory the driver pins, to size RLIMIT_MEMLOCK (4 KiB pages; with hugepages, buffers of 2 MiB
+/// and more are rounded up to 2 MiB).
+pub mod budget {
+    use super::PAGE_SIZE;
+    use crate::queue::QueueConfig;
+
+    fn pages(bytes: usize) -> usize {
+        bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE
+    }
+
+    /// One controller: the admin SQ and CQ (32 entries), the admin data page, and the shadow doorbell and
+    /// EventIdx pages when shadow doorbells are on.
+    pub fn controller(shadow_doorbells: bool) -> usize {
+        pages(32 * 64)
+            + pages(32 * 16)
+            + PAGE_SIZE
+            + if shadow_doorbells { 2 * PAGE_SIZE } else { 0 }
+    }
+
+    /// One I/O queue pair: its SQ, its CQ and a PRP list page for every command it can have in flight.
+    pub fn queue_pair(config: &QueueConfig) -> usize {
+        let sq = config.sq_entries.max(2) as usize;
+        pages(sq * 64)
+            + pages(config.cq_entries.max(config.sq_entries) as usize * 16)
+            + (sq - 1) * PAGE_SIZE
+    }
+
+    /// Freed mappings a controller keeps for reuse, at most; they are given back when RLIMIT_MEMLOCK would
+    /// otherwise refuse a new mapping, so they need no room in it.
+    pub const CACHED_MAPPINGS_MAX: usize = super::POOL_LIMIT;
 }
 
 /// A pinned buffer the device can read and write. Dropping it unmaps it from the IOMMU before freeing it, so a
@@ -409,6 +480,15 @@ mod tests {
         assert!(b.iter().all(|&x| x == 0), "a reused buffer is zeroed");
         let c = io.alloc(8192).expect("alloc");
         assert_ne!(c.as_ptr(), p, "a buffer in use is not handed out twice");
+    }
+
+    #[test]
+    fn budget_counts_rings_prp_lists_and_admin_pages() {
+        let qp = budget::queue_pair(&crate::QueueConfig::default());
+        // 256 SQ entries of 64 B, 1024 CQ entries of 16 B, 255 PRP list pages.
+        assert_eq!(qp, 16384 + 16384 + 255 * 4096);
+        assert_eq!(budget::controller(false), 3 * 4096);
+        assert_eq!(budget::controller(true), 5 * 4096);
     }
 
     #[test]

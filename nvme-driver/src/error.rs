@@ -22,6 +22,19 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// This user may not open the VFIO group node (EACCES/EPERM): who owns it and how to get access.
+    #[error("{addr}: no access to {}: {access}. To fix it, {}", access.path, access.fix(addr))]
+    NoAccess {
+        addr: String,
+        access: Box<crate::memlock::Access>,
+        source: std::io::Error,
+    },
+    /// Pinning more DMA memory would exceed RLIMIT_MEMLOCK (checked before mapping, or ENOMEM from
+    /// `VFIO_IOMMU_MAP_DMA` while the limit is finite).
+    #[error("{shortfall}")]
+    Memlock {
+        shortfall: crate::memlock::Shortfall,
+    },
     #[error("{addr}: VFIO {op} failed: {source}")]
     Vfio {
         addr: String,

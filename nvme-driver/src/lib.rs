@@ -15,6 +15,7 @@ pub mod error;
 pub mod health;
 #[cfg(any(test, feature = "loopback"))]
 pub mod loopback;
+pub mod memlock;
 pub mod mmio;
 pub mod namespace;
 pub mod pmr;

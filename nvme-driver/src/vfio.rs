@@ -201,10 +201,17 @@ fn open_rw(addr: &str, path: &str) -> Result<File> {
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|source| Error::Open {
-            addr: addr.into(),
-            path: path.into(),
-            source,
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM) => Error::NoAccess {
+                addr: addr.into(),
+                access: Box::new(crate::memlock::access(path)),
+                source,
+            },
+            _ => Error::Open {
+                addr: addr.into(),
+                path: path.into(),
+                source,
+            },
         })
 }
 

@@ -49,6 +49,17 @@ pub enum SetupError {
         driver: String,
         wanted: &'static str,
     },
+    #[error("no user {name:?} in /etc/passwd: create it first (`adduser {name}`) or name an existing one")]
+    NoSuchUser { name: String },
+    #[error("no group {name:?} in /etc/group: create it first (`addgroup {name}`) and add the users to it (`adduser USER {name}`)")]
+    NoSuchGroup { name: String },
+    #[error("cannot give {path} to {who}: {source}{}", write_hint(source))]
+    Grant {
+        path: String,
+        who: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("hugepages: asked for {wanted} pages of 2 MiB, the kernel granted {granted} (not enough free contiguous memory); free memory or reserve them at boot (`hugepages=N` on the kernel command line)")]
     HugepagesShort { wanted: u64, granted: u64 },
     #[error("cannot mount hugetlbfs on {path}: {why}; mount it yourself: `mount -t hugetlbfs -o pagesize=2M nodev {path}`")]
@@ -357,6 +368,228 @@ pub fn release(sys: &System, addr: &str, force: bool) -> Result<Moved, SetupErro
     })
 }
 
+/// An `/etc/passwd` or `/etc/group` entry: name, id and (passwd only) primary group.
+fn id_entry(sys: &System, file: &str, name: &str) -> Option<(u32, Option<u32>)> {
+    let text = std::fs::read_to_string(sys.path(file)).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() < 3 || f[0] != name {
+            return None;
+        }
+        Some((f[2].parse().ok()?, f.get(3).and_then(|g| g.parse().ok())))
+    })
+}
+
+/// The name of a uid or gid from `/etc/passwd` or `/etc/group`, or the number.
+pub fn id_name(sys: &System, file: &str, id: u32) -> String {
+    std::fs::read_to_string(sys.path(file))
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 3 && f[2].parse::<u32>().ok() == Some(id)).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// What `bind --user/--group` did to a VFIO group node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Granted {
+    pub node: String,
+    /// IOMMU group number (the node's name).
+    pub group_no: String,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub mode: u32,
+    /// Owner, group and mode before.
+    pub was: String,
+}
+
+impl Granted {
+    /// A udev rule that gives the node to the same user and group whenever it is created (boot, re-bind).
+    pub fn udev_rule(&self) -> String {
+        let mut r = format!("SUBSYSTEM==\"vfio\", KERNEL==\"{}\"", self.group_no);
+        if let Some(u) = &self.user {
+            r.push_str(&format!(", OWNER=\"{u}\""));
+        }
+        if let Some(g) = &self.group {
+            r.push_str(&format!(", GROUP=\"{g}\""));
+        }
+        r.push_str(&format!(", MODE=\"{:04o}\"", self.mode));
+        r
+    }
+}
+
+impl fmt::Display for Granted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: owner {}:{}, mode {:04o} (was {})",
+            self.node,
+            self.user.as_deref().unwrap_or("root"),
+            self.group.as_deref().unwrap_or("root"),
+            self.mode,
+            self.was
+        )
+    }
+}
+
+/// Where `bind --udev-rule` writes the rule.
+pub const UDEV_RULES: &str = "/etc/udev/rules.d/70-nvkv-vfio.rules";
+
+/// Gives `/dev/vfio/<group_no>` to `user` (owner, read-write) and/or `group` (group, read-write): mode 0600
+/// for a user alone, 0660 with a group. The owner or group not named is root (an earlier grant is replaced).
+pub fn grant(
+    sys: &System,
+    group_no: &str,
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<Granted, SetupError> {
+    let uid = user
+        .map(|u| {
+            id_entry(sys, "/etc/passwd", u)
+                .map(|(id, _)| id)
+                .ok_or_else(|| SetupError::NoSuchUser { name: u.into() })
+        })
+        .transpose()?;
+    let gid = group
+        .map(|g| {
+            id_entry(sys, "/etc/group", g)
+                .map(|(id, _)| id)
+                .ok_or_else(|| SetupError::NoSuchGroup { name: g.into() })
+        })
+        .transpose()?;
+    let node = format!("/dev/vfio/{group_no}");
+    let path = sys.path(&node);
+    let who = [user, group]
+        .iter()
+        .flatten()
+        .copied()
+        .collect::<Vec<_>>()
+        .join(":");
+    let fail = |source| SetupError::Grant {
+        path: node.clone(),
+        who: who.clone(),
+        source,
+    };
+    let m = std::fs::metadata(&path).map_err(fail)?;
+    let was = format!(
+        "{}:{} {:04o}",
+        id_name(sys, "/etc/passwd", m.uid()),
+        id_name(sys, "/etc/group", m.gid()),
+        m.mode() & 0o7777
+    );
+    // The grant replaces an earlier one: what is not given to the user or group goes back to root.
+    std::os::unix::fs::chown(&path, Some(uid.unwrap_or(0)), Some(gid.unwrap_or(0)))
+        .map_err(fail)?;
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+    Ok(Granted {
+        node,
+        group_no: group_no.into(),
+        user: user.map(str::to_string),
+        group: group.map(str::to_string),
+        mode,
+        was,
+    })
+}
+
+/// Writes the udev rule of `g` to [`UDEV_RULES`] (replacing a rule there for the same IOMMU group).
+pub fn install_udev_rule(sys: &System, g: &Granted) -> Result<String, SetupError> {
+    let path = sys.path(UDEV_RULES);
+    let key = format!("KERNEL==\"{}\"", g.group_no);
+    let mut lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.contains(&key))
+        .map(str::to_string)
+        .collect();
+    if lines.is_empty() {
+        lines.push(
+            "# Written by nvkv-setup bind --udev-rule: VFIO group nodes for nvkv's driver.".into(),
+        );
+    }
+    lines.push(g.udev_rule());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| SetupError::Write {
+            path: dir.display().to_string(),
+            value: "(directory)".into(),
+            source,
+        })?;
+    }
+    write(&path, &(lines.join("\n") + "\n"))?;
+    Ok(UDEV_RULES.into())
+}
+
+/// The DMA memory nvkv pins for `shards` shards with the engine's default buffers, and how it adds up.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemlockBudget {
+    pub shards: usize,
+    pub bytes: u64,
+    pub parts: Vec<(String, u64)>,
+}
+
+/// What the driver pins for one controller and `shards` queue pairs, plus each shard's write buffers (the
+/// active one, one per persistence cycle in flight) and one more buffer for a read, a GC move or a
+/// checkpoint block, with the engine's defaults; rounded up to whole MiB.
+pub fn memlock_budget(shards: usize) -> MemlockBudget {
+    use nvme_driver::dma::budget;
+    let shards = shards.max(1);
+    let o = nvkv::Options::file("/dev/null", None);
+    let ctrl = budget::controller(false) as u64;
+    let qp = budget::queue_pair(&nvme_driver::QueueConfig::default()) as u64;
+    let bufs = ((o.max_inflight_cycles.max(1) + 2) * o.buffer_bytes) as u64;
+    let parts = vec![
+        ("controller (admin queues)".to_string(), ctrl),
+        (
+            format!("{shards} I/O queue pair(s) (rings, PRP lists)"),
+            qp * shards as u64,
+        ),
+        (
+            format!("{shards} shard(s) of write and I/O buffers"),
+            bufs * shards as u64,
+        ),
+    ];
+    let total: u64 = parts.iter().map(|p| p.1).sum();
+    MemlockBudget {
+        shards,
+        bytes: total.next_multiple_of(1 << 20),
+        parts,
+    }
+}
+
+impl MemlockBudget {
+    pub fn kib(&self) -> u64 {
+        self.bytes >> 10
+    }
+
+    /// How the figure adds up, in one line.
+    pub fn breakdown(&self) -> String {
+        self.parts
+            .iter()
+            .map(|(what, b)| format!("{what} {} KiB", b.div_ceil(1024)))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+
+    /// The three ways to set it for `user`, one a line.
+    pub fn how_to_set(&self, user: &str) -> Vec<String> {
+        vec![
+            format!(
+                "ulimit -l {}   (in the shell that starts nvkv; up to the hard limit, `ulimit -H -l`)",
+                self.kib()
+            ),
+            format!(
+                "/etc/security/limits.d/nvkv.conf: `{user} - memlock {}`   (soft and hard, from the next login)",
+                self.kib()
+            ),
+            format!("systemd unit: `LimitMEMLOCK={}M`", self.bytes >> 20),
+        ]
+    }
+}
+
 /// Where hugetlbfs is mounted by default.
 pub const HUGEPAGES_MOUNT: &str = "/dev/hugepages";
 
@@ -636,10 +869,12 @@ pub fn check_system(sys: &System, memlock_needed: u64) -> Vec<Check> {
     let creds =
         parse_status(&std::fs::read_to_string(sys.path("/proc/self/status")).unwrap_or_default());
     let mut nodes = vec![PathBuf::from("/dev/vfio/vfio")];
+    let mut group_addrs = Vec::new();
     if let Ok(cs) = sys.nvme_controllers() {
         for c in cs {
             if let (Some("vfio-pci"), Some(g)) = (c.driver.as_deref(), c.iommu_group) {
-                nodes.push(Path::new("/dev/vfio").join(g));
+                nodes.push(Path::new("/dev/vfio").join(&g));
+                group_addrs.push((g, c.addr));
             }
         }
     }
@@ -652,24 +887,35 @@ pub fn check_system(sys: &System, memlock_needed: u64) -> Vec<Check> {
                 format!("{} is readable and writable by uid {}", n.display(), creds.uid),
                 None,
             )),
-            Ok(m) => out.push(Check {
-                name: "/dev/vfio",
-                status: Status::Fail,
-                detail: format!(
-                    "{} (owner {}:{}, mode {:o}) is not readable and writable by uid {}",
-                    n.display(),
-                    m.uid(),
-                    m.gid(),
-                    m.mode() & 0o777,
-                    creds.uid
-                ),
-                fix: Some(format!(
-                    "run as root, or give this user the node: `chown {}:{} {}` (or a udev rule for it)",
-                    creds.uid,
-                    creds.gids.first().copied().unwrap_or(0),
-                    n.display()
-                )),
-            }),
+            Ok(m) => {
+                let user = id_name(sys, "/etc/passwd", creds.uid);
+                let group = id_name(sys, "/etc/group", m.gid());
+                let addr = n
+                    .file_name()
+                    .and_then(|g| group_addrs.iter().find(|(gr, _)| gr.as_str() == g))
+                    .map_or("ADDR".to_string(), |(_, a)| a.clone());
+                out.push(Check {
+                    name: "/dev/vfio",
+                    status: Status::Fail,
+                    detail: format!(
+                        "no access to {}: owner {}:{}, mode {:04o}; user {user} (uid {}) is in group(s) {}",
+                        n.display(),
+                        id_name(sys, "/etc/passwd", m.uid()),
+                        group,
+                        m.mode() & 0o7777,
+                        creds.uid,
+                        creds
+                            .gids
+                            .iter()
+                            .map(|g| id_name(sys, "/etc/group", *g))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    fix: Some(format!(
+                        "as root: `nvkv-setup bind {addr} --user {user}` (or `--group GROUP` for a group {user} is in), or join group {group} if it has read-write access; or run as root"
+                    )),
+                })
+            }
             Err(e) => out.push(check(
                 "/dev/vfio",
                 Status::Fail,
@@ -709,8 +955,10 @@ pub fn check_system(sys: &System, memlock_needed: u64) -> Vec<Check> {
                 mib(memlock_needed)
             ),
             fix: Some(format!(
-                "`ulimit -l unlimited` (as root), or `ulimit -l {}` and a matching `memlock` line in /etc/security/limits.conf",
-                memlock_needed >> 10
+                "`ulimit -l {kib}` (or `unlimited`; up to the hard limit), a line `{user} - memlock {kib}` in /etc/security/limits.d/nvkv.conf (next login), or `LimitMEMLOCK={mib}M` in a systemd unit",
+                kib = memlock_needed.div_ceil(1 << 20) << 10,
+                mib = memlock_needed.div_ceil(1 << 20),
+                user = id_name(sys, "/etc/passwd", creds.uid),
             )),
         }),
         None => out.push(check(
@@ -984,6 +1232,67 @@ mod tests {
             checks.iter().any(|c| c.detail.contains("/dev/vfio/4")),
             "{checks:?}"
         );
+    }
+
+    #[test]
+    fn grant_gives_the_node_to_a_user_and_group_and_writes_the_udev_rule() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tree();
+        t.file(
+            "/etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnvkvuser:x:1000:1000::/tmp:/bin/sh\n",
+        )
+        .file("/etc/group", "root:x:0:\nnvkv:x:1001:nvkvuser\n")
+        .file("/dev/vfio/4", "");
+        let sys = System::at(&t.root);
+        let e = grant(&sys, "4", Some("nobody"), None).expect_err("no such user");
+        assert!(e.to_string().contains("adduser nobody"), "{e}");
+        let e = grant(&sys, "4", None, Some("nogroup")).expect_err("no such group");
+        assert!(e.to_string().contains("addgroup nogroup"), "{e}");
+        let may_chown =
+            parse_status(&std::fs::read_to_string("/proc/self/status").unwrap_or_default()).uid
+                == 0;
+        if !may_chown {
+            return; // chown to another user needs root; the rest is covered in the VM.
+        }
+        let g = grant(&sys, "4", Some("nvkvuser"), Some("nvkv")).expect("grant");
+        let m = std::fs::metadata(t.p("/dev/vfio/4")).expect("stat");
+        assert_eq!(
+            (m.uid(), m.gid(), m.permissions().mode() & 0o777),
+            (1000, 1001, 0o660)
+        );
+        assert_eq!(
+            g.udev_rule(),
+            r#"SUBSYSTEM=="vfio", KERNEL=="4", OWNER="nvkvuser", GROUP="nvkv", MODE="0660""#
+        );
+        assert!(
+            g.to_string().contains("owner nvkvuser:nvkv, mode 0660"),
+            "{g}"
+        );
+        install_udev_rule(&sys, &g).expect("rule");
+        install_udev_rule(&sys, &g).expect("rule again");
+        let rules = std::fs::read_to_string(t.p(UDEV_RULES)).expect("rules");
+        assert_eq!(rules.matches("KERNEL==\"4\"").count(), 1, "{rules}");
+        // A user alone: 0600, root's group kept.
+        let g = grant(&sys, "4", Some("nvkvuser"), None).expect("grant");
+        assert_eq!(g.mode, 0o600);
+    }
+
+    #[test]
+    fn memlock_budget_adds_queues_and_buffers() {
+        let one = memlock_budget(1);
+        let two = memlock_budget(2);
+        assert!(one.bytes >= 2 << 20 && one.bytes <= 8 << 20, "{one:?}");
+        assert!(two.bytes > one.bytes, "{two:?}");
+        assert_eq!(one.bytes % (1 << 20), 0);
+        let how = one.how_to_set("nvkvuser").join("\n");
+        for want in [
+            "ulimit -l",
+            "limits.d/nvkv.conf: `nvkvuser - memlock",
+            "LimitMEMLOCK=",
+        ] {
+            assert!(how.contains(want), "{want:?} missing: {how}");
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ enum Cmd {
         json: bool,
     },
     /// Bind controllers to vfio-pci (for nvkv). Refuses while a namespace is in use, unless --force.
+    /// Needs root; --user/--group give the device to a user who then runs nvkv without root.
+    #[command(group = clap::ArgGroup::new("grantee").multiple(true).args(["user", "group"]))]
     Bind {
         /// PCI addresses, e.g. 0000:01:00.0 (see `nvkv-setup list`).
         #[arg(required = true)]
@@ -39,6 +41,19 @@ enum Cmd {
         /// Take the controller even though its namespaces are mounted, swap, held or open.
         #[arg(long)]
         force: bool,
+        /// Give the controller's /dev/vfio/N to this user (owner, read-write), so it can run nvkv
+        /// without root; prints the RLIMIT_MEMLOCK it needs and a udev rule that keeps the grant.
+        #[arg(long)]
+        user: Option<String>,
+        /// Give /dev/vfio/N to this group (read-write, mode 0660): every member can run nvkv.
+        #[arg(long)]
+        group: Option<String>,
+        /// Install the udev rule (in /etc/udev/rules.d/70-nvkv-vfio.rules) instead of only printing it.
+        #[arg(long, requires = "grantee")]
+        udev_rule: bool,
+        /// Shards the user will run, for the RLIMIT_MEMLOCK figure (default: the CPUs online).
+        #[arg(long)]
+        shards: Option<usize>,
     },
     /// Give controllers back to the kernel's nvme driver. Refuses while a program has the VFIO group open,
     /// unless --force.
@@ -58,9 +73,13 @@ enum Cmd {
     },
     /// Check the IOMMU, the VFIO modules, /dev/vfio permissions, RLIMIT_MEMLOCK and hugepages.
     Check {
-        /// DMA memory the driver will pin, in MiB (queues plus I/O buffers), to compare with RLIMIT_MEMLOCK.
-        #[arg(long, default_value_t = 256)]
-        memlock_mib: u64,
+        /// DMA memory the driver will pin, in MiB, to compare with RLIMIT_MEMLOCK (default: what nvkv pins
+        /// for --shards shards).
+        #[arg(long)]
+        memlock_mib: Option<u64>,
+        /// Shards, for the default of --memlock-mib (default: the CPUs online).
+        #[arg(long)]
+        shards: Option<usize>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -159,14 +178,79 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// CPUs online: the shards a database gets when its owner does not say.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Fails with the fix unless this process runs as root (sysfs writes, chown of /dev/vfio nodes).
+fn require_root(what: &str) -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = setup::parse_status(&status).uid;
+    if uid != 0 {
+        bail!(
+            "`nvkv-setup {what}` needs root (it writes sysfs and changes the owner of /dev/vfio nodes); you are uid {uid}: run it with sudo, e.g. `sudo nvkv-setup {what} ADDR --user $(id -un)`"
+        );
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     let sys = System::real();
     match cli.cmd {
         Cmd::List { json } => list(&sys, json),
-        Cmd::Bind { addr, force } => {
+        Cmd::Bind {
+            addr,
+            force,
+            user,
+            group,
+            udev_rule,
+            shards,
+        } => {
+            require_root("bind")?;
             for a in &addr {
                 let m = setup::bind_vfio(&sys, a, force)?;
                 println!("{m}");
+                if user.is_none() && group.is_none() {
+                    continue;
+                }
+                let group_no = sys
+                    .controller(a)?
+                    .iommu_group
+                    .with_context(|| format!("{a} has no IOMMU group"))?;
+                let g = setup::grant(&sys, &group_no, user.as_deref(), group.as_deref())?;
+                println!("  {g}");
+                if udev_rule {
+                    let path = setup::install_udev_rule(&sys, &g)?;
+                    println!(
+                        "  udev rule written to {path} (it applies when the node is next created; `udevadm trigger` to apply it now)"
+                    );
+                } else {
+                    println!(
+                        "  to keep this across reboots and re-binds, add this line to {} (or pass --udev-rule):\n    {}",
+                        setup::UDEV_RULES,
+                        g.udev_rule()
+                    );
+                }
+            }
+            // limits.conf names a group as @group.
+            let who = match (&user, &group) {
+                (Some(u), _) => Some(u.clone()),
+                (None, Some(g)) => Some(format!("@{g}")),
+                (None, None) => None,
+            };
+            if let Some(who) = who {
+                let b = setup::memlock_budget(shards.unwrap_or_else(cpus));
+                println!(
+                    "RLIMIT_MEMLOCK: {who} needs at least {} MiB ({} KiB) of locked memory for {} shard(s): {}. Set it with one of:",
+                    b.bytes >> 20,
+                    b.kib(),
+                    b.shards,
+                    b.breakdown()
+                );
+                for l in b.how_to_set(&who) {
+                    println!("    {l}");
+                }
             }
             Ok(())
         }
@@ -192,8 +276,16 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Check { memlock_mib, json } => {
-            let checks = setup::check_system(&sys, memlock_mib << 20);
+        Cmd::Check {
+            memlock_mib,
+            shards,
+            json,
+        } => {
+            let needed = match memlock_mib {
+                Some(m) => m << 20,
+                None => setup::memlock_budget(shards.unwrap_or_else(cpus)).bytes,
+            };
+            let checks = setup::check_system(&sys, needed);
             if json {
                 println!(
                     "{}",

@@ -174,7 +174,12 @@ fn zero_device<F: DeviceFactory>(f: &F) -> Result<u64> {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("nvkv: {e:#}");
+        // The engine keeps only an errno of a failed DMA allocation; the driver remembers when the cause was
+        // RLIMIT_MEMLOCK, and that is the part an operator can fix.
+        match nvme_driver::memlock::last_shortfall() {
+            Some(s) => eprintln!("nvkv: {e:#}: {s}"),
+            None => eprintln!("nvkv: {e:#}"),
+        }
         std::process::exit(2);
     }
 }
