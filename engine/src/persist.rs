@@ -370,19 +370,31 @@ impl<D: BlockDevice> Shard<D> {
         // Records now have a place on the device: point the index there.
         let seg_base = lba * self.bs;
         let mut live = 0u64;
-        for (off, rec) in self.active.records() {
-            if rec.tombstone {
-                continue;
-            }
-            let moved = self.index.update(rec.key, |e| {
-                let here = e.loc == LOC_BUFFERED | off as u64;
-                if here {
-                    e.loc = seg_base + off as u64;
+        {
+            // Each update is a few dependent cache misses (slot, node); asking for the slots 16 records
+            // ahead and for the nodes 8 ahead overlaps them (a 1 MiB buffer holds ~7000 small records).
+            let mut far = self.active.records().filter(|(_, r)| !r.tombstone).skip(16);
+            let mut near = self.active.records().filter(|(_, r)| !r.tombstone).skip(8);
+            for (off, rec) in self.active.records() {
+                if rec.tombstone {
+                    continue;
                 }
-                here
-            });
-            if moved == Some(true) {
-                live += format::record_len(rec.key.len(), rec.value.len()) as u64;
+                if let Some((_, r)) = far.next() {
+                    self.index.prefetch(r.key, false);
+                }
+                if let Some((_, r)) = near.next() {
+                    self.index.prefetch(r.key, true);
+                }
+                let moved = self.index.update(rec.key, |e| {
+                    let here = e.loc == LOC_BUFFERED | off as u64;
+                    if here {
+                        e.loc = seg_base + off as u64;
+                    }
+                    here
+                });
+                if moved == Some(true) {
+                    live += format::record_len(rec.key.len(), rec.value.len()) as u64;
+                }
             }
         }
         // Give back the part of this reservation that neither this segment nor the next one uses.

@@ -68,23 +68,12 @@ impl Arena {
         &mut self.chunks[c][o..]
     }
 
-    /// Address of node `r` (for prefetching).
-    /// Asks for node `r`'s line ahead of its use (merges and the table's growth know their next
-    /// nodes long before they read them).
+    /// Asks for node `r`'s line ahead of its use (merges, the table's growth and a seal's relocation
+    /// know their next nodes long before they read them).
     pub fn prefetch(&self, r: u32) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let p = self.node_ptr(r);
-            // SAFETY: prefetching is only a hint; it never faults, and `p` points into a live chunk anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
+        if let Some(b) = self.at(r).first() {
+            super::prefetch::line(b);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = r;
-    }
-
-    pub fn node_ptr(&self, r: u32) -> *const u8 {
-        self.at(r).as_ptr()
     }
 
     /// The key of node `r`.

@@ -176,6 +176,16 @@ impl Table {
         }
     }
 
+    /// Asks for the lines a probe of `hash` starts with (control byte and reference at its home, in
+    /// both parts while growing).
+    pub fn prefetch_home(&self, hash: u64) {
+        for p in std::iter::once(&self.cur).chain(self.old.as_ref()) {
+            let i = p.home(hash);
+            super::prefetch::line(&p.ctrl[i]);
+            super::prefetch::line(&p.refs[i]);
+        }
+    }
+
     /// The reference in slot `s`.
     pub fn get(&self, s: Slot) -> u32 {
         self.part(s).refs[s.i]
