@@ -134,14 +134,23 @@ fn run_on_host(tests: &[GuestTest], vm: impl FnOnce() -> VmBuilder, checks: &[Ho
     let start = Instant::now();
     let builder = vm().binary(&exe, "nvkv-guest-tests");
     let mut out = builder.clone().run(&cmd);
-    // QEMU 7.2 itself crashed once (SIGSEGV after a controller reset with I/O in flight): that is the
-    // emulator, not the code under test, so the whole suite is run once more, and it says so.
-    if let Err(crate::Error::QemuExited { status, .. }) = &out {
-        if status.contains("signal") {
-            println!(
-                "QEMU died ({status}) before the suite finished; running the whole suite once more"
-            );
-            out = builder.run(&cmd);
+    // QEMU 7.2 itself dies (SIGSEGV) in the shadow-doorbell half of the driver's
+    // `controller_reset_mid_run`: a controller reset with I/O in flight after Doorbell Buffer Config,
+    // which 7.2 keeps across the reset (later QEMU clears its dbbuf state in nvme_ctrl_reset). Measured on
+    // this project's machines: 7 of 16 boots of that suite. That is the emulator, not the code under
+    // test, so a suite whose QEMU died of a signal is run again, up to QEMU_CRASH_RETRIES times, and it
+    // says so each time; any other failure is reported at once.
+    const QEMU_CRASH_RETRIES: u32 = 3;
+    for attempt in 1..=QEMU_CRASH_RETRIES {
+        match &out {
+            Err(crate::Error::QemuExited { status, .. }) if status.contains("signal") => {
+                println!(
+                    "QEMU died ({status}) before the suite finished; running the whole suite again \
+                     ({attempt} of {QEMU_CRASH_RETRIES})"
+                );
+                out = builder.clone().run(&cmd);
+            }
+            _ => break,
         }
     }
     let out = match out {
