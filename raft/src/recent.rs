@@ -54,13 +54,8 @@ impl Recent {
     /// The log was truncated: entries from `index` on are gone.
     pub(crate) fn truncate_from(&mut self, index: u64) {
         while self.next_index().is_some_and(|n| n > index) {
-            match self.entries.pop_back() {
-                Some((e, s)) if e.log_id.index >= index => self.bytes -= s,
-                Some(kept) => {
-                    self.entries.push_back(kept);
-                    break;
-                }
-                None => break,
+            if let Some((_, s)) = self.entries.pop_back() {
+                self.bytes -= s;
             }
         }
     }

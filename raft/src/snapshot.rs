@@ -93,7 +93,11 @@ impl SnapshotWriter {
 
 /// Syncs the directory holding `path`, so a rename in it survives a crash.
 pub(crate) fn sync_dir(path: &Path) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is the empty path: the current directory.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(format!("sync directory {}", dir.display()), e))

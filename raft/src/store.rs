@@ -184,10 +184,5 @@ fn create_zeroed(path: &std::path::Path, size: u64) -> Result<(), StoreError> {
     f.sync_all().map_err(|e| io("syncing", e))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(|e| io("renaming the zero-filled file to", e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("syncing the directory of", e))?;
-    }
-    Ok(())
+    crate::snapshot::sync_dir(path)
 }

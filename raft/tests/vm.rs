@@ -8,9 +8,9 @@ mod common;
 
 use std::error::Error;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nvkv::bdev::{BlockDevice, DeviceFactory, NvmeFactory};
+use nvkv::bdev::{DeviceFactory, NvmeFactory};
 use nvkv::DurableLogDevice;
 use nvkv_qemu::suite::{self, GuestTest};
 use nvkv_qemu::{NvmeController, NvmeNamespace, Vm};
@@ -52,31 +52,12 @@ fn main() {
     });
 }
 
-/// Zeroes the controller's namespace (Write Zeroes, in pieces, each waited for within a bound), so the
-/// next open formats a blank device, as `nvkv format --force` does.
+/// Zeroes the controller's namespace, so the next open formats a blank device, as `nvkv format --force`
+/// does.
 fn zero(addr: &str) -> R {
     let f = NvmeFactory::open(addr, 1)?;
     let mut d = f.open(0)?;
-    let total = d.num_blocks();
-    let mut lba = 0u64;
-    while lba < total {
-        let n = (total - lba).min(1 << 16) as u32;
-        d.submit_write_zeroes(lba, n, lba)
-            .map_err(|_| format!("{addr}: write zeroes at block {lba} refused"))?;
-        let mut done = None;
-        let since = Instant::now();
-        while done.is_none() {
-            d.poll(1, |c| done = Some(c.result));
-            nvkv_qemu::check!(
-                since.elapsed() < Duration::from_secs(60),
-                "{addr}: write zeroes at block {lba} not answered in 60 s"
-            );
-        }
-        if let Some(Err(e)) = done {
-            return Err(format!("{addr}: write zeroes at block {lba}: {e}").into());
-        }
-        lba += n as u64;
-    }
+    nvkv::bdev::zero_all(&mut d, Duration::from_secs(60)).map_err(|e| format!("{addr}: {e}"))?;
     Ok(())
 }
 
