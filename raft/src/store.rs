@@ -186,3 +186,26 @@ fn create_zeroed(path: &std::path::Path, size: u64) -> Result<(), StoreError> {
     std::fs::rename(&tmp, path).map_err(|e| io("renaming the zero-filled file to", e))?;
     crate::snapshot::sync_dir(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A crash while zero-filling leaves only the `.zeroing` file: the next start writes the database
+    /// file whole; an existing database file is never touched.
+    #[test]
+    fn zero_filled_files_are_whole_or_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("node.db");
+        let tmp = dir.path().join("node.db.zeroing");
+        std::fs::write(&tmp, [0u8; 100]).expect("a short leftover of a crash");
+        create_zeroed(&db, 3 << 20).expect("create");
+        assert_eq!(std::fs::metadata(&db).expect("db").len(), 3 << 20);
+        assert!(!tmp.exists(), "the temporary file was renamed into place");
+        let bytes = std::fs::read(&db).expect("read");
+        assert!(bytes.iter().all(|&b| b == 0));
+        std::fs::write(&db, b"data").expect("overwrite");
+        create_zeroed(&db, 3 << 20).expect("existing file");
+        assert_eq!(std::fs::read(&db).expect("read"), b"data");
+    }
+}
