@@ -44,6 +44,7 @@ pub mod pmem;
 pub mod recovery;
 pub mod salvage;
 pub mod shard;
+pub(crate) mod slot;
 pub mod space;
 
 pub use api::{Backend, Db, DbHandle, LocalCtx, Options};

@@ -1,4 +1,5 @@
-//! The two cross-thread wake-up paths the engine writes itself (the queues are crossbeam's):
+//! The two cross-thread wake-up paths the engine writes itself (the queues are crossbeam's; the request
+//! slots of [`crate::slot`] are the third, on the same [`Runtime`]):
 //!
 //! - [`Mailbox`]: where a shard posts answers for one client thread. Post = push, then unpark the
 //!   owner; receive = pop, else park. Thread park tokens make a post between the client's failed pop
@@ -22,6 +23,8 @@ pub trait Runtime: 'static {
     type Flag: Send + Sync + Default + 'static;
     /// A queue shared across threads.
     type Queue<T: Send + 'static>: Send + Sync + Default + 'static;
+    /// A 32-bit word shared across threads (a request slot's state).
+    type Word: Send + Sync + Default + 'static;
     /// How long a receiver polls an empty mailbox before parking (zero: park at once).
     const SPIN_TIME: Duration;
     /// The current thread's handle.
@@ -34,6 +37,12 @@ pub trait Runtime: 'static {
     fn set(f: &Self::Flag, v: bool);
     /// Reads a flag (SeqCst).
     fn get(f: &Self::Flag) -> bool;
+    /// Reads a word (SeqCst).
+    fn load(w: &Self::Word) -> u32;
+    /// Writes a word (SeqCst).
+    fn store(w: &Self::Word, v: u32);
+    /// Compare-and-swap on a word (SeqCst): Ok(old) when it held `cur`, else Err(what it held).
+    fn cas(w: &Self::Word, cur: u32, new: u32) -> Result<u32, u32>;
     /// Pushes onto a queue.
     fn push<T: Send + 'static>(q: &Self::Queue<T>, v: T);
     /// Pops from a queue.
@@ -48,6 +57,7 @@ impl Runtime for Std {
     type Handle = std::thread::Thread;
     type Flag = std::sync::atomic::AtomicBool;
     type Queue<T: Send + 'static> = crossbeam_queue::SegQueue<T>;
+    type Word = std::sync::atomic::AtomicU32;
     // An answer that is a device read away (tens of µs; more under emulation) comes back while the
     // client polls: parking and the futex wake-up cost more than the wait itself (measured in the TCG
     // guest: a handle round trip of ~100 µs when parking on every request).
@@ -69,6 +79,16 @@ impl Runtime for Std {
     }
     fn get(f: &Self::Flag) -> bool {
         f.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn load(w: &Self::Word) -> u32 {
+        w.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn store(w: &Self::Word, v: u32) {
+        w.store(v, std::sync::atomic::Ordering::SeqCst)
+    }
+    fn cas(w: &Self::Word, cur: u32, new: u32) -> Result<u32, u32> {
+        use std::sync::atomic::Ordering::SeqCst;
+        w.compare_exchange(cur, new, SeqCst, SeqCst)
     }
     fn push<T: Send + 'static>(q: &Self::Queue<T>, v: T) {
         q.push(v)
@@ -190,6 +210,43 @@ impl<R: Runtime> Default for ShardBell<R> {
     }
 }
 
+/// A thread's park token under shuttle, without the spurious wake-ups shuttle's own `park` may take
+/// whenever another thread can run: those would wake a thread whose wake-up was lost and hide the very
+/// bug the tests look for. `park` here returns only after an `unpark` (the token semantics of std's,
+/// minus its allowed spurious returns, which the protocols' loops tolerate anyway).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct ShuttleToken {
+    available: shuttle::sync::Mutex<bool>,
+    cv: shuttle::sync::Condvar,
+}
+
+#[cfg(test)]
+shuttle::thread_local! {
+    static TOKEN: std::cell::RefCell<Option<std::sync::Arc<ShuttleToken>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+impl Shuttle {
+    /// Spawns a shuttle thread and returns its wake-up handle with it (what `JoinHandle::thread` is for
+    /// std threads).
+    pub fn spawn<F: FnOnce() + Send + 'static>(
+        f: F,
+    ) -> (
+        shuttle::thread::JoinHandle<()>,
+        std::sync::Arc<ShuttleToken>,
+    ) {
+        let token: std::sync::Arc<ShuttleToken> = std::sync::Arc::default();
+        let t = token.clone();
+        let h = shuttle::thread::spawn(move || {
+            TOKEN.with(|slot| *slot.borrow_mut() = Some(t));
+            f()
+        });
+        (h, token)
+    }
+}
+
 /// The shuttle runtime: every step of the protocols above is a scheduling point shuttle explores.
 #[cfg(test)]
 #[derive(Debug)]
@@ -197,28 +254,48 @@ pub struct Shuttle;
 
 #[cfg(test)]
 impl Runtime for Shuttle {
-    type Handle = shuttle::thread::Thread;
+    type Handle = std::sync::Arc<ShuttleToken>;
     type Flag = shuttle::sync::atomic::AtomicBool;
     type Queue<T: Send + 'static> = shuttle::sync::Mutex<VecDeque<T>>;
+    type Word = shuttle::sync::atomic::AtomicU32;
     // No spinning: shuttle explores the interleavings instead, and spins make its schedules unbounded.
     const SPIN_TIME: Duration = Duration::ZERO;
     fn current() -> Self::Handle {
-        shuttle::thread::current()
+        TOKEN.with(|slot| {
+            slot.borrow_mut()
+                .get_or_insert_with(Default::default)
+                .clone()
+        })
     }
-    fn park(timeout: Option<Duration>) {
-        match timeout {
-            Some(t) => shuttle::thread::park_timeout(t),
-            None => shuttle::thread::park(),
+    /// Shuttle does not model time: a timeout never fires (a thread that relies on one to make progress
+    /// shows up as a deadlock).
+    fn park(_timeout: Option<Duration>) {
+        let t = Self::current();
+        let mut available = t.available.lock().unwrap_or_else(|e| e.into_inner());
+        while !*available {
+            available = t.cv.wait(available).unwrap_or_else(|e| e.into_inner());
         }
+        *available = false;
     }
     fn unpark(h: &Self::Handle) {
-        h.unpark()
+        *h.available.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        h.cv.notify_one();
     }
     fn set(f: &Self::Flag, v: bool) {
         f.store(v, std::sync::atomic::Ordering::SeqCst)
     }
     fn get(f: &Self::Flag) -> bool {
         f.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn load(w: &Self::Word) -> u32 {
+        w.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn store(w: &Self::Word, v: u32) {
+        w.store(v, std::sync::atomic::Ordering::SeqCst)
+    }
+    fn cas(w: &Self::Word, cur: u32, new: u32) -> Result<u32, u32> {
+        use std::sync::atomic::Ordering::SeqCst;
+        w.compare_exchange(cur, new, SeqCst, SeqCst)
     }
     fn push<T: Send + 'static>(q: &Self::Queue<T>, v: T) {
         q.lock().unwrap_or_else(|e| e.into_inner()).push_back(v)
@@ -242,11 +319,11 @@ mod shuttle_tests {
         let requests: Arc<Requests> = Arc::default();
         let stop: Arc<<Shuttle as Runtime>::Flag> = Arc::default();
         let bell_slot: Arc<shuttle::sync::Mutex<Option<Arc<ShardBell<Shuttle>>>>> = Arc::default();
-        let server = {
+        let (server, server_token) = {
             let requests = requests.clone();
             let stop = stop.clone();
             let bell_slot = bell_slot.clone();
-            shuttle::thread::spawn(move || loop {
+            Shuttle::spawn(move || loop {
                 let mut did = false;
                 while let Some((id, mb)) = Shuttle::pop(&requests) {
                     mb.post(id, id * 10);
@@ -270,7 +347,7 @@ mod shuttle_tests {
                 }
             })
         };
-        let bell = Arc::new(ShardBell::<Shuttle>::for_thread(server.thread().clone()));
+        let bell = Arc::new(ShardBell::<Shuttle>::for_thread(server_token));
         *bell_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(bell.clone());
         let handles: Vec<_> = (0..clients)
             .map(|c| {

@@ -13,23 +13,23 @@ impl DbHandle {
         self.inner.closed.load(Ordering::SeqCst)
     }
 
-    pub(super) fn send(&self, shard: usize, op: Op, id: u64, inbox: &Inbox) -> Result<(), Error> {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
-        let link = self
-            .inner
-            .shards
-            .get(shard)
-            .ok_or(Error::Config("no such shard".into()))?;
-        if link.dead.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
-        let mut req = Request {
-            op,
-            id,
-            reply: inbox.clone(),
+    /// Queues `req` on shard `shard`, waiting while the queue is full. A request no shard will take is
+    /// turned away (see [`Request::turn_away`]) and the reason returned.
+    pub(super) fn push(&self, shard: usize, req: Request) -> Result<(), Error> {
+        let refuse = |e: Error, req: Request| {
+            req.turn_away(e.clone());
+            Err(e)
         };
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return refuse(Error::Closed, req);
+        }
+        let Some(link) = self.inner.shards.get(shard) else {
+            return refuse(Error::Config("no such shard".into()), req);
+        };
+        if link.dead.load(Ordering::SeqCst) {
+            return refuse(Error::Closed, req);
+        }
+        let mut req = req;
         let mut spins = 0u32;
         loop {
             match link.queue.push(req) {
@@ -42,14 +42,28 @@ impl DbHandle {
                     if spins > 64 {
                         std::thread::yield_now();
                     }
-                    if self.inner.closed.load(Ordering::SeqCst) {
-                        return Err(Error::Closed);
+                    if self.inner.closed.load(Ordering::SeqCst) || link.dead.load(Ordering::SeqCst)
+                    {
+                        return refuse(Error::Closed, req);
                     }
                 }
             }
         }
         link.bell.ring();
+        // The shard thread raises `dead` before its last look at the queue: if it is up now, that look
+        // may have missed this request, so refuse whatever is left (ours or another client's).
+        if link.dead.load(Ordering::SeqCst) {
+            link.refuse_queued();
+        }
         Ok(())
+    }
+
+    pub(super) fn send(&self, shard: usize, op: Op, id: u64, inbox: &Inbox) -> Result<(), Error> {
+        let req = Request::Mail {
+            op,
+            reply: MailReply::new(inbox, id),
+        };
+        self.push(shard, req)
     }
 
     /// Starts a batch: submit many requests, then wait once.
@@ -58,6 +72,7 @@ impl DbHandle {
             handle: self.clone(),
             inbox: inbox(),
             sent: 0,
+            received: 0,
         }
     }
 
@@ -69,14 +84,10 @@ impl DbHandle {
         }
     }
 
-    fn call(&self, shard: usize, op: Op) -> Answer {
+    fn call(&self, shard: usize, op: Op) -> OpAnswer {
         let mut b = self.batch();
         b.submit(shard, op)?;
         b.wait().pop().unwrap_or(Err(Error::Closed))
-    }
-
-    fn call_key(&self, key: &[u8], op: Op) -> Answer {
-        self.call(shard_of(key, self.shards()), op)
     }
 
     /// The value under `key`.
@@ -86,15 +97,28 @@ impl DbHandle {
 
     /// The value under `key` with its version and timestamp.
     pub fn get_meta(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Meta)>, Error> {
-        match self.call_key(key, Op::Get(key.to_vec()))? {
-            Reply::Value(v) => Ok(v),
+        let mut v = Vec::new();
+        Ok(self.get_into(key, &mut v)?.map(|m| (v, m)))
+    }
+
+    /// The value under `key` into `out` (replaced; the shard writes into `out` itself, so a reused
+    /// `out` reads without allocating); its metadata, None when absent.
+    pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Meta>, Error> {
+        match self.call_point(Kind::Get, key, &[], WriteOpts::default(), Some(out))? {
+            Done::Value(m) => Ok(m),
             _ => Err(Error::Closed),
         }
     }
 
-    fn write(&self, key: &[u8], op: Op) -> Result<WriteResult, Error> {
-        match self.call_key(key, op)? {
-            Reply::Write(w) => Ok(w),
+    fn write(
+        &self,
+        kind: Kind,
+        key: &[u8],
+        value: &[u8],
+        o: WriteOpts,
+    ) -> Result<WriteResult, Error> {
+        match self.call_point(kind, key, value, o, None)? {
+            Done::Write(w) => Ok(w),
             _ => Err(Error::Closed),
         }
     }
@@ -111,7 +135,7 @@ impl DbHandle {
         value: &[u8],
         opts: WriteOpts,
     ) -> Result<WriteResult, Error> {
-        self.write(key, Op::Put(key.to_vec(), value.to_vec(), opts))
+        self.write(Kind::Put, key, value, opts)
     }
 
     /// Deletes a key.
@@ -121,7 +145,7 @@ impl DbHandle {
 
     /// Deletes a key with options.
     pub fn delete_opts(&self, key: &[u8], opts: WriteOpts) -> Result<WriteResult, Error> {
-        self.write(key, Op::Delete(key.to_vec(), opts))
+        self.write(Kind::Delete, key, &[], opts)
     }
 
     /// Compare-and-swap on the version (None: absent); `new` None deletes.
@@ -131,21 +155,39 @@ impl DbHandle {
         expected: Option<u64>,
         new: Option<&[u8]>,
     ) -> Result<WriteResult, Error> {
-        self.write(
-            key,
-            Op::Cas(
-                key.to_vec(),
-                expected,
-                new.map(<[u8]>::to_vec),
-                WriteOpts::default(),
-            ),
-        )
+        self.cas_opts(key, expected, new, WriteOpts::default())
+    }
+
+    /// Compare-and-swap with options.
+    pub fn cas_opts(
+        &self,
+        key: &[u8],
+        expected: Option<u64>,
+        new: Option<&[u8]>,
+        opts: WriteOpts,
+    ) -> Result<WriteResult, Error> {
+        let kind = Kind::Cas {
+            expected,
+            delete: new.is_none(),
+        };
+        self.write(kind, key, new.unwrap_or_default(), opts)
     }
 
     /// Adds `delta` to the integer under `key`; returns the new value.
     pub fn incr(&self, key: &[u8], delta: i64) -> Result<i64, Error> {
-        match self.call_key(key, Op::Incr(key.to_vec(), delta, WriteOpts::default()))? {
-            Reply::Incr(n, _) => Ok(n),
+        self.incr_opts(key, delta, WriteOpts::default())
+            .map(|(n, _)| n)
+    }
+
+    /// Increment with options; the new value and the write.
+    pub fn incr_opts(
+        &self,
+        key: &[u8],
+        delta: i64,
+        opts: WriteOpts,
+    ) -> Result<(i64, WriteResult), Error> {
+        match self.call_point(Kind::Incr(delta), key, &[], opts, None)? {
+            Done::Incr(n, w) => Ok((n, w)),
             _ => Err(Error::Closed),
         }
     }

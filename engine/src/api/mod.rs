@@ -23,6 +23,7 @@ use crate::shard::{
     Conflict, KvPairs, Meta, Shard, ShardConfig, ShardStats, WriteOpts, WriteResult,
 };
 
+mod client;
 mod handle;
 mod local;
 mod options;
@@ -30,9 +31,13 @@ mod protocol;
 mod requests;
 mod shard_loop;
 
+pub use crate::slot::Wait;
+use client::{execute, CallRef, Kind};
+pub use client::{Answer, Client, Done};
 pub use local::LocalCtx;
 pub use options::{Backend, Options};
-use protocol::{answer_id, inbox, Answer, Inbox, LocalFn, Request};
+use protocol::OpAnswer;
+use protocol::{inbox, Inbox, LocalFn, MailReply, Request};
 pub use protocol::{Op, Reply};
 pub use requests::{AsyncRequests, Batch};
 use shard_loop::run_shard;
@@ -41,8 +46,18 @@ struct ShardLink {
     queue: ArrayQueue<Request>,
     bell: Arc<ShardBell>,
     depth: AtomicU64,
-    /// The shard thread died (a bug): requests are refused instead of waiting forever.
+    /// The shard thread stopped (closed, or died of a bug): requests are refused instead of waiting
+    /// forever.
     dead: AtomicBool,
+}
+
+impl ShardLink {
+    /// Answers "closed" to every request left in the queue.
+    fn refuse_queued(&self) {
+        while let Some(r) = self.queue.pop() {
+            r.refuse();
+        }
+    }
 }
 
 struct Inner {
@@ -270,20 +285,14 @@ impl Db {
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         run_shard(shard, inner.clone(), id, busy)
                     }));
+                    // Whatever raced in after the loop's last look (or was queued when it died) is
+                    // answered, and later pushes see `dead` (see `DbHandle::push`).
+                    let link = &inner.shards[id];
+                    link.dead.store(true, Ordering::SeqCst);
+                    link.refuse_queued();
                     match outcome {
                         Ok(r) => r,
-                        Err(_) => {
-                            // Answer what is queued (and whatever races in) so no client hangs.
-                            let link = &inner.shards[id];
-                            link.dead.store(true, Ordering::SeqCst);
-                            for _ in 0..3 {
-                                while let Some(r) = link.queue.pop() {
-                                    r.reply.post(r.id, Err(Error::Closed));
-                                }
-                                std::thread::sleep(Duration::from_millis(1));
-                            }
-                            Err(Error::Config(format!("shard {id} thread panicked")))
-                        }
+                        Err(_) => Err(Error::Config(format!("shard {id} thread panicked"))),
                     }
                 })
                 .map_err(|e| Error::Config(format!("spawn: {e}")))?;

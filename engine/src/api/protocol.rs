@@ -74,20 +74,74 @@ impl std::fmt::Debug for Reply {
     }
 }
 
-pub(super) type Answer = Result<Reply, Error>;
+pub(super) type OpAnswer = Result<Reply, Error>;
 
-pub(super) type Inbox = Arc<Mailbox<Answer>>;
+pub(super) type Inbox = Arc<Mailbox<OpAnswer>>;
 
-pub(super) struct Request {
-    pub(super) op: Op,
-    pub(super) id: u64,
-    pub(super) reply: Inbox,
+/// What a shard's queue carries: a request with owned buffers answered through a mailbox, or a
+/// client's request slot.
+pub(super) enum Request {
+    Mail { op: Op, reply: MailReply },
+    Slot(CallRef),
+}
+
+impl Request {
+    /// Gives up on a request no shard will take (the queue of a shard that stopped): answered
+    /// "closed", never left waiting.
+    pub(super) fn refuse(self) {
+        match self {
+            Request::Mail { reply, .. } => reply.post(Err(Error::Closed)),
+            Request::Slot(r) => r.fail(Error::Closed),
+        }
+    }
+
+    /// A request that never reached a queue: a mailbox request's sender is told by the error returned
+    /// to it (no answer is posted); a slot is answered with `e`.
+    pub(super) fn turn_away(self, e: Error) {
+        match self {
+            Request::Mail { reply, .. } => reply.disarm(),
+            Request::Slot(r) => r.fail(e),
+        }
+    }
+}
+
+/// Where a mailbox request's answer goes. Dropped unanswered (a shard that unwinds), it answers
+/// "closed", so every request that reached a shard's queue gets exactly one answer.
+pub(super) struct MailReply {
+    inbox: Inbox,
+    id: u64,
+    armed: bool,
+}
+
+impl MailReply {
+    pub(super) fn new(inbox: &Inbox, id: u64) -> Self {
+        MailReply {
+            inbox: inbox.clone(),
+            id,
+            armed: true,
+        }
+    }
+
+    /// Sends the answer.
+    pub(super) fn post(mut self, a: OpAnswer) {
+        self.armed = false;
+        self.inbox.post(self.id, a);
+    }
+
+    /// The request never reached a queue: its sender already knows, so no answer is sent.
+    pub(super) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for MailReply {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inbox.post(self.id, Err(Error::Closed));
+        }
+    }
 }
 
 pub(super) fn inbox() -> Inbox {
     INBOX.with(Arc::clone)
-}
-
-pub(super) fn answer_id(reply: &Inbox, id: u64, a: Answer) {
-    reply.post(id, a);
 }

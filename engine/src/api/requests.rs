@@ -9,6 +9,8 @@ pub struct Batch {
     pub(super) handle: DbHandle,
     pub(super) inbox: Inbox,
     pub(super) sent: u64,
+    /// Answers taken from the inbox so far.
+    pub(super) received: u64,
 }
 
 impl Batch {
@@ -27,10 +29,11 @@ impl Batch {
     }
 
     /// Waits for every answer, returned in submission order.
-    pub fn wait(self) -> Vec<Answer> {
-        let mut out: Vec<Option<Answer>> = (0..self.sent).map(|_| None).collect();
-        for _ in 0..self.sent {
+    pub fn wait(mut self) -> Vec<OpAnswer> {
+        let mut out: Vec<Option<OpAnswer>> = (0..self.sent).map(|_| None).collect();
+        while self.received < self.sent {
             let (id, a) = self.inbox.recv();
+            self.received += 1;
             if let Some(slot) = out.get_mut(id as usize) {
                 *slot = Some(a);
             }
@@ -38,6 +41,19 @@ impl Batch {
         out.into_iter()
             .map(|a| a.unwrap_or(Err(Error::Closed)))
             .collect()
+    }
+}
+
+impl Drop for Batch {
+    /// A batch given up before its answers came (an error part-way through submitting) still takes
+    /// them: they would otherwise land in the thread's mailbox and be read as answers to a later
+    /// batch. Every queued request is answered (by its shard, or "closed" when the shard stopped).
+    fn drop(&mut self) {
+        while self.received < self.sent {
+            // Only taken out of the mailbox: nobody asked for it any more.
+            let _ = self.inbox.recv();
+            self.received += 1;
+        }
     }
 }
 

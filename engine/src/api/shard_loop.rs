@@ -43,10 +43,7 @@ pub(super) fn run_shard<D: BlockDevice>(
                     failed.clone().map(Err)
                 };
                 match answer {
-                    Some(a) => {
-                        let w = waiting.swap_remove(i);
-                        answer_id(&w.inbox, w.id, a.map(|()| w.reply));
-                    }
+                    Some(a) => waiting.swap_remove(i).dest.answer(a),
                     None => i += 1,
                 }
             }
@@ -65,8 +62,8 @@ pub(super) fn run_shard<D: BlockDevice>(
             let res = shard.close();
             for (w, logged) in waiting.drain(..).zip(logged) {
                 match &res {
-                    Err(e) if !logged => answer_id(&w.inbox, w.id, Err(e.clone())),
-                    _ => answer_id(&w.inbox, w.id, Ok(w.reply)),
+                    Err(e) if !logged => w.dest.answer(Err(e.clone())),
+                    _ => w.dest.answer(Ok(())),
                 }
             }
             return res;
@@ -100,41 +97,71 @@ pub(super) fn run_shard<D: BlockDevice>(
 struct Waiter {
     gen: u64,
     lsn: u64,
-    id: u64,
-    inbox: Inbox,
-    reply: Reply,
+    dest: Dest,
+}
+
+/// Where a waiting write's answer goes.
+enum Dest {
+    /// A mailbox request and the answer it gets once durable.
+    Mail(MailReply, Reply),
+    /// A request slot (its answer is in the slot already).
+    Slot(CallRef),
+}
+
+impl Dest {
+    fn answer(self, durable: Result<(), Error>) {
+        match (self, durable) {
+            (Dest::Mail(m, r), d) => m.post(d.map(|()| r)),
+            (Dest::Slot(s), Ok(())) => s.answer(),
+            (Dest::Slot(s), Err(e)) => s.fail(e),
+        }
+    }
 }
 
 fn handle<D: BlockDevice>(shard: &mut Shard<D>, req: Request, waiting: &mut Vec<Waiter>) {
-    let Request { op, id, reply } = req;
-    let wait = |w: &WriteResult, r: Reply, inbox: &Inbox| Waiter {
+    let (op, reply) = match req {
+        Request::Mail { op, reply } => (op, reply),
+        Request::Slot(mut r) => {
+            match execute(shard, &mut r) {
+                Some(w) => waiting.push(Waiter {
+                    gen: w.gen,
+                    lsn: w.lsn,
+                    dest: Dest::Slot(r),
+                }),
+                None => r.answer(),
+            }
+            return;
+        }
+    };
+    let wait = |w: &WriteResult, r: Reply, reply: MailReply| Waiter {
         gen: w.gen,
         lsn: w.lsn,
-        id,
-        inbox: inbox.clone(),
-        reply: r,
+        dest: Dest::Mail(reply, r),
     };
-    let write = |r: Result<WriteResult, Error>, durable: bool, waiting: &mut Vec<Waiter>| match r {
-        Ok(w) if durable && w.applied => waiting.push(wait(&w, Reply::Write(w), &reply)),
-        Ok(w) => reply.post(id, Ok(Reply::Write(w))),
-        Err(e) => reply.post(id, Err(e)),
+    let write = |r: Result<WriteResult, Error>,
+                 durable: bool,
+                 waiting: &mut Vec<Waiter>,
+                 reply: MailReply| match r {
+        Ok(w) if durable && w.applied => waiting.push(wait(&w, Reply::Write(w), reply)),
+        Ok(w) => reply.post(Ok(Reply::Write(w))),
+        Err(e) => reply.post(Err(e)),
     };
     match op {
-        Op::Get(k) => reply.post(id, shard.get(&k).map(Reply::Value)),
-        Op::Put(k, v, o) => write(shard.put(&k, &v, o), o.durable, waiting),
-        Op::Delete(k, o) => write(shard.delete(&k, o), o.durable, waiting),
-        Op::Cas(k, e, v, o) => write(shard.cas(&k, e, v.as_deref(), o), o.durable, waiting),
+        Op::Get(k) => reply.post(shard.get(&k).map(Reply::Value)),
+        Op::Put(k, v, o) => write(shard.put(&k, &v, o), o.durable, waiting, reply),
+        Op::Delete(k, o) => write(shard.delete(&k, o), o.durable, waiting, reply),
+        Op::Cas(k, e, v, o) => write(shard.cas(&k, e, v.as_deref(), o), o.durable, waiting, reply),
         Op::Incr(k, d, o) => match shard.incr(&k, d, o) {
-            Ok((n, w)) if o.durable => waiting.push(wait(&w, Reply::Incr(n, w), &reply)),
-            Ok((n, w)) => reply.post(id, Ok(Reply::Incr(n, w))),
-            Err(e) => reply.post(id, Err(e)),
+            Ok((n, w)) if o.durable => waiting.push(wait(&w, Reply::Incr(n, w), reply)),
+            Ok((n, w)) => reply.post(Ok(Reply::Incr(n, w))),
+            Err(e) => reply.post(Err(e)),
         },
-        Op::Scan(s, e, l) => reply.post(id, shard.scan(&s, e.as_deref(), l).map(Reply::Scan)),
-        Op::Sync => reply.post(id, shard.sync().map(|_| Reply::Synced)),
+        Op::Scan(s, e, l) => reply.post(shard.scan(&s, e.as_deref(), l).map(Reply::Scan)),
+        Op::Sync => reply.post(shard.sync().map(|_| Reply::Synced)),
         Op::Stats => {
             let mut st = shard.stats();
             st.durable_waiters = waiting.len() as u64;
-            reply.post(id, Ok(Reply::Stats(Box::new(st))))
+            reply.post(Ok(Reply::Stats(Box::new(st))))
         }
         Op::Run(f) => {
             // A panicking closure fails its call, not the shard.
@@ -142,7 +169,7 @@ fn handle<D: BlockDevice>(shard: &mut Shard<D>, req: Request, waiting: &mut Vec<
             let a = r
                 .map(Reply::Any)
                 .map_err(|_| Error::Config("closure panicked on the shard".into()));
-            reply.post(id, a)
+            reply.post(a)
         }
     }
 }
