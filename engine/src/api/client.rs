@@ -22,6 +22,17 @@ pub(super) enum Kind {
     Incr(i64),
 }
 
+impl Kind {
+    /// A compare-and-swap to `new` (None: delete) and the bytes it stores.
+    pub(super) fn cas(expected: Option<u64>, new: Option<&[u8]>) -> (Kind, &[u8]) {
+        let kind = Kind::Cas {
+            expected,
+            delete: new.is_none(),
+        };
+        (kind, new.unwrap_or_default())
+    }
+}
+
 /// What a point operation answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Done {
@@ -267,11 +278,8 @@ impl Client {
         new: Option<&[u8]>,
         opts: WriteOpts,
     ) -> Result<WriteResult, Error> {
-        let kind = Kind::Cas {
-            expected,
-            delete: new.is_none(),
-        };
-        write_of(self.single(kind, key, new.unwrap_or_default(), opts)?)
+        let (kind, value) = Kind::cas(expected, new);
+        write_of(self.single(kind, key, value, opts)?)
     }
 
     /// Adds `delta` to the integer under `key`; the new value.
@@ -320,11 +328,8 @@ impl Client {
         new: Option<&[u8]>,
         opts: WriteOpts,
     ) -> usize {
-        let kind = Kind::Cas {
-            expected,
-            delete: new.is_none(),
-        };
-        self.batch_push(kind, key, new.unwrap_or_default(), opts)
+        let (kind, value) = Kind::cas(expected, new);
+        self.batch_push(kind, key, value, opts)
     }
 
     /// Queues an increment; its position in the batch.

@@ -166,11 +166,8 @@ impl DbHandle {
         new: Option<&[u8]>,
         opts: WriteOpts,
     ) -> Result<WriteResult, Error> {
-        let kind = Kind::Cas {
-            expected,
-            delete: new.is_none(),
-        };
-        self.write(kind, key, new.unwrap_or_default(), opts)
+        let (kind, value) = Kind::cas(expected, new);
+        self.write(kind, key, value, opts)
     }
 
     /// Adds `delta` to the integer under `key`; returns the new value.
