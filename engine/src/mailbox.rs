@@ -247,6 +247,66 @@ impl Shuttle {
     }
 }
 
+/// A server thread under shuttle, shaped like a shard's loop: it serves what it pops from `queue` and,
+/// when the queue is empty, sleeps on a [`ShardBell`] that clients ring after pushing. The protocol
+/// tests of the mailbox and of the request slots share it, so both check the same wake-up path.
+#[cfg(test)]
+pub struct BellServer {
+    /// What clients ring after pushing onto the queue.
+    pub bell: std::sync::Arc<ShardBell<Shuttle>>,
+    stop: std::sync::Arc<<Shuttle as Runtime>::Flag>,
+    join: shuttle::thread::JoinHandle<()>,
+}
+
+#[cfg(test)]
+impl BellServer {
+    /// Starts the server on `queue`; `serve` handles each item.
+    pub fn spawn<T: Send + 'static>(
+        queue: std::sync::Arc<<Shuttle as Runtime>::Queue<T>>,
+        mut serve: impl FnMut(T) + Send + 'static,
+    ) -> Self {
+        use std::sync::Arc;
+        let stop: Arc<<Shuttle as Runtime>::Flag> = Arc::default();
+        // The bell names the server's token, which exists only once the thread does.
+        let bell_slot: Arc<shuttle::sync::Mutex<Option<Arc<ShardBell<Shuttle>>>>> = Arc::default();
+        let (join, token) = {
+            let (q, stop, bell_slot) = (queue.clone(), stop.clone(), bell_slot.clone());
+            Shuttle::spawn(move || loop {
+                if let Some(item) = Shuttle::pop(&q) {
+                    serve(item);
+                    continue;
+                }
+                if Shuttle::get(&stop) {
+                    return;
+                }
+                let bell = bell_slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(bell) = bell {
+                    let (q, st) = (q.clone(), stop.clone());
+                    bell.sleep(
+                        move || {
+                            !q.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+                                || Shuttle::get(&st)
+                        },
+                        None,
+                    );
+                }
+            })
+        };
+        let bell = Arc::new(ShardBell::<Shuttle>::for_thread(token));
+        *bell_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(bell.clone());
+        BellServer { bell, stop, join }
+    }
+
+    /// Stops the server once its queue is empty and joins it.
+    pub fn stop(self) {
+        Shuttle::set(&self.stop, true);
+        self.bell.ring();
+        self.join
+            .join()
+            .unwrap_or_else(|_| panic!("server panicked"));
+    }
+}
+
 /// The shuttle runtime: every step of the protocols above is a scheduling point shuttle explores.
 #[cfg(test)]
 #[derive(Debug)]
@@ -317,42 +377,14 @@ mod shuttle_tests {
 
     fn scenario(clients: usize, reqs: u64) {
         let requests: Arc<Requests> = Arc::default();
-        let stop: Arc<<Shuttle as Runtime>::Flag> = Arc::default();
-        let bell_slot: Arc<shuttle::sync::Mutex<Option<Arc<ShardBell<Shuttle>>>>> = Arc::default();
-        let (server, server_token) = {
-            let requests = requests.clone();
-            let stop = stop.clone();
-            let bell_slot = bell_slot.clone();
-            Shuttle::spawn(move || loop {
-                let mut did = false;
-                while let Some((id, mb)) = Shuttle::pop(&requests) {
-                    mb.post(id, id * 10);
-                    did = true;
-                }
-                if !did {
-                    if Shuttle::get(&stop) {
-                        return;
-                    }
-                    let bell = bell_slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    if let Some(bell) = bell {
-                        let (rq, st) = (requests.clone(), stop.clone());
-                        bell.sleep(
-                            move || {
-                                !rq.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-                                    || Shuttle::get(&st)
-                            },
-                            None,
-                        );
-                    }
-                }
-            })
-        };
-        let bell = Arc::new(ShardBell::<Shuttle>::for_thread(server_token));
-        *bell_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(bell.clone());
+        let server = BellServer::spawn(
+            requests.clone(),
+            |(id, mb): (u64, Arc<Mailbox<u64, Shuttle>>)| mb.post(id, id * 10),
+        );
         let handles: Vec<_> = (0..clients)
             .map(|c| {
                 let requests = requests.clone();
-                let bell = bell.clone();
+                let bell = server.bell.clone();
                 shuttle::thread::spawn(move || {
                     let mb = Arc::new(Mailbox::<u64, Shuttle>::new());
                     for i in 0..reqs {
@@ -376,9 +408,7 @@ mod shuttle_tests {
         for h in handles {
             h.join().unwrap_or_else(|_| panic!("client panicked"));
         }
-        Shuttle::set(&stop, true);
-        bell.ring();
-        server.join().unwrap_or_else(|_| panic!("server panicked"));
+        server.stop();
     }
 
     #[test]

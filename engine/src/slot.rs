@@ -244,7 +244,7 @@ impl<T: Abandon + Send + 'static, R: Runtime> std::fmt::Debug for SlotRef<T, R> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mailbox::{ShardBell, Shuttle};
+    use crate::mailbox::{BellServer, Shuttle};
     use std::sync::Arc;
 
     #[derive(Debug, Default)]
@@ -268,46 +268,20 @@ mod tests {
     /// would trip the state asserts.
     fn scenario(clients: usize, reqs: u64, how: Wait, drop_every: u64) {
         let q: Arc<Queue> = Arc::default();
-        let stop: Arc<<Shuttle as Runtime>::Flag> = Arc::default();
-        let bell_slot: Arc<shuttle::sync::Mutex<Option<Arc<ShardBell<Shuttle>>>>> = Arc::default();
-        let (server, server_token) = {
-            let (q, stop, bell_slot) = (q.clone(), stop.clone(), bell_slot.clone());
-            Shuttle::spawn(move || {
-                let mut n = 0u64;
-                loop {
-                    if let Some(mut r) = Shuttle::pop(&q) {
-                        n += 1;
-                        if drop_every != 0 && n % drop_every == 0 {
-                            drop(r);
-                            continue;
-                        }
-                        let b = r.body();
-                        b.ans = Some(b.req * 10);
-                        r.answer();
-                        continue;
-                    }
-                    if Shuttle::get(&stop) {
-                        return;
-                    }
-                    let bell = bell_slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    if let Some(bell) = bell {
-                        let (q, st) = (q.clone(), stop.clone());
-                        bell.sleep(
-                            move || {
-                                !q.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-                                    || Shuttle::get(&st)
-                            },
-                            None,
-                        );
-                    }
-                }
-            })
-        };
-        let bell = Arc::new(ShardBell::<Shuttle>::for_thread(server_token));
-        *bell_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(bell.clone());
+        let mut n = 0u64;
+        let server = BellServer::spawn(q.clone(), move |mut r: SlotRef<Echo, Shuttle>| {
+            n += 1;
+            if drop_every != 0 && n % drop_every == 0 {
+                drop(r);
+                return;
+            }
+            let b = r.body();
+            b.ans = Some(b.req * 10);
+            r.answer();
+        });
         let handles: Vec<_> = (0..clients)
             .map(|c| {
-                let (q, bell) = (q.clone(), bell.clone());
+                let (q, bell) = (q.clone(), server.bell.clone());
                 shuttle::thread::spawn(move || {
                     let mut s = OwnedSlot::<Echo, Shuttle>::new(Echo::default());
                     for i in 0..reqs {
@@ -326,9 +300,7 @@ mod tests {
         for h in handles {
             h.join().unwrap_or_else(|_| panic!("client panicked"));
         }
-        Shuttle::set(&stop, true);
-        bell.ring();
-        server.join().unwrap_or_else(|_| panic!("server panicked"));
+        server.stop();
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 
+use super::shard_loop::answer_waits;
 use super::*;
 use crate::slot::{Abandon, OwnedSlot, SlotRef, Wait};
 
@@ -116,10 +117,9 @@ pub(super) fn execute<D: BlockDevice>(
         }
         Kind::Incr(d) => shard.incr(&c.key, d, o).map(|(n, w)| Done::Incr(n, w)),
     };
-    // As for mailbox requests: a durable write is answered once durable, unless it changed nothing.
     let wait = match &res {
-        Ok(Done::Write(w)) if o.durable && w.applied => Some(*w),
-        Ok(Done::Incr(_, w)) if o.durable => Some(*w),
+        Ok(Done::Write(w)) => answer_waits(o, w, false).then_some(*w),
+        Ok(Done::Incr(_, w)) => answer_waits(o, w, true).then_some(*w),
         _ => None,
     };
     c.answer = res;

@@ -93,6 +93,14 @@ pub(super) fn run_shard<D: BlockDevice>(
     }
 }
 
+/// Whether a write's answer waits until the write is durable: a durable write does, unless it changed
+/// nothing (a conflict kept the stored value, a delete found nothing, a compare-and-swap failed); a
+/// durable increment always does (its answer is a new value). Mailbox requests and request slots both
+/// follow this one rule.
+pub(super) fn answer_waits(o: WriteOpts, w: &WriteResult, incr: bool) -> bool {
+    o.durable && (w.applied || incr)
+}
+
 /// A durable write waiting to be answered: once its log record or its cycle is durable.
 struct Waiter {
     gen: u64,
@@ -139,20 +147,22 @@ fn handle<D: BlockDevice>(shard: &mut Shard<D>, req: Request, waiting: &mut Vec<
         dest: Dest::Mail(reply, r),
     };
     let write = |r: Result<WriteResult, Error>,
-                 durable: bool,
+                 o: WriteOpts,
                  waiting: &mut Vec<Waiter>,
                  reply: MailReply| match r {
-        Ok(w) if durable && w.applied => waiting.push(wait(&w, Reply::Write(w), reply)),
+        Ok(w) if answer_waits(o, &w, false) => waiting.push(wait(&w, Reply::Write(w), reply)),
         Ok(w) => reply.post(Ok(Reply::Write(w))),
         Err(e) => reply.post(Err(e)),
     };
     match op {
         Op::Get(k) => reply.post(shard.get(&k).map(Reply::Value)),
-        Op::Put(k, v, o) => write(shard.put(&k, &v, o), o.durable, waiting, reply),
-        Op::Delete(k, o) => write(shard.delete(&k, o), o.durable, waiting, reply),
-        Op::Cas(k, e, v, o) => write(shard.cas(&k, e, v.as_deref(), o), o.durable, waiting, reply),
+        Op::Put(k, v, o) => write(shard.put(&k, &v, o), o, waiting, reply),
+        Op::Delete(k, o) => write(shard.delete(&k, o), o, waiting, reply),
+        Op::Cas(k, e, v, o) => write(shard.cas(&k, e, v.as_deref(), o), o, waiting, reply),
         Op::Incr(k, d, o) => match shard.incr(&k, d, o) {
-            Ok((n, w)) if o.durable => waiting.push(wait(&w, Reply::Incr(n, w), reply)),
+            Ok((n, w)) if answer_waits(o, &w, true) => {
+                waiting.push(wait(&w, Reply::Incr(n, w), reply))
+            }
             Ok((n, w)) => reply.post(Ok(Reply::Incr(n, w))),
             Err(e) => reply.post(Err(e)),
         },
