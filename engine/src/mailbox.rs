@@ -251,6 +251,7 @@ impl Shuttle {
 /// when the queue is empty, sleeps on a [`ShardBell`] that clients ring after pushing. The protocol
 /// tests of the mailbox and of the request slots share it, so both check the same wake-up path.
 #[cfg(test)]
+#[derive(Debug)]
 pub struct BellServer {
     /// What clients ring after pushing onto the queue.
     pub bell: std::sync::Arc<ShardBell<Shuttle>>,
