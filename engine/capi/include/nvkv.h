@@ -46,7 +46,7 @@
 #include <stdint.h>
 
 // Version of the ABI this header describes; `nvkv_abi_version()` returns the library's.
-#define NVKV_ABI_VERSION 2
+#define NVKV_ABI_VERSION 3
 
 // Largest key, in bytes.
 #define NVKV_MAX_KEY_LEN 1024
@@ -160,6 +160,9 @@ typedef enum nvkv_durable_log {
 
 // An asynchronous context (opaque).
 typedef struct nvkv_async nvkv_async;
+
+// A batch of requests (opaque).
+typedef struct nvkv_batch nvkv_batch;
 
 // An open database (opaque; never dereferenced by the library either: see "Handles").
 typedef struct nvkv_db nvkv_db;
@@ -406,6 +409,77 @@ enum nvkv_result nvkv_async_pending(struct nvkv_async *ctx,
 // Waits for the requests still in flight, runs their callbacks (so their user data can be released),
 // frees the context and sets `*ctx` to NULL.
 enum nvkv_result nvkv_async_free(struct nvkv_async **ctx);
+
+// A batch on `db`. Queue requests with `nvkv_batch_get`/`_put`/`_delete`/`_cas`/`_incr` (each goes to
+// its shard at once), wait with `nvkv_batch_wait`, read answers with `nvkv_batch_result`, then
+// `nvkv_batch_clear` to reuse the batch. Used by one thread at a time (calls on it are serialized).
+enum nvkv_result nvkv_batch_new(const struct nvkv_db *db,
+                                struct nvkv_batch **batch);
+
+// Queues a get (`NVKV_CLOSED` once the database is closed). Indices count from 0 in the order of queueing since `nvkv_batch_new` or
+// `nvkv_batch_clear`; `*index` (may be NULL) receives this one's. On a non-OK return nothing was queued.
+enum nvkv_result nvkv_batch_get(struct nvkv_batch *batch,
+                                const uint8_t *key,
+                                size_t key_len,
+                                size_t *index);
+
+// Queues a put (key and value are copied). `opts` and `index` may be NULL.
+enum nvkv_result nvkv_batch_put(struct nvkv_batch *batch,
+                                const uint8_t *key,
+                                size_t key_len,
+                                const uint8_t *value,
+                                size_t value_len,
+                                const struct nvkv_write_opts *opts,
+                                size_t *index);
+
+// Queues a delete. `opts` and `index` may be NULL.
+enum nvkv_result nvkv_batch_delete(struct nvkv_batch *batch,
+                                   const uint8_t *key,
+                                   size_t key_len,
+                                   const struct nvkv_write_opts *opts,
+                                   size_t *index);
+
+// Queues a compare-and-swap, as `nvkv_cas` (`expected_version` NULL: only if absent). Its result is
+// `NVKV_VERSION_MISMATCH` with the current version in `write.version` when the version differs.
+enum nvkv_result nvkv_batch_cas(struct nvkv_batch *batch,
+                                const uint8_t *key,
+                                size_t key_len,
+                                const uint64_t *expected_version,
+                                const uint8_t *value,
+                                size_t value_len,
+                                const struct nvkv_write_opts *opts,
+                                size_t *index);
+
+// Queues an increment, as `nvkv_incr`; the new value comes back in `number`.
+enum nvkv_result nvkv_batch_incr(struct nvkv_batch *batch,
+                                 const uint8_t *key,
+                                 size_t key_len,
+                                 int64_t delta,
+                                 const struct nvkv_write_opts *opts,
+                                 size_t *index);
+
+// Waits until every request queued on the batch is answered (durable writes: once durable). Requests
+// fail one by one (see `nvkv_batch_result`); this returns `NVKV_OK` once all are in.
+enum nvkv_result nvkv_batch_wait(struct nvkv_batch *batch);
+
+// The number of requests queued since `nvkv_batch_new` or `nvkv_batch_clear`.
+enum nvkv_result nvkv_batch_len(struct nvkv_batch *batch,
+                                size_t *len);
+
+// The answer of request `index` (waiting for the batch if it is not in yet), as a completion: `id` is
+// the index; for a get, `value` points into the batch and stays valid until `nvkv_batch_clear` or
+// `nvkv_batch_free`. `c` may be NULL. Returns the request's result code (`NVKV_NOT_FOUND` for a get of
+// an absent key, the write's error, ...), or `NVKV_INVALID_ARGUMENT` for an index not in the batch.
+enum nvkv_result nvkv_batch_result(struct nvkv_batch *batch,
+                                   size_t index,
+                                   struct nvkv_completion *c);
+
+// Waits for what is still in flight and empties the batch; its slots are reused by the next requests.
+enum nvkv_result nvkv_batch_clear(struct nvkv_batch *batch);
+
+// Waits for what is still in flight, frees the batch and sets `*batch` to NULL; later calls with a copy
+// of it return `NVKV_CLOSED`.
+enum nvkv_result nvkv_batch_free(struct nvkv_batch **batch);
 
 // Fills `opts` with the defaults (memory backend without a size: set `backend` and its fields).
 enum nvkv_result nvkv_options_init(struct nvkv_options *opts);

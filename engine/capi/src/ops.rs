@@ -1,11 +1,12 @@
 //! The safe half of the C ABI: what each entry point does once its pointers have become slices and
 //! values. No `unsafe` here.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use engine::api::{AsyncRequests, Op, Reply};
+use engine::api::{Answer, AsyncRequests, Client, Op, Reply};
 use engine::bdev::{MemDisk, NvmeFactory};
 use engine::{Db, DbHandle, Meta, Options, ShardStats, WriteOpts, WriteResult};
 
@@ -101,41 +102,47 @@ impl DbObj {
     }
 }
 
-/// One request on `key`'s shard, waited for.
-fn call(h: &DbHandle, key: &[u8], op: Op) -> Result<Reply, CapiError> {
-    let mut b = h.batch();
-    b.submit_key(key, op)?;
-    Ok(b.wait().pop().unwrap_or(Err(engine::Error::Closed))?)
-}
-
-fn unexpected(r: &Reply) -> CapiError {
-    CapiError::Panic(format!("unexpected engine reply {r:?}"))
-}
-
-/// The value and its metadata.
-pub fn get(h: &DbHandle, key: &[u8]) -> Result<(Vec<u8>, Meta), CapiError> {
-    match call(h, key, Op::Get(key.to_vec()))? {
-        Reply::Value(Some(v)) => Ok(v),
-        Reply::Value(None) => Err(CapiError::NotFound),
-        r => Err(unexpected(&r)),
+/// Runs `f` on the value under `key` and its metadata. The value is read into a buffer the calling
+/// thread keeps (through the handle's request slot: no allocation once the buffer has grown), so `f`
+/// sees it without a copy of its own.
+pub fn get_with<R>(
+    h: &DbHandle,
+    key: &[u8],
+    f: impl FnOnce(&[u8], Meta) -> Result<R, CapiError>,
+) -> Result<R, CapiError> {
+    thread_local! {
+        static VALUE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
-}
-
-fn write(h: &DbHandle, key: &[u8], op: Op) -> Result<WriteResult, CapiError> {
-    match call(h, key, op)? {
-        Reply::Write(w) => Ok(w),
-        r => Err(unexpected(&r)),
+    /// A buffer that grew past this (a large value) is given back after the call.
+    const KEEP: usize = 64 << 10;
+    let mut f = Some(f);
+    let mut read = |buf: &mut Vec<u8>| -> Result<R, CapiError> {
+        let m = h.get_into(key, buf)?.ok_or(CapiError::NotFound);
+        let r = match (m, f.take()) {
+            (Ok(m), Some(f)) => f(buf, m),
+            (Err(e), _) => Err(e),
+            (_, None) => Err(CapiError::Panic("get_with ran twice".into())),
+        };
+        if buf.capacity() > KEEP {
+            *buf = Vec::new();
+        }
+        r
+    };
+    // Not available during thread teardown or when re-entered: a buffer of the call's own then.
+    match VALUE.try_with(|b| b.try_borrow_mut().ok().map(|mut b| read(&mut b))) {
+        Ok(Some(r)) => r,
+        _ => read(&mut Vec::new()),
     }
 }
 
 /// Stores a value.
 pub fn put(h: &DbHandle, key: &[u8], value: &[u8], o: WriteOpts) -> Result<WriteResult, CapiError> {
-    write(h, key, Op::Put(key.to_vec(), value.to_vec(), o))
+    Ok(h.put_opts(key, value, o)?)
 }
 
 /// Deletes a key.
 pub fn delete(h: &DbHandle, key: &[u8], o: WriteOpts) -> Result<WriteResult, CapiError> {
-    write(h, key, Op::Delete(key.to_vec(), o))
+    Ok(h.delete_opts(key, o)?)
 }
 
 /// Compare-and-swap (`new` None deletes).
@@ -146,19 +153,12 @@ pub fn cas(
     new: Option<&[u8]>,
     o: WriteOpts,
 ) -> Result<WriteResult, CapiError> {
-    write(
-        h,
-        key,
-        Op::Cas(key.to_vec(), expected, new.map(<[u8]>::to_vec), o),
-    )
+    Ok(h.cas_opts(key, expected, new, o)?)
 }
 
 /// Increment; the new value.
 pub fn incr(h: &DbHandle, key: &[u8], delta: i64, o: WriteOpts) -> Result<i64, CapiError> {
-    match call(h, key, Op::Incr(key.to_vec(), delta, o))? {
-        Reply::Incr(n, _) => Ok(n),
-        r => Err(unexpected(&r)),
-    }
+    Ok(h.incr_opts(key, delta, o)?.0)
 }
 
 /// Every shard's statistics.
@@ -312,5 +312,88 @@ impl AsyncState {
             }
         }
         out
+    }
+}
+
+/// A batch: requests through one client's reused slots, submitted one by one and waited for once.
+#[derive(Debug)]
+pub struct BatchState {
+    client: Client,
+}
+
+/// What one request of a batch answered.
+pub type BatchAnswer<'a> = Result<Answer<'a>, engine::Error>;
+
+impl BatchState {
+    /// A batch on `db`.
+    pub fn new(db: &DbHandle) -> Self {
+        BatchState {
+            client: db.client(),
+        }
+    }
+
+    /// Queues a get; its index.
+    pub fn get(&mut self, key: &[u8]) -> usize {
+        self.client.batch_get(key)
+    }
+
+    /// Queues a put; its index.
+    pub fn put(&mut self, key: &[u8], value: &[u8], o: WriteOpts) -> usize {
+        self.client.batch_put(key, value, o)
+    }
+
+    /// Queues a delete; its index.
+    pub fn delete(&mut self, key: &[u8], o: WriteOpts) -> usize {
+        self.client.batch_delete(key, o)
+    }
+
+    /// Queues a compare-and-swap (`new` None deletes); its index.
+    pub fn cas(
+        &mut self,
+        key: &[u8],
+        expected: Option<u64>,
+        new: Option<&[u8]>,
+        o: WriteOpts,
+    ) -> usize {
+        self.client.batch_cas(key, expected, new, o)
+    }
+
+    /// Queues an increment; its index.
+    pub fn incr(&mut self, key: &[u8], delta: i64, o: WriteOpts) -> usize {
+        self.client.batch_incr(key, delta, o)
+    }
+
+    /// Whether the database was closed (requests queued now would be answered `Closed`).
+    pub fn is_closed(&self) -> bool {
+        self.client.handle().is_closed()
+    }
+
+    /// Requests queued since the batch was created or cleared.
+    pub fn len(&self) -> usize {
+        self.client.batch_len()
+    }
+
+    /// Waits for every request queued.
+    pub fn wait(&mut self) {
+        self.client.batch_wait()
+    }
+
+    /// The answer of request `i`, waiting for the batch if it is not in yet.
+    pub fn answer(&mut self, i: usize) -> Result<BatchAnswer<'_>, CapiError> {
+        let n = self.len();
+        if i >= n {
+            return Err(CapiError::Invalid(format!("request {i} of a batch of {n}")));
+        }
+        if self.client.batch_answer(i).is_none() {
+            self.client.batch_wait();
+        }
+        self.client
+            .batch_answer(i)
+            .ok_or_else(|| CapiError::Panic(format!("request {i} unanswered after the wait")))
+    }
+
+    /// Waits for what is in flight and empties the batch (its slots are reused).
+    pub fn clear(&mut self) {
+        self.client.batch_clear()
     }
 }

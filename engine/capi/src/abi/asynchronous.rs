@@ -306,8 +306,11 @@ pub unsafe extern "C" fn nvkv_async_free(ctx: *mut *mut nvkv_async) -> nvkv_resu
         if h.is_null() {
             return Err(CapiError::Null("*ctx"));
         }
-        let c = handles::async_ctx(h.addr())?;
-        handles::remove(h.addr(), "async context")?;
+        let Object::Async(c) =
+            handles::remove(h.addr(), "async context", |o| matches!(o, Object::Async(_)))?
+        else {
+            return Err(CapiError::BadHandle("async context"));
+        };
         // SAFETY: checked by `out`.
         unsafe { store(slot, std::ptr::null_mut()) };
         loop {

@@ -21,7 +21,7 @@ use crate::handles::{self, Object};
 use crate::ops::{self, AsyncState, BackendSpec, Done, IterState};
 
 /// Version of the ABI this header describes; `nvkv_abi_version()` returns the library's.
-pub const NVKV_ABI_VERSION: u32 = 2;
+pub const NVKV_ABI_VERSION: u32 = 3;
 /// Largest key, in bytes.
 pub const NVKV_MAX_KEY_LEN: usize = 1024;
 /// Largest value, in bytes (a database with small write buffers has a lower limit).
@@ -56,6 +56,12 @@ pub struct nvkv_iter {
 /// An asynchronous context (opaque).
 #[derive(Debug)]
 pub struct nvkv_async {
+    _opaque: [u8; 0],
+}
+
+/// A batch of requests (opaque).
+#[derive(Debug)]
+pub struct nvkv_batch {
     _opaque: [u8; 0],
 }
 
@@ -276,6 +282,7 @@ pub struct Callback {
 }
 
 mod asynchronous;
+mod batch;
 mod open;
 mod pointers;
 mod scan;
@@ -284,6 +291,7 @@ mod version;
 
 // The entry points, at `abi::` as before the split (the fuzz targets and tests call them there).
 pub use asynchronous::*;
+pub use batch::*;
 pub use open::*;
 use pointers::*;
 pub use scan::*;

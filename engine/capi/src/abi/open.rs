@@ -217,11 +217,13 @@ pub unsafe extern "C" fn nvkv_close(db: *mut *mut nvkv_db) -> nvkv_result {
         if h.is_null() {
             return Err(CapiError::Null("*db"));
         }
-        // Check the kind before removing, so an iterator passed by mistake stays alive.
-        let obj = handles::db(h.addr())?;
-        handles::remove(h.addr(), "database")?;
+        // The kind is checked before removing, so an iterator passed by mistake stays alive.
+        let obj = handles::remove(h.addr(), "database", |o| matches!(o, Object::Db(_)))?;
         // SAFETY: checked by `out`.
         unsafe { store(slot, std::ptr::null_mut()) };
-        obj.close()
+        match obj {
+            Object::Db(d) => d.close(),
+            _ => Err(CapiError::BadHandle("database")),
+        }
     })
 }

@@ -155,11 +155,23 @@ pub(super) fn to_handle<T>(token: usize) -> *mut T {
     std::ptr::without_provenance_mut(token)
 }
 
+/// The database behind `p`, as a reference of its own (for objects that keep it).
 pub(super) fn db(p: *const nvkv_db) -> Result<Arc<ops::DbObj>, CapiError> {
     if p.is_null() {
         return Err(CapiError::Null("db"));
     }
     handles::db(p.addr())
+}
+
+/// Runs `f` on the database behind `p`, borrowed (the per-call path: no lock, no reference count).
+pub(super) fn with_db<R>(
+    p: *const nvkv_db,
+    f: impl FnOnce(&ops::DbObj) -> Result<R, CapiError>,
+) -> Result<R, CapiError> {
+    if p.is_null() {
+        return Err(CapiError::Null("db"));
+    }
+    handles::with_db(p.addr(), f)
 }
 
 pub(super) unsafe fn read_expected(p: *const u64) -> Result<Option<u64>, CapiError> {

@@ -82,9 +82,8 @@ pub unsafe extern "C" fn nvkv_iter_free(iter: *mut *mut nvkv_iter) -> nvkv_resul
         if h.is_null() {
             return Err(CapiError::Null("*iter"));
         }
-        // Check the kind before removing, so a database handle passed by mistake stays open.
-        handles::iter(h.addr())?;
-        handles::remove(h.addr(), "iterator")?;
+        // The kind is checked before removing, so a database handle passed by mistake stays open.
+        handles::remove(h.addr(), "iterator", |o| matches!(o, Object::Iter(_)))?;
         // SAFETY: checked by `out`.
         unsafe { store(slot, std::ptr::null_mut()) };
         Ok(())

@@ -16,33 +16,35 @@ pub unsafe extern "C" fn nvkv_get(
     meta: *mut nvkv_meta,
 ) -> nvkv_result {
     guard(|| {
-        let d = self::db(db)?;
-        // SAFETY: see `self::key`.
-        let k = unsafe { self::key(key, key_len)? };
-        let len_out = out(value_len, "value_len")?;
-        let meta_out = opt_out(meta, "meta")?;
-        if buf.is_null() && buf_cap > 0 {
-            return Err(CapiError::Null("buf"));
-        }
-        let (v, m) = ops::get(&d.handle, k)?;
-        // SAFETY: outputs checked above.
-        unsafe { store(len_out, v.len()) };
-        if let Some(p) = meta_out {
-            // SAFETY: checked by `opt_out`.
-            unsafe { store(p, self::meta(m)) };
-        }
-        if v.len() > buf_cap {
-            return Err(CapiError::TooSmall {
-                need: v.len(),
-                cap: buf_cap,
-            });
-        }
-        if !v.is_empty() {
-            // SAFETY: `buf` is non-NULL (buf_cap >= v.len() > 0) and the caller promises `buf_cap` writable
-            // bytes; a fresh Vec cannot overlap the caller's buffer.
-            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), buf, v.len()) };
-        }
-        Ok(())
+        self::with_db(db, |d| {
+            // SAFETY: see `self::key`.
+            let k = unsafe { self::key(key, key_len)? };
+            let len_out = out(value_len, "value_len")?;
+            let meta_out = opt_out(meta, "meta")?;
+            if buf.is_null() && buf_cap > 0 {
+                return Err(CapiError::Null("buf"));
+            }
+            ops::get_with(&d.handle, k, |v, m| {
+                // SAFETY: outputs checked above.
+                unsafe { store(len_out, v.len()) };
+                if let Some(p) = meta_out {
+                    // SAFETY: checked by `opt_out`.
+                    unsafe { store(p, self::meta(m)) };
+                }
+                if v.len() > buf_cap {
+                    return Err(CapiError::TooSmall {
+                        need: v.len(),
+                        cap: buf_cap,
+                    });
+                }
+                if !v.is_empty() {
+                    // SAFETY: `buf` is non-NULL (buf_cap >= v.len() > 0) and the caller promises `buf_cap`
+                    // writable bytes; the library's buffer cannot overlap the caller's.
+                    unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), buf, v.len()) };
+                }
+                Ok(())
+            })
+        })
     })
 }
 
@@ -58,30 +60,32 @@ pub unsafe extern "C" fn nvkv_get_alloc(
     meta: *mut nvkv_meta,
 ) -> nvkv_result {
     guard(|| {
-        let d = self::db(db)?;
-        // SAFETY: see `self::key`.
-        let k = unsafe { self::key(key, key_len)? };
-        let val_out = out(value, "value")?;
-        let len_out = out(value_len, "value_len")?;
-        let meta_out = opt_out(meta, "meta")?;
-        let (v, m) = ops::get(&d.handle, k)?;
-        // SAFETY: malloc of at least one byte, so an empty value still gets a pointer to free.
-        let p: *mut u8 = unsafe { libc::malloc(v.len().max(1)) }.cast();
-        if p.is_null() {
-            return Err(CapiError::NoMemory(v.len()));
-        }
-        // SAFETY: `p` holds at least v.len() bytes and is fresh.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, v.len()) };
-        // SAFETY: outputs checked above.
-        unsafe {
-            store(val_out, p);
-            store(len_out, v.len());
-        }
-        if let Some(mp) = meta_out {
-            // SAFETY: checked by `opt_out`.
-            unsafe { store(mp, self::meta(m)) };
-        }
-        Ok(())
+        self::with_db(db, |d| {
+            // SAFETY: see `self::key`.
+            let k = unsafe { self::key(key, key_len)? };
+            let val_out = out(value, "value")?;
+            let len_out = out(value_len, "value_len")?;
+            let meta_out = opt_out(meta, "meta")?;
+            ops::get_with(&d.handle, k, |v, m| {
+                // SAFETY: malloc of at least one byte, so an empty value still gets a pointer to free.
+                let p: *mut u8 = unsafe { libc::malloc(v.len().max(1)) }.cast();
+                if p.is_null() {
+                    return Err(CapiError::NoMemory(v.len()));
+                }
+                // SAFETY: `p` holds at least v.len() bytes and is fresh.
+                unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, v.len()) };
+                // SAFETY: outputs checked above.
+                unsafe {
+                    store(val_out, p);
+                    store(len_out, v.len());
+                }
+                if let Some(mp) = meta_out {
+                    // SAFETY: checked by `opt_out`.
+                    unsafe { store(mp, self::meta(m)) };
+                }
+                Ok(())
+            })
+        })
     })
 }
 
@@ -105,22 +109,23 @@ pub unsafe extern "C" fn nvkv_put(
     result: *mut nvkv_write_result,
 ) -> nvkv_result {
     guard(|| {
-        let d = self::db(db)?;
-        // SAFETY: see `key`, `value` and `read_in`.
-        let (k, v, o) = unsafe {
-            (
-                self::key(key, key_len)?,
-                self::value(value, value_len)?,
-                read_in(opts, "opts")?,
-            )
-        };
-        let r = opt_out(result, "result")?;
-        let w = ops::put(&d.handle, k, v, write_opts(o)?)?;
-        if let Some(p) = r {
-            // SAFETY: checked by `opt_out`.
-            unsafe { store(p, write_result(w)) };
-        }
-        Ok(())
+        self::with_db(db, |d| {
+            // SAFETY: see `key`, `value` and `read_in`.
+            let (k, v, o) = unsafe {
+                (
+                    self::key(key, key_len)?,
+                    self::value(value, value_len)?,
+                    read_in(opts, "opts")?,
+                )
+            };
+            let r = opt_out(result, "result")?;
+            let w = ops::put(&d.handle, k, v, write_opts(o)?)?;
+            if let Some(p) = r {
+                // SAFETY: checked by `opt_out`.
+                unsafe { store(p, write_result(w)) };
+            }
+            Ok(())
+        })
     })
 }
 
@@ -134,16 +139,17 @@ pub unsafe extern "C" fn nvkv_delete(
     result: *mut nvkv_write_result,
 ) -> nvkv_result {
     guard(|| {
-        let d = self::db(db)?;
-        // SAFETY: see `key` and `read_in`.
-        let (k, o) = unsafe { (self::key(key, key_len)?, read_in(opts, "opts")?) };
-        let r = opt_out(result, "result")?;
-        let w = ops::delete(&d.handle, k, write_opts(o)?)?;
-        if let Some(p) = r {
-            // SAFETY: checked by `opt_out`.
-            unsafe { store(p, write_result(w)) };
-        }
-        Ok(())
+        self::with_db(db, |d| {
+            // SAFETY: see `key` and `read_in`.
+            let (k, o) = unsafe { (self::key(key, key_len)?, read_in(opts, "opts")?) };
+            let r = opt_out(result, "result")?;
+            let w = ops::delete(&d.handle, k, write_opts(o)?)?;
+            if let Some(p) = r {
+                // SAFETY: checked by `opt_out`.
+                unsafe { store(p, write_result(w)) };
+            }
+            Ok(())
+        })
     })
 }
 
@@ -187,19 +193,20 @@ pub unsafe extern "C" fn nvkv_cas(
     result: *mut nvkv_write_result,
 ) -> nvkv_result {
     guard(|| {
-        let d = self::db(db)?;
-        // SAFETY: see `key`, `value` and `read_in`.
-        let (k, v, o) = unsafe {
-            (
-                self::key(key, key_len)?,
-                self::value(value, value_len)?,
-                read_in(opts, "opts")?,
-            )
-        };
-        // SAFETY: as `read_in` (NULL is "absent", handled before reading).
-        let expected = unsafe { read_expected(expected_version)? };
-        let r = opt_out(result, "result")?;
-        finish_cas(ops::cas(&d.handle, k, expected, Some(v), write_opts(o)?), r)
+        self::with_db(db, |d| {
+            // SAFETY: see `key`, `value` and `read_in`.
+            let (k, v, o) = unsafe {
+                (
+                    self::key(key, key_len)?,
+                    self::value(value, value_len)?,
+                    read_in(opts, "opts")?,
+                )
+            };
+            // SAFETY: as `read_in` (NULL is "absent", handled before reading).
+            let expected = unsafe { read_expected(expected_version)? };
+            let r = opt_out(result, "result")?;
+            finish_cas(ops::cas(&d.handle, k, expected, Some(v), write_opts(o)?), r)
+        })
     })
 }
 
@@ -215,13 +222,14 @@ pub unsafe extern "C" fn nvkv_cas_delete(
     result: *mut nvkv_write_result,
 ) -> nvkv_result {
     guard(|| {
-        let d = self::db(db)?;
-        // SAFETY: see `key` and `read_in`.
-        let (k, o) = unsafe { (self::key(key, key_len)?, read_in(opts, "opts")?) };
-        // SAFETY: as `read_in`.
-        let expected = unsafe { read_expected(expected_version)? };
-        let r = opt_out(result, "result")?;
-        finish_cas(ops::cas(&d.handle, k, expected, None, write_opts(o)?), r)
+        self::with_db(db, |d| {
+            // SAFETY: see `key` and `read_in`.
+            let (k, o) = unsafe { (self::key(key, key_len)?, read_in(opts, "opts")?) };
+            // SAFETY: as `read_in`.
+            let expected = unsafe { read_expected(expected_version)? };
+            let r = opt_out(result, "result")?;
+            finish_cas(ops::cas(&d.handle, k, expected, None, write_opts(o)?), r)
+        })
     })
 }
 
@@ -237,16 +245,17 @@ pub unsafe extern "C" fn nvkv_incr(
     new_value: *mut i64,
 ) -> nvkv_result {
     guard(|| {
-        let d = self::db(db)?;
-        // SAFETY: see `key` and `read_in`.
-        let (k, o) = unsafe { (self::key(key, key_len)?, read_in(opts, "opts")?) };
-        let r = opt_out(new_value, "new_value")?;
-        let n = ops::incr(&d.handle, k, delta, write_opts(o)?)?;
-        if let Some(p) = r {
-            // SAFETY: checked by `opt_out`.
-            unsafe { store(p, n) };
-        }
-        Ok(())
+        self::with_db(db, |d| {
+            // SAFETY: see `key` and `read_in`.
+            let (k, o) = unsafe { (self::key(key, key_len)?, read_in(opts, "opts")?) };
+            let r = opt_out(new_value, "new_value")?;
+            let n = ops::incr(&d.handle, k, delta, write_opts(o)?)?;
+            if let Some(p) = r {
+                // SAFETY: checked by `opt_out`.
+                unsafe { store(p, n) };
+            }
+            Ok(())
+        })
     })
 }
 
@@ -254,9 +263,10 @@ pub unsafe extern "C" fn nvkv_incr(
 #[no_mangle]
 pub unsafe extern "C" fn nvkv_sync(db: *const nvkv_db) -> nvkv_result {
     guard(|| {
-        let d = self::db(db)?;
-        d.handle.sync()?;
-        Ok(())
+        self::with_db(db, |d| {
+            d.handle.sync()?;
+            Ok(())
+        })
     })
 }
 
@@ -264,11 +274,12 @@ pub unsafe extern "C" fn nvkv_sync(db: *const nvkv_db) -> nvkv_result {
 #[no_mangle]
 pub unsafe extern "C" fn nvkv_shard_count(db: *const nvkv_db, count: *mut usize) -> nvkv_result {
     guard(|| {
-        let d = self::db(db)?;
-        let p = out(count, "count")?;
-        // SAFETY: checked by `out`.
-        unsafe { store(p, d.handle.shards()) };
-        Ok(())
+        self::with_db(db, |d| {
+            let p = out(count, "count")?;
+            // SAFETY: checked by `out`.
+            unsafe { store(p, d.handle.shards()) };
+            Ok(())
+        })
     })
 }
 
@@ -276,12 +287,13 @@ pub unsafe extern "C" fn nvkv_shard_count(db: *const nvkv_db, count: *mut usize)
 #[no_mangle]
 pub unsafe extern "C" fn nvkv_db_stats(db: *const nvkv_db, total: *mut nvkv_stats) -> nvkv_result {
     guard(|| {
-        let d = self::db(db)?;
-        let p = out(total, "total")?;
-        let all = ops::stats(&d.handle)?;
-        // SAFETY: checked by `out`.
-        unsafe { store(p, stats(&ops::total(&all))) };
-        Ok(())
+        self::with_db(db, |d| {
+            let p = out(total, "total")?;
+            let all = ops::stats(&d.handle)?;
+            // SAFETY: checked by `out`.
+            unsafe { store(p, stats(&ops::total(&all))) };
+            Ok(())
+        })
     })
 }
 
@@ -293,14 +305,15 @@ pub unsafe extern "C" fn nvkv_shard_stats(
     out_stats: *mut nvkv_stats,
 ) -> nvkv_result {
     guard(|| {
-        let d = self::db(db)?;
-        let p = out(out_stats, "out_stats")?;
-        let all = ops::stats(&d.handle)?;
-        let s = all
-            .get(shard)
-            .ok_or_else(|| CapiError::Invalid(format!("shard {shard} of {}", all.len())))?;
-        // SAFETY: checked by `out`.
-        unsafe { store(p, stats(s)) };
-        Ok(())
+        self::with_db(db, |d| {
+            let p = out(out_stats, "out_stats")?;
+            let all = ops::stats(&d.handle)?;
+            let s = all
+                .get(shard)
+                .ok_or_else(|| CapiError::Invalid(format!("shard {shard} of {}", all.len())))?;
+            // SAFETY: checked by `out`.
+            unsafe { store(p, stats(s)) };
+            Ok(())
+        })
     })
 }

@@ -305,6 +305,79 @@ int main(int argc, char **argv) {
     OK(nvkv_async_free(&ctx));
     CHECK(ctx == NULL && t.done == 1 && t.failed == 0);
 
+    /* batches: many requests queued, waited on once, each answer read; a batch is reused after clear */
+    nvkv_batch *b = NULL;
+    OK(nvkv_batch_new(db, &b));
+    nvkv_completion c;
+    size_t bl = 7;
+    for (int round = 0; round < 3; round++) {
+        char val[16];
+        for (int i = 0; i < 100; i++) {
+            int kl2 = snprintf(key, sizeof key, "b:%03d", i);
+            int vl2 = snprintf(val, sizeof val, "r%d-%d", round, i);
+            size_t idx = 999;
+            OK(nvkv_batch_put(b, (const uint8_t *)key, (size_t)kl2, (const uint8_t *)val, (size_t)vl2,
+                              i % 40 == 0 ? &dur : NULL, &idx));
+            CHECK(idx == (size_t)i);
+        }
+        OK(nvkv_batch_wait(b));
+        OK(nvkv_batch_len(b, &bl));
+        CHECK(bl == 100);
+        for (size_t i = 0; i < 100; i++) {
+            OK(nvkv_batch_result(b, i, &c));
+            CHECK(c.id == i && c.result == NVKV_OK && c.write.applied && c.write.version > 0);
+        }
+        OK(nvkv_batch_clear(b));
+        OK(nvkv_batch_len(b, &bl));
+        CHECK(bl == 0);
+        /* read back what this round wrote, and one absent key; no wait: a result waits for its batch */
+        for (int i = 0; i < 100; i++) {
+            int kl2 = snprintf(key, sizeof key, "b:%03d", i);
+            OK(nvkv_batch_get(b, (const uint8_t *)key, (size_t)kl2, NULL));
+        }
+        OK(nvkv_batch_get(b, K("b:absent"), NULL));
+        for (int i = 0; i < 100; i++) {
+            int vl2 = snprintf(val, sizeof val, "r%d-%d", round, i);
+            OK(nvkv_batch_result(b, (size_t)i, &c));
+            CHECK(c.value_len == (size_t)vl2 && memcmp(c.value, val, c.value_len) == 0 && c.meta.version > 0);
+        }
+        EXPECT_RC(nvkv_batch_result(b, 100, &c), NVKV_NOT_FOUND);
+        CHECK(c.result == NVKV_NOT_FOUND && c.value == NULL);
+        EXPECT_RC(nvkv_batch_result(b, 101, &c), NVKV_INVALID_ARGUMENT);
+        OK(nvkv_batch_clear(b));
+    }
+    /* deletes, compare-and-swap and increments in one batch; one key's requests keep their order */
+    OK(nvkv_batch_delete(b, K("b:000"), NULL, NULL));
+    OK(nvkv_batch_delete(b, K("b:never"), NULL, NULL));
+    OK(nvkv_batch_cas(b, K("b:001"), NULL, K("x"), NULL, NULL));
+    OK(nvkv_batch_cas(b, K("b:new"), NULL, K("fresh"), NULL, NULL));
+    OK(nvkv_batch_incr(b, K("b:ctr"), 7, NULL, NULL));
+    OK(nvkv_batch_incr(b, K("b:ctr"), 3, &dur, NULL));
+    OK(nvkv_batch_wait(b));
+    OK(nvkv_batch_result(b, 0, &c));
+    CHECK(c.write.applied);
+    OK(nvkv_batch_result(b, 1, &c));
+    CHECK(!c.write.applied);
+    EXPECT_RC(nvkv_batch_result(b, 2, &c), NVKV_VERSION_MISMATCH);
+    CHECK(c.write.version > 0 && !c.write.applied);
+    OK(nvkv_batch_result(b, 3, &c));
+    CHECK(c.write.applied);
+    OK(nvkv_batch_result(b, 4, &c));
+    CHECK(c.number == 7);
+    OK(nvkv_batch_result(b, 5, &c));
+    CHECK(c.number == 10);
+    OK(nvkv_batch_result(b, 5, NULL));
+    /* a request that fails its checks is not queued */
+    EXPECT_RC(nvkv_batch_put(b, NULL, 1, K("v"), NULL, NULL), NVKV_NULL_POINTER);
+    EXPECT_RC(nvkv_batch_get(b, (const uint8_t *)"", 0, NULL), NVKV_EMPTY_KEY);
+    OK(nvkv_batch_len(b, &bl));
+    CHECK(bl == 6);
+    OK(nvkv_batch_free(&b));
+    CHECK(b == NULL);
+    EXPECT_RC(nvkv_get(db, K("b:000"), buf, sizeof buf, &len, NULL), NVKV_NOT_FOUND);
+    OK(nvkv_get(db, K("b:099"), buf, sizeof buf, &len, NULL));
+    CHECK(len == 5 && memcmp(buf, "r2-99", 5) == 0);
+
     /* threads sharing one handle */
     pthread_t th[4];
     struct worker w[4];
@@ -330,8 +403,10 @@ int main(int argc, char **argv) {
         OK(nvkv_incr(db, K("actr"), 0, NULL, &n));
         CHECK(n == 40);
         OK(nvkv_db_stats(db, &total));
-        /* 605 + 199 a: (one deleted) + chained, actr, late, 1200 t: keys */
-        CHECK(total.keys == 605 + 199 + 3 + 1200);
+        /* 605 + 199 a: (one deleted) + chained, actr, late, 99 b: (one deleted) + b:new, b:ctr, 1200 t: keys */
+        CHECK(total.keys == 605 + 199 + 3 + 101 + 1200);
+        OK(nvkv_get(db, K("b:new"), buf, sizeof buf, &len, NULL));
+        CHECK(len == 5 && memcmp(buf, "fresh", 5) == 0);
         OK(nvkv_close(&db));
     }
 

@@ -141,6 +141,39 @@ int main(int argc, char **argv) {
     OK(nvkv_iter_next(live_it, &k, &kl, NULL, NULL));
     nvkv_async *ctx = NULL;
     OK(nvkv_async_new(db, &ctx));
+
+    /* batches: NULLs, mix-ups with other handles, misaligned outputs, freed copies */
+    nvkv_batch *b = NULL;
+    EXPECT_RC(nvkv_batch_new(NULL, &b), NVKV_NULL_POINTER);
+    EXPECT_RC(nvkv_batch_new(db, NULL), NVKV_NULL_POINTER);
+    EXPECT_RC(nvkv_batch_put(NULL, K("k"), K("v"), NULL, NULL), NVKV_NULL_POINTER);
+    EXPECT_RC(nvkv_batch_wait(NULL), NVKV_NULL_POINTER);
+    EXPECT_RC(nvkv_batch_free(NULL), NVKV_NULL_POINTER);
+    OK(nvkv_batch_new(db, &b));
+    EXPECT_RC(nvkv_batch_put(b, K("k"), K("v"), &wo, NULL), NVKV_INVALID_ARGUMENT); /* unknown flags */
+    EXPECT_RC(nvkv_batch_put(b, big, NVKV_MAX_KEY_LEN + 1, K("v"), NULL, NULL), NVKV_KEY_TOO_LONG);
+    EXPECT_RC(nvkv_batch_get(b, K("k"), (size_t *)(void *)(raw + 3)), NVKV_INVALID_ARGUMENT);
+    size_t bl = 9;
+    OK(nvkv_batch_len(b, &bl));
+    CHECK(bl == 0); /* nothing was queued by the failed calls */
+    EXPECT_RC(nvkv_sync((nvkv_db *)b), NVKV_BAD_HANDLE);
+    nvkv_batch *db_as_batch = (nvkv_batch *)db;
+    EXPECT_RC(nvkv_batch_free(&db_as_batch), NVKV_BAD_HANDLE);
+    EXPECT_RC(nvkv_batch_result(b, 0, NULL), NVKV_INVALID_ARGUMENT); /* empty batch */
+    OK(nvkv_batch_put(b, K("k"), K("v"), NULL, NULL));
+    EXPECT_RC(nvkv_batch_result(b, 0, (nvkv_completion *)(void *)(raw + 1)), NVKV_INVALID_ARGUMENT);
+    OK(nvkv_batch_result(b, 0, NULL));
+    nvkv_batch *b_copy = b;
+    OK(nvkv_batch_free(&b));
+    CHECK(b == NULL);
+    EXPECT_RC(nvkv_batch_put(b_copy, K("k"), K("v"), NULL, NULL), NVKV_CLOSED);
+    EXPECT_RC(nvkv_batch_wait(b_copy), NVKV_CLOSED);
+    EXPECT_RC(nvkv_batch_free(&b_copy), NVKV_CLOSED);
+    OK(nvkv_sync(db)); /* the database survived the mix-ups */
+    nvkv_batch *late = NULL;
+    OK(nvkv_batch_new(db, &late));
+    OK(nvkv_batch_put(late, K("late"), K("v"), NULL, NULL));
+
     nvkv_db *copy = db;
     OK(nvkv_close(&db));
     CHECK(db == NULL);
@@ -155,6 +188,10 @@ int main(int argc, char **argv) {
     nvkv_async *ctx_copy = ctx;
     OK(nvkv_async_free(&ctx));
     EXPECT_RC(nvkv_async_free(&ctx_copy), NVKV_CLOSED);
+    /* a batch outlives its database too: new requests are refused, the one in flight was answered */
+    EXPECT_RC(nvkv_batch_put(late, K("k"), K("v"), NULL, NULL), NVKV_CLOSED);
+    OK(nvkv_batch_wait(late));
+    OK(nvkv_batch_free(&late));
     EXPECT_RC(nvkv_async_poll(ctx_copy, 0, NULL), NVKV_CLOSED);
 
     /* the library still works after all that */

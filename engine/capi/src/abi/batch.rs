@@ -1,0 +1,276 @@
+//! Batches: many requests queued one call each, waited on once. A batch reuses its request slots (no
+//! allocation per request once they have grown), so a steady stream of batches costs the queueing and
+//! the shard's work, not the library's.
+
+use super::*;
+
+use crate::ops::BatchState;
+use engine::api::Answer;
+
+/// A batch on `db`. Queue requests with `nvkv_batch_get`/`_put`/`_delete`/`_cas`/`_incr` (each goes to
+/// its shard at once), wait with `nvkv_batch_wait`, read answers with `nvkv_batch_result`, then
+/// `nvkv_batch_clear` to reuse the batch. Used by one thread at a time (calls on it are serialized).
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_new(
+    db: *const nvkv_db,
+    batch: *mut *mut nvkv_batch,
+) -> nvkv_result {
+    guard(|| {
+        let slot = out(batch, "batch")?;
+        let st = self::with_db(db, |d| Ok(BatchState::new(&d.handle)))?;
+        let token = handles::insert(Object::Batch(Arc::new(std::sync::Mutex::new(st))))?;
+        // SAFETY: checked by `out`.
+        unsafe { store(slot, to_handle(token)) };
+        Ok(())
+    })
+}
+
+/// Queues one request on the batch behind `b`; stores its index through `index` (may be NULL).
+fn queue(
+    b: *mut nvkv_batch,
+    index: *mut usize,
+    f: impl FnOnce(&mut BatchState) -> usize,
+) -> Result<(), CapiError> {
+    if b.is_null() {
+        return Err(CapiError::Null("batch"));
+    }
+    let idx_out = opt_out(index, "index")?;
+    let st = handles::batch(b.addr())?;
+    let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
+    // Refused here rather than queued to be answered "closed": the caller learns it at once.
+    if st.is_closed() {
+        return Err(CapiError::Closed("database"));
+    }
+    let i = f(&mut st);
+    if let Some(p) = idx_out {
+        // SAFETY: checked by `opt_out`.
+        unsafe { store(p, i) };
+    }
+    Ok(())
+}
+
+/// Queues a get (`NVKV_CLOSED` once the database is closed). Indices count from 0 in the order of queueing since `nvkv_batch_new` or
+/// `nvkv_batch_clear`; `*index` (may be NULL) receives this one's. On a non-OK return nothing was queued.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_get(
+    batch: *mut nvkv_batch,
+    key: *const u8,
+    key_len: usize,
+    index: *mut usize,
+) -> nvkv_result {
+    guard(|| {
+        // SAFETY: see `key`.
+        let k = unsafe { self::key(key, key_len)? };
+        queue(batch, index, |b| b.get(k))
+    })
+}
+
+/// Queues a put (key and value are copied). `opts` and `index` may be NULL.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_put(
+    batch: *mut nvkv_batch,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+    opts: *const nvkv_write_opts,
+    index: *mut usize,
+) -> nvkv_result {
+    guard(|| {
+        // SAFETY: see `key`, `value` and `read_in`.
+        let (k, v, o) = unsafe {
+            (
+                self::key(key, key_len)?,
+                self::value(value, value_len)?,
+                read_in(opts, "opts")?,
+            )
+        };
+        let o = write_opts(o)?;
+        queue(batch, index, |b| b.put(k, v, o))
+    })
+}
+
+/// Queues a delete. `opts` and `index` may be NULL.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_delete(
+    batch: *mut nvkv_batch,
+    key: *const u8,
+    key_len: usize,
+    opts: *const nvkv_write_opts,
+    index: *mut usize,
+) -> nvkv_result {
+    guard(|| {
+        // SAFETY: see `key` and `read_in`.
+        let (k, o) = unsafe { (self::key(key, key_len)?, read_in(opts, "opts")?) };
+        let o = write_opts(o)?;
+        queue(batch, index, |b| b.delete(k, o))
+    })
+}
+
+/// Queues a compare-and-swap, as `nvkv_cas` (`expected_version` NULL: only if absent). Its result is
+/// `NVKV_VERSION_MISMATCH` with the current version in `write.version` when the version differs.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_cas(
+    batch: *mut nvkv_batch,
+    key: *const u8,
+    key_len: usize,
+    expected_version: *const u64,
+    value: *const u8,
+    value_len: usize,
+    opts: *const nvkv_write_opts,
+    index: *mut usize,
+) -> nvkv_result {
+    guard(|| {
+        // SAFETY: see `key`, `value`, `read_in` and `read_expected`.
+        let (k, v, o, e) = unsafe {
+            (
+                self::key(key, key_len)?,
+                self::value(value, value_len)?,
+                read_in(opts, "opts")?,
+                read_expected(expected_version)?,
+            )
+        };
+        let o = write_opts(o)?;
+        queue(batch, index, |b| b.cas(k, e, Some(v), o))
+    })
+}
+
+/// Queues an increment, as `nvkv_incr`; the new value comes back in `number`.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_incr(
+    batch: *mut nvkv_batch,
+    key: *const u8,
+    key_len: usize,
+    delta: i64,
+    opts: *const nvkv_write_opts,
+    index: *mut usize,
+) -> nvkv_result {
+    guard(|| {
+        // SAFETY: see `key` and `read_in`.
+        let (k, o) = unsafe { (self::key(key, key_len)?, read_in(opts, "opts")?) };
+        let o = write_opts(o)?;
+        queue(batch, index, |b| b.incr(k, delta, o))
+    })
+}
+
+fn batch_state(b: *mut nvkv_batch) -> Result<Arc<std::sync::Mutex<BatchState>>, CapiError> {
+    if b.is_null() {
+        return Err(CapiError::Null("batch"));
+    }
+    handles::batch(b.addr())
+}
+
+/// Waits until every request queued on the batch is answered (durable writes: once durable). Requests
+/// fail one by one (see `nvkv_batch_result`); this returns `NVKV_OK` once all are in.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_wait(batch: *mut nvkv_batch) -> nvkv_result {
+    guard(|| {
+        let st = batch_state(batch)?;
+        st.lock().unwrap_or_else(|e| e.into_inner()).wait();
+        Ok(())
+    })
+}
+
+/// The number of requests queued since `nvkv_batch_new` or `nvkv_batch_clear`.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_len(batch: *mut nvkv_batch, len: *mut usize) -> nvkv_result {
+    guard(|| {
+        let p = out(len, "len")?;
+        let st = batch_state(batch)?;
+        let n = st.lock().unwrap_or_else(|e| e.into_inner()).len();
+        // SAFETY: checked by `out`.
+        unsafe { store(p, n) };
+        Ok(())
+    })
+}
+
+/// The answer of request `index` (waiting for the batch if it is not in yet), as a completion: `id` is
+/// the index; for a get, `value` points into the batch and stays valid until `nvkv_batch_clear` or
+/// `nvkv_batch_free`. `c` may be NULL. Returns the request's result code (`NVKV_NOT_FOUND` for a get of
+/// an absent key, the write's error, ...), or `NVKV_INVALID_ARGUMENT` for an index not in the batch.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_result(
+    batch: *mut nvkv_batch,
+    index: usize,
+    c: *mut nvkv_completion,
+) -> nvkv_result {
+    guard(|| {
+        let c_out = opt_out(c, "c")?;
+        let st = batch_state(batch)?;
+        let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
+        let mut done = nvkv_completion {
+            id: index as u64,
+            result: nvkv_result::NVKV_OK,
+            value: std::ptr::null(),
+            value_len: 0,
+            meta: nvkv_meta::default(),
+            write: nvkv_write_result::default(),
+            number: 0,
+        };
+        let res = match st.answer(index)? {
+            Ok(Answer::Value(Some((v, m)))) => {
+                done.value = v.as_ptr();
+                done.value_len = v.len();
+                done.meta = meta(m);
+                Ok(())
+            }
+            Ok(Answer::Value(None)) => Err(CapiError::NotFound),
+            Ok(Answer::Write(w)) => {
+                done.write = write_result(w);
+                Ok(())
+            }
+            Ok(Answer::Incr(n, w)) => {
+                done.number = n;
+                done.write = write_result(w);
+                Ok(())
+            }
+            Err(e) => {
+                if let engine::Error::VersionMismatch { current } = e {
+                    done.write.version = current.unwrap_or(0);
+                }
+                Err(CapiError::Engine(e))
+            }
+        };
+        if let Err(e) = &res {
+            done.result = e.code();
+        }
+        if let Some(p) = c_out {
+            // SAFETY: checked by `opt_out`; the value pointer stays valid while the batch's slots are not
+            // reused, which the contract above covers.
+            unsafe { store(p, done) };
+        }
+        res
+    })
+}
+
+/// Waits for what is still in flight and empties the batch; its slots are reused by the next requests.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_clear(batch: *mut nvkv_batch) -> nvkv_result {
+    guard(|| {
+        let st = batch_state(batch)?;
+        st.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
+    })
+}
+
+/// Waits for what is still in flight, frees the batch and sets `*batch` to NULL; later calls with a copy
+/// of it return `NVKV_CLOSED`.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_free(batch: *mut *mut nvkv_batch) -> nvkv_result {
+    guard(|| {
+        let slot = out(batch, "batch")?;
+        // SAFETY: checked by `out`.
+        let h = unsafe { slot.as_ptr().read() };
+        if h.is_null() {
+            return Err(CapiError::Null("*batch"));
+        }
+        // The kind is checked before removing, so a handle of another kind stays open.
+        let obj = handles::remove(h.addr(), "batch", |o| matches!(o, Object::Batch(_)))?;
+        // SAFETY: checked by `out`.
+        unsafe { store(slot, std::ptr::null_mut()) };
+        if let Object::Batch(b) = obj {
+            b.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        Ok(())
+    })
+}
