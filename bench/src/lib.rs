@@ -3,6 +3,7 @@
 //! - [`conditions`]: when and on which CPU a result was measured.
 //! - [`plan`]: what to measure (workloads, contenders, durations) and the result records.
 //! - [`driver_perf`]: nvkv's own driver under a workload (like SPDK's perf).
+//! - [`embed`]: libnvkv from C against the Rust handle on the same workloads, alternating.
 //! - [`dlog_cost`]: a durable put through the durable log against the plain copy and msync it builds on.
 //! - [`loopback`]: the driver's own cost per I/O against an in-memory controller.
 //! - [`fio`]: the kernel NVMe path under the same workload, measured by fio.
@@ -19,6 +20,7 @@
 pub mod conditions;
 pub mod dlog_cost;
 pub mod driver_perf;
+pub mod embed;
 pub mod fio;
 pub mod html;
 pub mod kv;

@@ -78,6 +78,59 @@ struct RunArgs {
     fio: PathBuf,
 }
 
+#[derive(clap::Args, Clone)]
+struct EmbedArgs {
+    /// Keys written by the fill and read by the other workloads.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Value size in bytes (keys are 16 bytes).
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Seconds of readrandom and of mix50 per run.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Rounds; C and Rust alternate (C first in even rounds).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Client thread counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    threads: Vec<usize>,
+    /// Requests per batch (1: one call per request).
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    batch: Vec<usize>,
+    /// Backends (memory, file).
+    #[arg(long, value_delimiter = ',', default_value = "memory,file")]
+    backends: Vec<nvkv_bench::embed::Backend>,
+    /// The file backend's file (recreated for each run).
+    #[arg(long, default_value = "/var/tmp/nvkv-embed-bench.img")]
+    file: PathBuf,
+    /// Write every measurement and the summary rows as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The configurations of an embed comparison.
+fn embed_configs(a: &EmbedArgs) -> Vec<nvkv_bench::embed::Config> {
+    let mut out = Vec::new();
+    for &backend in &a.backends {
+        for &threads in &a.threads {
+            for &batch in &a.batch {
+                out.push(nvkv_bench::embed::Config {
+                    backend,
+                    path: (backend == nvkv_bench::embed::Backend::File).then(|| a.file.clone()),
+                    threads,
+                    batch,
+                    keys: a.keys,
+                    value_size: a.value_size,
+                    seconds: a.seconds,
+                    size: 512 << 20,
+                });
+            }
+        }
+    }
+    out
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// The main job: set up the host, boot the VM with an emulated NVMe, run the suite, write the report.
@@ -111,6 +164,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Embedding on this host: libnvkv from a C program against the Rust handle, same workloads
+    /// (fillrandom, readrandom, mix50), one shard, alternating rounds; one request per call and batches.
+    Embed(EmbedArgs),
     /// The durable log's own cost per write on this host: a durable put through the log against a
     /// non-durable put and against the plain copy + msync of the same record into a /dev/shm file.
     DlogCost(nvkv_bench::dlog_cost::Args),
@@ -585,6 +641,30 @@ fn main() -> Result<()> {
                 }
             } else {
                 print!("{}", report::kv_host_table(&ms));
+            }
+        }
+        Cmd::Embed(a) => {
+            use nvkv_bench::embed;
+            if a.backends.contains(&embed::Backend::Nvme) {
+                bail!("the nvme backend runs in the VM (the main job); here: memory, file");
+            }
+            let dir = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("target"))
+                .join("embed-bench");
+            let bin = embed::build_c(&dir)?;
+            let configs = embed_configs(&a);
+            let ms = embed::compare(&bin, &configs, a.rounds, |s| eprintln!("{s}"))?;
+            let rows = embed::rows(&ms);
+            println!(
+                "libnvkv from C against the Rust handle ({} keys, 16 B keys, {} B values, 1 shard, medians of {} rounds):",
+                a.keys, a.value_size, a.rounds
+            );
+            print!("{}", embed::table(&rows));
+            if let Some(p) = &a.json {
+                let doc = serde_json::json!({ "conditions": nvkv_bench::conditions::timestamp(), "measurements": ms, "rows": rows });
+                std::fs::write(p, serde_json::to_string_pretty(&doc)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
             }
         }
         Cmd::DlogCost(a) => nvkv_bench::dlog_cost::main(a)?,

@@ -423,6 +423,26 @@ enum nvkv_result nvkv_batch_get(struct nvkv_batch *batch,
                                 size_t key_len,
                                 size_t *index);
 
+// Queues `n` gets at once: key `i` is `keys[i]`, `key_lens[i]` bytes (the arrays may be NULL when `n` is
+// 0). Their indices are `*first_index` (may be NULL) onwards. Cheaper than `n` calls of
+// `nvkv_batch_get`; every key is checked first, so on a non-OK return nothing was queued.
+enum nvkv_result nvkv_batch_get_many(struct nvkv_batch *batch,
+                                     const uint8_t *const *keys,
+                                     const size_t *key_lens,
+                                     size_t n,
+                                     size_t *first_index);
+
+// Queues `n` puts at once (`keys[i]` of `key_lens[i]` bytes gets `values[i]` of `value_lens[i]` bytes;
+// all with `opts`, which may be NULL), as `nvkv_batch_get_many` does gets.
+enum nvkv_result nvkv_batch_put_many(struct nvkv_batch *batch,
+                                     const uint8_t *const *keys,
+                                     const size_t *key_lens,
+                                     const uint8_t *const *values,
+                                     const size_t *value_lens,
+                                     size_t n,
+                                     const struct nvkv_write_opts *opts,
+                                     size_t *first_index);
+
 // Queues a put (key and value are copied). `opts` and `index` may be NULL.
 enum nvkv_result nvkv_batch_put(struct nvkv_batch *batch,
                                 const uint8_t *key,
@@ -473,6 +493,15 @@ enum nvkv_result nvkv_batch_len(struct nvkv_batch *batch,
 enum nvkv_result nvkv_batch_result(struct nvkv_batch *batch,
                                    size_t index,
                                    struct nvkv_completion *c);
+
+// The answers of requests `first .. first + n` (waiting for the batch if they are not in yet) into
+// `out[0 .. n]`, as `nvkv_batch_result` gives them one at a time: one call for a whole batch. Each
+// request's own code is in its `result`; the call returns `NVKV_OK` when it could fill them all
+// (`NVKV_INVALID_ARGUMENT` when the range is not in the batch, and then `out` is untouched).
+enum nvkv_result nvkv_batch_results(struct nvkv_batch *batch,
+                                    size_t first,
+                                    struct nvkv_completion *out,
+                                    size_t n);
 
 // Waits for what is still in flight and empties the batch; its slots are reused by the next requests.
 enum nvkv_result nvkv_batch_clear(struct nvkv_batch *batch);

@@ -306,10 +306,13 @@ pub fn async_ctx(handle: usize) -> Result<Arc<Mutex<AsyncState>>, CapiError> {
     })
 }
 
-/// The batch behind `handle`. Its reference count is touched only by the thread that uses the batch.
-pub fn batch(handle: usize) -> Result<Arc<Mutex<BatchState>>, CapiError> {
+/// Runs `f` on the batch behind `handle`, borrowed (every queued request looks it up).
+pub fn with_batch<R>(
+    handle: usize,
+    f: impl FnOnce(&Mutex<BatchState>) -> Result<R, CapiError>,
+) -> Result<R, CapiError> {
     with(handle, "batch", |o| match o {
-        Object::Batch(b) => Ok(b.clone()),
+        Object::Batch(b) => f(b),
         _ => Err(CapiError::BadHandle("batch")),
     })
 }

@@ -35,13 +35,14 @@ fn queue(
         return Err(CapiError::Null("batch"));
     }
     let idx_out = opt_out(index, "index")?;
-    let st = handles::batch(b.addr())?;
-    let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
-    // Refused here rather than queued to be answered "closed": the caller learns it at once.
-    if st.is_closed() {
-        return Err(CapiError::Closed("database"));
-    }
-    let i = f(&mut st);
+    let i = handles::with_batch(b.addr(), |st| {
+        let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
+        // Refused here rather than queued to be answered "closed": the caller learns it at once.
+        if st.is_closed() {
+            return Err(CapiError::Closed("database"));
+        }
+        Ok(f(&mut st))
+    })?;
     if let Some(p) = idx_out {
         // SAFETY: checked by `opt_out`.
         unsafe { store(p, i) };
@@ -62,6 +63,111 @@ pub unsafe extern "C" fn nvkv_batch_get(
         // SAFETY: see `key`.
         let k = unsafe { self::key(key, key_len)? };
         queue(batch, index, |b| b.get(k))
+    })
+}
+
+/// Queues `n` requests at once with one look-up of the batch; stores the first one's index. `check`
+/// validates request `i` (every one is checked before any is queued, so a bad one queues nothing);
+/// `queue` queues it.
+fn queue_many(
+    b: *mut nvkv_batch,
+    n: usize,
+    first_index: *mut usize,
+    check: impl Fn(usize) -> Result<(), CapiError>,
+    queue: impl Fn(&mut BatchState, usize) -> Result<(), CapiError>,
+) -> Result<(), CapiError> {
+    if b.is_null() {
+        return Err(CapiError::Null("batch"));
+    }
+    let idx_out = opt_out(first_index, "first_index")?;
+    (0..n).try_for_each(&check)?;
+    let first = handles::with_batch(b.addr(), |st| {
+        let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
+        if st.is_closed() {
+            return Err(CapiError::Closed("database"));
+        }
+        let first = st.len();
+        (0..n).try_for_each(|i| queue(&mut st, i))?;
+        Ok(first)
+    })?;
+    if let Some(p) = idx_out {
+        // SAFETY: checked by `opt_out`.
+        unsafe { store(p, first) };
+    }
+    Ok(())
+}
+
+/// Queues `n` gets at once: key `i` is `keys[i]`, `key_lens[i]` bytes (the arrays may be NULL when `n` is
+/// 0). Their indices are `*first_index` (may be NULL) onwards. Cheaper than `n` calls of
+/// `nvkv_batch_get`; every key is checked first, so on a non-OK return nothing was queued.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_get_many(
+    batch: *mut nvkv_batch,
+    keys: *const *const u8,
+    key_lens: *const usize,
+    n: usize,
+    first_index: *mut usize,
+) -> nvkv_result {
+    guard(|| {
+        // SAFETY: see `array`.
+        let (ks, kl) = unsafe { (array(keys, n, "keys")?, array(key_lens, n, "key_lens")?) };
+        let k = |i: usize| {
+            // SAFETY: see `key`; `ks[i]` and `kl[i]` are the caller's pointer and length of key `i`.
+            unsafe { self::key(ks[i], kl[i]) }
+        };
+        queue_many(
+            batch,
+            n,
+            first_index,
+            |i| k(i).map(drop),
+            |st, i| {
+                st.get(k(i)?);
+                Ok(())
+            },
+        )
+    })
+}
+
+/// Queues `n` puts at once (`keys[i]` of `key_lens[i]` bytes gets `values[i]` of `value_lens[i]` bytes;
+/// all with `opts`, which may be NULL), as `nvkv_batch_get_many` does gets.
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_put_many(
+    batch: *mut nvkv_batch,
+    keys: *const *const u8,
+    key_lens: *const usize,
+    values: *const *const u8,
+    value_lens: *const usize,
+    n: usize,
+    opts: *const nvkv_write_opts,
+    first_index: *mut usize,
+) -> nvkv_result {
+    guard(|| {
+        // SAFETY: see `array` and `read_in`.
+        let (ks, kl, vs, vl, o) = unsafe {
+            (
+                array(keys, n, "keys")?,
+                array(key_lens, n, "key_lens")?,
+                array(values, n, "values")?,
+                array(value_lens, n, "value_lens")?,
+                read_in(opts, "opts")?,
+            )
+        };
+        let o = write_opts(o)?;
+        let kv = |i: usize| -> Result<(&[u8], &[u8]), CapiError> {
+            // SAFETY: see `key` and `value`; the arrays hold the caller's pointers and lengths of request `i`.
+            unsafe { Ok((self::key(ks[i], kl[i])?, self::value(vs[i], vl[i])?)) }
+        };
+        queue_many(
+            batch,
+            n,
+            first_index,
+            |i| kv(i).map(drop),
+            |st, i| {
+                let (k, v) = kv(i)?;
+                st.put(k, v, o);
+                Ok(())
+            },
+        )
     })
 }
 
@@ -153,11 +259,17 @@ pub unsafe extern "C" fn nvkv_batch_incr(
     })
 }
 
-fn batch_state(b: *mut nvkv_batch) -> Result<Arc<std::sync::Mutex<BatchState>>, CapiError> {
+/// Runs `f` on the batch behind `b`, locked.
+fn with_batch<R>(
+    b: *mut nvkv_batch,
+    f: impl FnOnce(&mut BatchState) -> Result<R, CapiError>,
+) -> Result<R, CapiError> {
     if b.is_null() {
         return Err(CapiError::Null("batch"));
     }
-    handles::batch(b.addr())
+    handles::with_batch(b.addr(), |st| {
+        f(&mut st.lock().unwrap_or_else(|e| e.into_inner()))
+    })
 }
 
 /// Waits until every request queued on the batch is answered (durable writes: once durable). Requests
@@ -165,9 +277,10 @@ fn batch_state(b: *mut nvkv_batch) -> Result<Arc<std::sync::Mutex<BatchState>>, 
 #[no_mangle]
 pub unsafe extern "C" fn nvkv_batch_wait(batch: *mut nvkv_batch) -> nvkv_result {
     guard(|| {
-        let st = batch_state(batch)?;
-        st.lock().unwrap_or_else(|e| e.into_inner()).wait();
-        Ok(())
+        with_batch(batch, |st| {
+            st.wait();
+            Ok(())
+        })
     })
 }
 
@@ -176,8 +289,7 @@ pub unsafe extern "C" fn nvkv_batch_wait(batch: *mut nvkv_batch) -> nvkv_result 
 pub unsafe extern "C" fn nvkv_batch_len(batch: *mut nvkv_batch, len: *mut usize) -> nvkv_result {
     guard(|| {
         let p = out(len, "len")?;
-        let st = batch_state(batch)?;
-        let n = st.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let n = with_batch(batch, |st| Ok(st.len()))?;
         // SAFETY: checked by `out`.
         unsafe { store(p, n) };
         Ok(())
@@ -196,60 +308,103 @@ pub unsafe extern "C" fn nvkv_batch_result(
 ) -> nvkv_result {
     guard(|| {
         let c_out = opt_out(c, "c")?;
-        let st = batch_state(batch)?;
-        let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
-        let mut done = nvkv_completion {
-            id: index as u64,
-            result: nvkv_result::NVKV_OK,
-            value: std::ptr::null(),
-            value_len: 0,
-            meta: nvkv_meta::default(),
-            write: nvkv_write_result::default(),
-            number: 0,
-        };
-        let res = match st.answer(index)? {
-            Ok(Answer::Value(Some((v, m)))) => {
-                done.value = v.as_ptr();
-                done.value_len = v.len();
-                done.meta = meta(m);
-                Ok(())
-            }
-            Ok(Answer::Value(None)) => Err(CapiError::NotFound),
-            Ok(Answer::Write(w)) => {
-                done.write = write_result(w);
-                Ok(())
-            }
-            Ok(Answer::Incr(n, w)) => {
-                done.number = n;
-                done.write = write_result(w);
-                Ok(())
-            }
-            Err(e) => {
-                if let engine::Error::VersionMismatch { current } = e {
-                    done.write.version = current.unwrap_or(0);
-                }
-                Err(CapiError::Engine(e))
-            }
-        };
-        if let Err(e) = &res {
-            done.result = e.code();
-        }
-        if let Some(p) = c_out {
-            // SAFETY: checked by `opt_out`; the value pointer stays valid while the batch's slots are not
-            // reused, which the contract above covers.
-            unsafe { store(p, done) };
-        }
-        res
+        with_batch(batch, |st| result(st, index, c_out))
     })
+}
+
+/// The answers of requests `first .. first + n` (waiting for the batch if they are not in yet) into
+/// `out[0 .. n]`, as `nvkv_batch_result` gives them one at a time: one call for a whole batch. Each
+/// request's own code is in its `result`; the call returns `NVKV_OK` when it could fill them all
+/// (`NVKV_INVALID_ARGUMENT` when the range is not in the batch, and then `out` is untouched).
+#[no_mangle]
+pub unsafe extern "C" fn nvkv_batch_results(
+    batch: *mut nvkv_batch,
+    first: usize,
+    out: *mut nvkv_completion,
+    n: usize,
+) -> nvkv_result {
+    guard(|| {
+        if n == 0 {
+            return Ok(());
+        }
+        let base = self::out(out, "out")?;
+        with_batch(batch, |st| {
+            let len = st.len();
+            if first.checked_add(n).is_none_or(|end| end > len) {
+                return Err(CapiError::Invalid(format!(
+                    "requests {first}..{first}+{n} of a batch of {len}"
+                )));
+            }
+            for i in 0..n {
+                // SAFETY: the caller promises `n` writable completions at `out` (non-NULL and aligned,
+                // checked above); `i < n`.
+                let p = unsafe { NonNull::new_unchecked(base.as_ptr().add(i)) };
+                // A request's failure is its completion's code, not the call's.
+                let _ = result(st, first + i, Some(p));
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Request `index`'s answer into `c_out`; the request's outcome.
+fn result(
+    st: &mut BatchState,
+    index: usize,
+    c_out: Option<NonNull<nvkv_completion>>,
+) -> Result<(), CapiError> {
+    let mut done = nvkv_completion {
+        id: index as u64,
+        result: nvkv_result::NVKV_OK,
+        value: std::ptr::null(),
+        value_len: 0,
+        meta: nvkv_meta::default(),
+        write: nvkv_write_result::default(),
+        number: 0,
+    };
+    let res = match st.answer(index)? {
+        Ok(Answer::Value(Some((v, m)))) => {
+            done.value = v.as_ptr();
+            done.value_len = v.len();
+            done.meta = meta(m);
+            Ok(())
+        }
+        Ok(Answer::Value(None)) => Err(CapiError::NotFound),
+        Ok(Answer::Write(w)) => {
+            done.write = write_result(w);
+            Ok(())
+        }
+        Ok(Answer::Incr(n, w)) => {
+            done.number = n;
+            done.write = write_result(w);
+            Ok(())
+        }
+        Err(e) => {
+            if let engine::Error::VersionMismatch { current } = e {
+                done.write.version = current.unwrap_or(0);
+            }
+            Err(CapiError::Engine(e))
+        }
+    };
+    if let Err(e) = &res {
+        done.result = e.code();
+    }
+    if let Some(p) = c_out {
+        // SAFETY: checked by `opt_out`; the value pointer stays valid while the batch's slots are not
+        // reused, which the contract above covers.
+        unsafe { store(p, done) };
+    }
+    res
 }
 
 /// Waits for what is still in flight and empties the batch; its slots are reused by the next requests.
 #[no_mangle]
 pub unsafe extern "C" fn nvkv_batch_clear(batch: *mut nvkv_batch) -> nvkv_result {
     guard(|| {
-        let st = batch_state(batch)?;
-        st.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        Ok(())
+        with_batch(batch, |st| {
+            st.clear();
+            Ok(())
+        })
     })
 }
 

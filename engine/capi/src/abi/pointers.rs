@@ -53,6 +53,28 @@ pub(super) unsafe fn bytes<'a>(
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
+/// An array of `n` elements the caller passes: NULL only when `n` is 0; aligned.
+pub(super) unsafe fn array<'a, T>(
+    p: *const T,
+    n: usize,
+    what: &'static str,
+) -> Result<&'a [T], CapiError> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(CapiError::Null(what));
+    }
+    if !p.is_aligned() {
+        return Err(CapiError::Invalid(format!("{what} is misaligned")));
+    }
+    if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(CapiError::Invalid(format!("{what}: {n} elements")));
+    }
+    // SAFETY: non-NULL, aligned, a size that fits isize; the caller promises `n` readable elements.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
 /// A required output pointer: non-NULL and aligned.
 pub(super) fn out<T>(p: *mut T, what: &'static str) -> Result<NonNull<T>, CapiError> {
     let p = NonNull::new(p).ok_or(CapiError::Null(what))?;

@@ -344,6 +344,44 @@ int main(int argc, char **argv) {
         EXPECT_RC(nvkv_batch_result(b, 100, &c), NVKV_NOT_FOUND);
         CHECK(c.result == NVKV_NOT_FOUND && c.value == NULL);
         EXPECT_RC(nvkv_batch_result(b, 101, &c), NVKV_INVALID_ARGUMENT);
+        /* all answers in one call: the same as one at a time */
+        nvkv_completion all[101];
+        OK(nvkv_batch_results(b, 0, all, 101));
+        for (int i = 0; i < 100; i++) {
+            int vl2 = snprintf(val, sizeof val, "r%d-%d", round, i);
+            CHECK(all[i].id == (uint64_t)i && all[i].result == NVKV_OK);
+            CHECK(all[i].value_len == (size_t)vl2 && memcmp(all[i].value, val, all[i].value_len) == 0);
+        }
+        CHECK(all[100].result == NVKV_NOT_FOUND && all[100].value == NULL);
+        OK(nvkv_batch_results(b, 99, all, 2));
+        CHECK(all[0].id == 99 && all[1].id == 100 && all[1].result == NVKV_NOT_FOUND);
+        EXPECT_RC(nvkv_batch_results(b, 100, all, 2), NVKV_INVALID_ARGUMENT);
+        OK(nvkv_batch_results(b, 101, NULL, 0));
+        OK(nvkv_batch_clear(b));
+    }
+    /* many requests in one call: every key is checked before any is queued */
+    {
+        const uint8_t *mk[3] = {(const uint8_t *)"m:0", (const uint8_t *)"m:1", (const uint8_t *)"m:2"};
+        const uint8_t *mv[3] = {(const uint8_t *)"zero", (const uint8_t *)"one", NULL};
+        size_t mkl[3] = {3, 3, 3}, mvl[3] = {4, 3, 0};
+        size_t first = 99;
+        OK(nvkv_batch_put_many(b, mk, mkl, mv, mvl, 3, &dur, &first));
+        CHECK(first == 0);
+        OK(nvkv_batch_get_many(b, mk, mkl, 3, &first));
+        CHECK(first == 3);
+        nvkv_completion mc[6];
+        OK(nvkv_batch_results(b, 0, mc, 6));
+        CHECK(mc[0].write.applied && mc[1].write.applied && mc[2].write.applied);
+        CHECK(mc[3].value_len == 4 && memcmp(mc[3].value, "zero", 4) == 0);
+        CHECK(mc[4].value_len == 3 && memcmp(mc[4].value, "one", 3) == 0);
+        CHECK(mc[5].result == NVKV_OK && mc[5].value_len == 0);
+        size_t bad[3] = {3, 0, 3}; /* the second key is empty: nothing is queued */
+        EXPECT_RC(nvkv_batch_get_many(b, mk, bad, 3, NULL), NVKV_EMPTY_KEY);
+        EXPECT_RC(nvkv_batch_put_many(b, mk, bad, mv, mvl, 3, NULL, NULL), NVKV_EMPTY_KEY);
+        OK(nvkv_batch_len(b, &bl));
+        CHECK(bl == 6);
+        OK(nvkv_batch_get_many(b, NULL, NULL, 0, &first));
+        CHECK(first == 6);
         OK(nvkv_batch_clear(b));
     }
     /* deletes, compare-and-swap and increments in one batch; one key's requests keep their order */
@@ -403,8 +441,9 @@ int main(int argc, char **argv) {
         OK(nvkv_incr(db, K("actr"), 0, NULL, &n));
         CHECK(n == 40);
         OK(nvkv_db_stats(db, &total));
-        /* 605 + 199 a: (one deleted) + chained, actr, late, 99 b: (one deleted) + b:new, b:ctr, 1200 t: keys */
-        CHECK(total.keys == 605 + 199 + 3 + 101 + 1200);
+        /* 605 + 199 a: (one deleted) + chained, actr, late, 99 b: (one deleted) + b:new, b:ctr, 3 m:,
+           1200 t: keys */
+        CHECK(total.keys == 605 + 199 + 3 + 101 + 3 + 1200);
         OK(nvkv_get(db, K("b:new"), buf, sizeof buf, &len, NULL));
         CHECK(len == 5 && memcmp(buf, "fresh", 5) == 0);
         OK(nvkv_close(&db));

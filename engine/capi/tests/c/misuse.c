@@ -163,6 +163,19 @@ int main(int argc, char **argv) {
     OK(nvkv_batch_put(b, K("k"), K("v"), NULL, NULL));
     EXPECT_RC(nvkv_batch_result(b, 0, (nvkv_completion *)(void *)(raw + 1)), NVKV_INVALID_ARGUMENT);
     OK(nvkv_batch_result(b, 0, NULL));
+    EXPECT_RC(nvkv_batch_results(b, 0, NULL, 1), NVKV_NULL_POINTER);
+    EXPECT_RC(nvkv_batch_results(b, SIZE_MAX, (nvkv_completion *)(void *)raw, 2), NVKV_INVALID_ARGUMENT);
+    EXPECT_RC(nvkv_batch_get_many(b, NULL, NULL, 2, NULL), NVKV_NULL_POINTER);
+    const uint8_t *ks2[2] = {(const uint8_t *)"a", NULL};
+    size_t kl2[2] = {1, 1};
+    EXPECT_RC(nvkv_batch_get_many(b, ks2, kl2, 2, NULL), NVKV_NULL_POINTER); /* the second key */
+    EXPECT_RC(nvkv_batch_get_many(b, ks2, (const size_t *)(const void *)(raw + 1), 1, NULL),
+              NVKV_INVALID_ARGUMENT); /* misaligned lengths */
+    EXPECT_RC(nvkv_batch_put_many(b, ks2, kl2, NULL, kl2, 1, NULL, NULL), NVKV_NULL_POINTER);
+    size_t huge2[1] = {NVKV_MAX_VALUE_LEN + 1};
+    EXPECT_RC(nvkv_batch_put_many(b, ks2, kl2, ks2, huge2, 1, NULL, NULL), NVKV_VALUE_TOO_LONG);
+    OK(nvkv_batch_len(b, &bl));
+    CHECK(bl == 1); /* only the put before */
     nvkv_batch *b_copy = b;
     OK(nvkv_batch_free(&b));
     CHECK(b == NULL);
