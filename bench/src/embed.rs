@@ -36,8 +36,8 @@ impl Side {
     /// The `system` of its measurements.
     pub fn system(self) -> &'static str {
         match self {
-            Side::C => "nvkv-c",
-            Side::Rust => "nvkv-handle",
+            Side::C => "embed-c",
+            Side::Rust => "embed-rust",
         }
     }
 }
@@ -153,21 +153,32 @@ fn open(c: &Config) -> Result<Db> {
             let p = c.path.clone().context("file backend needs a path")?;
             Options::file(p, Some(c.size))
         }
-        Backend::Nvme => bail!("the Rust side on the nvme backend runs in the guest runner"),
+        Backend::Nvme => {
+            let addr = c
+                .path
+                .as_ref()
+                .context("nvme backend needs a PCI address")?;
+            let addr = addr.to_string_lossy();
+            let factory = nvkv::bdev::NvmeFactory::open(&addr, 1).map_err(|e| anyhow!("{e}"))?;
+            let mut o = Options::file(format!("nvme:{addr}"), None);
+            set(&mut o);
+            return Ok(Db::open_with(o, std::sync::Arc::new(factory))?);
+        }
     };
+    set(&mut o);
+    Ok(Db::open(o)?)
+}
+
+/// The options both sides open with: one shard, pinned and busy-polling, formatting a blank device.
+fn set(o: &mut Options) {
     o.shards = 1;
     o.create = true;
     o.pin_threads = true;
     o.busy_poll = true;
-    Ok(Db::open(o)?)
 }
 
 /// The three workloads through the Rust handle on a fresh database.
 pub fn rust_run(c: &Config, round: usize) -> Result<Vec<KvMeasurement>> {
-    if let (Backend::File, Some(p)) = (c.backend, &c.path) {
-        // A fresh database each run. A file that is not there is fine.
-        let _ = std::fs::remove_file(p);
-    }
     let db = open(c)?;
     let h = db.handle();
     let keys: Vec<Vec<u8>> = (0..c.keys).map(|i| key(i, KEY_SIZE)).collect();
@@ -348,10 +359,6 @@ struct CLine {
 
 /// The three workloads through the C program on a fresh database.
 pub fn c_run(bin: &Path, c: &Config, round: usize) -> Result<Vec<KvMeasurement>> {
-    if let (Backend::File, Some(p)) = (c.backend, &c.path) {
-        // A fresh database each run. A file that is not there is fine.
-        let _ = std::fs::remove_file(p);
-    }
     let mut cmd = Command::new(bin);
     let backend = match c.backend {
         Backend::Memory => "memory",
@@ -384,6 +391,7 @@ pub fn c_run(bin: &Path, c: &Config, round: usize) -> Result<Vec<KvMeasurement>>
     for line in text.lines().filter(|l| l.starts_with('{')) {
         let l: CLine = serde_json::from_str(line).with_context(|| format!("C output {line:?}"))?;
         if l.system != "nvkv-c" || l.threads != c.threads || l.batch != c.batch {
+            // The C program names itself nvkv-c; its rows are `Side::C`'s.
             bail!("C output for another run: {line}");
         }
         let lat = Latency {
@@ -418,6 +426,13 @@ fn workspace() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else the workspace's `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
 }
 
 /// Builds libnvkv (release) and the C program against `libnvkv.a`, into `dir`; the program's path.
@@ -460,15 +475,31 @@ pub fn build_c(dir: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Runs every configuration `rounds` times, C and Rust alternating (C first in even rounds).
+/// Makes the next run's database fresh on the host: the file backend's file is removed (the memory
+/// backend is fresh anyway).
+pub fn fresh_on_host(c: &Config) -> Result<()> {
+    if let (Backend::File, Some(p)) = (c.backend, &c.path) {
+        match std::fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", p.display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Runs every configuration `rounds` times, C and Rust alternating (C first in even rounds); `fresh`
+/// readies a blank device before each run.
 pub fn compare(
     bin: &Path,
     configs: &[Config],
-    rounds: usize,
+    rounds: std::ops::Range<usize>,
+    fresh: &dyn Fn(&Config) -> Result<()>,
     mut step: impl FnMut(&str),
 ) -> Result<Vec<KvMeasurement>> {
     let mut all = Vec::new();
-    for round in 0..rounds {
+    for round in rounds {
         for c in configs {
             let order = if round % 2 == 0 {
                 [Side::C, Side::Rust]
@@ -484,6 +515,7 @@ pub fn compare(
                     c.batch,
                     side.system()
                 ));
+                fresh(c)?;
                 let ms = match side {
                     Side::C => c_run(bin, c, round)?,
                     Side::Rust => rust_run(c, round)?,
@@ -493,6 +525,47 @@ pub fn compare(
         }
     }
     Ok(all)
+}
+
+/// The comparison in the VM, on the key-value controller through nvkv's driver (part of [`KvPlan`]).
+///
+/// [`KvPlan`]: crate::plan::KvPlan
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbedPlan {
+    /// The C program in the guest.
+    pub bin: String,
+    pub threads: Vec<usize>,
+    pub batch: Vec<usize>,
+    pub keys: u64,
+    pub value_size: usize,
+    pub seconds: f64,
+}
+
+impl EmbedPlan {
+    /// Its configurations on `backend` (`path`: the file or the PCI address).
+    pub fn configs(&self, backend: Backend, path: Option<PathBuf>) -> Vec<Config> {
+        let mut out = Vec::new();
+        for &threads in &self.threads {
+            for &batch in &self.batch {
+                out.push(Config {
+                    backend,
+                    path: path.clone(),
+                    threads,
+                    batch,
+                    keys: self.keys,
+                    value_size: self.value_size,
+                    seconds: self.seconds,
+                    size: 512 << 20,
+                });
+            }
+        }
+        out
+    }
+
+    /// Runs per round (both sides of each configuration).
+    pub fn steps(&self) -> usize {
+        2 * self.threads.len() * self.batch.len()
+    }
 }
 
 /// A row of the comparison: one workload and configuration, both sides' medians.
@@ -549,7 +622,7 @@ pub fn rows(ms: &[KvMeasurement]) -> Vec<Row> {
                     })
                     .collect()
             };
-            let (c, r) = (of("nvkv-c"), of("nvkv-handle"));
+            let (c, r) = (of(Side::C.system()), of(Side::Rust.system()));
             let ops = |v: &[&KvMeasurement]| median(v.iter().map(|m| m.ops_per_s).collect());
             let p50 = |v: &[&KvMeasurement]| median(v.iter().map(|m| m.latency.p50_us).collect());
             Row {

@@ -124,6 +124,12 @@ fn measured(r: &Report) -> Vec<String> {
             r.kv_host.len()
         ));
     }
+    if !r.embed.is_empty() {
+        out.push(format!(
+            "embedding: {} runs of libnvkv from C and of the Rust handle (fill, random reads, 50/50; 1 and 4 threads; unbatched and batches of 64)",
+            r.embed.len()
+        ));
+    }
     out
 }
 

@@ -33,11 +33,12 @@ struct RunArgs {
     /// Rounds per boot; contenders alternate (A B, B A, ...).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds per measurement (1 s keeps the main job near 12 minutes: 3 boots × 2 rounds give 6
+    /// samples per figure; longer runs narrow each sample, more boots the spread across boots).
+    #[arg(long, default_value_t = 1.0)]
     duration: f64,
     /// Seconds of warm-up before each measurement.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.25)]
     warmup: f64,
     /// Queue depths for 4 KiB random reads (random writes use the first two).
     #[arg(long, value_delimiter = ',', default_value = "1,32,128")]
@@ -65,8 +66,12 @@ struct RunArgs {
     #[arg(long, default_value_t = 20_000)]
     kv_keys: u64,
     /// Seconds per key-value read/mix/durable run (fills always write every key).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 1.0)]
     kv_duration: f64,
+    /// Key-value rounds per boot. Which system goes first alternates by round and by boot, so with one
+    /// round per boot (the default, to keep the job near 12 minutes) the boots alternate it.
+    #[arg(long, default_value_t = 1)]
+    kv_rounds: usize,
     /// Skip the key-value comparison.
     #[arg(long)]
     no_kv: bool,
@@ -111,24 +116,26 @@ struct EmbedArgs {
 
 /// The configurations of an embed comparison.
 fn embed_configs(a: &EmbedArgs) -> Vec<nvkv_bench::embed::Config> {
-    let mut out = Vec::new();
-    for &backend in &a.backends {
-        for &threads in &a.threads {
-            for &batch in &a.batch {
-                out.push(nvkv_bench::embed::Config {
-                    backend,
-                    path: (backend == nvkv_bench::embed::Backend::File).then(|| a.file.clone()),
-                    threads,
-                    batch,
-                    keys: a.keys,
-                    value_size: a.value_size,
-                    seconds: a.seconds,
-                    size: 512 << 20,
-                });
-            }
-        }
-    }
-    out
+    let plan = nvkv_bench::embed::EmbedPlan {
+        bin: String::new(),
+        threads: a.threads.clone(),
+        batch: a.batch.clone(),
+        keys: a.keys,
+        value_size: a.value_size,
+        seconds: a.seconds,
+    };
+    a.backends
+        .iter()
+        .flat_map(|&b| {
+            let path = (b == nvkv_bench::embed::Backend::File).then(|| a.file.clone());
+            plan.configs(b, path)
+        })
+        .collect()
+}
+
+/// Where the harness builds the C program: beside cargo's outputs.
+fn embed_build_dir() -> PathBuf {
+    nvkv_bench::embed::target_dir().join("embed-bench")
 }
 
 #[derive(Subcommand)]
@@ -283,12 +290,55 @@ fn kv_plan(a: &RunArgs) -> Option<nvkv_bench::plan::KvPlan> {
         },
         workloads,
         ycsb,
-        rounds: if a.quick { 1 } else { 2 },
+        rounds: if a.quick { 1 } else { a.kv_rounds.max(1) },
         db_bench: "/bin/db_bench".into(),
         mke2fs: "/bin/mke2fs".into(),
         pmr_log: true,
         nvdimm_log: true,
+        embed: Some(embed_plan(a, "/bin/nvkv-embed-bench")),
     })
+}
+
+/// The embedding comparison's settings in the main job (the VM's nvme backend and the host's memory and
+/// file backends): 100 B values, one and four client threads, unbatched and batches of 64.
+fn embed_plan(a: &RunArgs, bin: &str) -> nvkv_bench::embed::EmbedPlan {
+    let (threads, keys, seconds) = if a.quick {
+        (vec![1], 2_000, 0.3)
+    } else {
+        (vec![1, 4], 20_000, 1.0)
+    };
+    nvkv_bench::embed::EmbedPlan {
+        bin: bin.into(),
+        threads,
+        batch: vec![1, 64],
+        keys,
+        value_size: 100,
+        seconds,
+    }
+}
+
+/// Rounds of the host's embedding comparison in the main job.
+fn embed_host_rounds(a: &RunArgs) -> usize {
+    if a.quick {
+        1
+    } else {
+        2
+    }
+}
+
+/// The host's embedding configurations in the main job: memory and file backends.
+fn embed_host_configs(a: &RunArgs) -> Vec<nvkv_bench::embed::Config> {
+    use nvkv_bench::embed::Backend;
+    let mut p = embed_plan(a, "");
+    if !a.quick {
+        // The host is fast: more keys than in the VM, half-second reads and mixes.
+        p.keys = 100_000;
+        p.seconds = 0.5;
+    }
+    let file = std::env::temp_dir().join(format!("nvkv-embed-{}.img", std::process::id()));
+    let mut c = p.configs(Backend::Memory, None);
+    c.extend(p.configs(Backend::File, Some(file)));
+    c
 }
 
 /// Sink that prints framed lines (inside the guest, read back by the host).
@@ -368,7 +418,11 @@ type Collected = Collect;
 /// steps).
 fn job_layout(a: &RunArgs, plan: &Plan) -> JobLayout {
     JobLayout {
-        before: u64::from(!a.no_kv),
+        before: if a.no_kv {
+            0
+        } else {
+            1 + (2 * embed_host_configs(a).len() * embed_host_rounds(a)) as u64
+        },
         boots: if a.device.is_some() || a.quick {
             1
         } else {
@@ -381,6 +435,7 @@ fn job_layout(a: &RunArgs, plan: &Plan) -> JobLayout {
 fn run_vm(
     a: &RunArgs,
     plan: &Plan,
+    embed_bin: Option<&Path>,
     progress: &JobProgress,
     layout: JobLayout,
 ) -> Result<(Collect, Conditions)> {
@@ -408,7 +463,7 @@ fn run_vm(
         let sink = collected.clone();
         let p = progress.clone();
         let this_boot = boot as u64;
-        let vm = Vm::builder()
+        let mut vm = Vm::builder()
             .accel(a.accel)
             .controller(
                 NvmeController::new("NVKV-BENCH").namespace(NvmeNamespace::null(1 << 30, 4096)),
@@ -451,6 +506,9 @@ fn run_vm(
                     }
                 }
             });
+        if let Some(b) = embed_bin {
+            vm = vm.binary(b, "nvkv-embed-bench");
+        }
         vcpus = vm.cpu_count() as usize;
         progress.at(
             layout.boot_start(boot as u64),
@@ -648,13 +706,11 @@ fn main() -> Result<()> {
             if a.backends.contains(&embed::Backend::Nvme) {
                 bail!("the nvme backend runs in the VM (the main job); here: memory, file");
             }
-            let dir = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("target"))
-                .join("embed-bench");
-            let bin = embed::build_c(&dir)?;
+            let bin = embed::build_c(&embed_build_dir())?;
             let configs = embed_configs(&a);
-            let ms = embed::compare(&bin, &configs, a.rounds, |s| eprintln!("{s}"))?;
+            let ms = embed::compare(&bin, &configs, 0..a.rounds, &embed::fresh_on_host, |s| {
+                eprintln!("{s}")
+            })?;
             let rows = embed::rows(&ms);
             println!(
                 "libnvkv from C against the Rust handle ({} keys, 16 B keys, {} B values, 1 shard, medians of {} rounds):",
@@ -692,11 +748,42 @@ fn main() -> Result<()> {
                     Path::new("/usr/bin/db_bench"),
                 )?
             };
-            let (got, conditions) = if a.device.is_some() {
+            // libnvkv from C against the Rust handle on this host (the VM's turn is in its plan).
+            let embed_bin = if a.no_kv {
+                None
+            } else {
+                Some(nvkv_bench::embed::build_c(&embed_build_dir())?)
+            };
+            let mut embed = Vec::new();
+            if let Some(bin) = &embed_bin {
+                let configs = embed_host_configs(&a);
+                let mut n = 1;
+                embed = nvkv_bench::embed::compare(
+                    bin,
+                    &configs,
+                    0..embed_host_rounds(&a),
+                    &nvkv_bench::embed::fresh_on_host,
+                    |what| {
+                        progress.at(n, &format!("host: {what}"));
+                        n += 1;
+                    },
+                )?;
+                for c in &configs {
+                    // Gone with the run; a file already removed is fine.
+                    let _ = c.path.as_ref().map(std::fs::remove_file);
+                }
+            }
+            let (mut got, conditions) = if a.device.is_some() {
                 run_bare_metal(&a, &device, &plan, &progress, layout)?
             } else {
-                run_vm(&a, &plan, &progress, layout)?
+                run_vm(&a, &plan, embed_bin.as_deref(), &progress, layout)?
             };
+            // The VM's embedding runs came back with the key-value ones.
+            let (vm_embed, kv): (Vec<_>, Vec<_>) = std::mem::take(&mut got.kv)
+                .into_iter()
+                .partition(|m| m.system.starts_with("embed-"));
+            got.kv = kv;
+            embed.extend(vm_embed);
             progress.finish();
             if got.ms.is_empty() && !plan.workloads.is_empty() {
                 bail!("no driver measurements came back");
@@ -713,6 +800,7 @@ fn main() -> Result<()> {
                 kv_summary: report::summarize_kv(&got.kv),
                 kv: got.kv,
                 kv_host,
+                embed,
             };
             let dir = a.out.join(&r.conditions.started);
             report::write(&r, &dir)?;

@@ -103,17 +103,24 @@ pub struct KvPlan {
     /// Durable puts also with a durable log on the guest's NVDIMM (devdax).
     #[serde(default)]
     pub nvdimm_log: bool,
+    /// libnvkv from C against the Rust handle on the same controller (nvme backend), each round.
+    #[serde(default)]
+    pub embed: Option<crate::embed::EmbedPlan>,
 }
 
 impl KvPlan {
     /// Progress steps of the key-value part of one boot: per round, per value size, each workload on
     /// both nvkv paths and RocksDB, the durable throughput, YCSB A–F and the durable-log paths (two
-    /// each); plus each round's raw sequential write.
+    /// each); plus each round's raw sequential write and its embedding runs.
     pub fn steps(&self) -> usize {
         let logs = 2 * (usize::from(self.pmr_log) + usize::from(self.nvdimm_log));
         let per_round = self.value_sizes.len()
             * (3 * self.workloads.len() + 1 + if self.ycsb { 6 } else { 0 } + logs)
-            + 1;
+            + 1
+            + self
+                .embed
+                .as_ref()
+                .map_or(0, crate::embed::EmbedPlan::steps);
         self.rounds * per_round
     }
 }

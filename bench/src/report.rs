@@ -64,6 +64,9 @@ pub struct Report {
     /// The CPU path on the host: nvkv shard-local on the memory backend vs db_bench on tmpfs.
     #[serde(default)]
     pub kv_host: Vec<crate::kv::KvMeasurement>,
+    /// Embedding: libnvkv from C against the Rust handle (host memory and file backends, the VM's nvme).
+    #[serde(default)]
+    pub embed: Vec<crate::kv::KvMeasurement>,
 }
 
 /// Median and spread of one system on one key-value workload.
@@ -707,6 +710,7 @@ mod tests {
             kv_summary: vec![],
             kv: vec![],
             kv_host: vec![],
+            embed: vec![],
         };
         let text = serde_json::to_string(&r).expect("serialize");
         let back: Report = serde_json::from_str(&text).expect("deserialize");

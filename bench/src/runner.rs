@@ -290,8 +290,11 @@ pub fn run_kv(
     // Progress continues from the driver's steps (`first_step` done of `total`, see KvPlan::steps).
     let mut step = first_step;
     for round in 0..kv.rounds {
+        // Which system goes first alternates by round and by boot, so with one round per boot the
+        // boots alternate it.
+        let turn = boot + round;
         let mut order = [true, false];
-        if round % 2 == 1 {
+        if turn % 2 == 1 {
             order.reverse();
         }
         for nvkv_turn in order {
@@ -396,6 +399,28 @@ pub fn run_kv(
                         sink.kv(m);
                     }
                 }
+                if let Some(e) = &kv.embed {
+                    // libnvkv from C against the Rust handle, each run on a freshly blanked device.
+                    let configs =
+                        e.configs(crate::embed::Backend::Nvme, Some(kv.device.clone().into()));
+                    let fresh = |_: &crate::embed::Config| blank_superblocks(&kv.device);
+                    // Numbered by `turn`, so C and Rust swap places as the systems above do.
+                    let ms = crate::embed::compare(
+                        Path::new(&e.bin),
+                        &configs,
+                        turn..turn + 1,
+                        &fresh,
+                        |what| {
+                            step += 1;
+                            sink.progress(step, total, &format!("boot {boot} {what}"));
+                        },
+                    )?;
+                    for mut m in ms {
+                        m.boot = boot;
+                        m.round = round;
+                        sink.kv(m);
+                    }
+                }
             } else {
                 let (block, _, domain, _) = to_kernel(&kv.device, identity)?;
                 for &vs in &kv.value_sizes {
@@ -483,7 +508,7 @@ fn durable_log_turns(
     if kv.nvdimm_log {
         turns.push("nvdimm");
     }
-    if round % 2 == 1 {
+    if (boot + round) % 2 == 1 {
         turns.reverse();
     }
     let mut out = Vec::new();

@@ -397,6 +397,52 @@ pub fn kv_host(ms: &[KvMeasurement]) -> Option<Table> {
     Some(t)
 }
 
+/// Embedding: libnvkv from C beside the Rust handle, per workload, backend and client threads (medians).
+pub fn embed(ms: &[KvMeasurement]) -> Option<Table> {
+    if ms.is_empty() {
+        return None;
+    }
+    let mut t = Table::new(
+        "Embedding: C ABI and Rust handle",
+        "embedding: libnvkv from C (bench/c/embed.c) against the Rust handle, same workloads, alternating (medians)",
+        &[
+            ("workload", false),
+            ("backend", false),
+            ("threads", true),
+            ("C ops/s", true),
+            ("Rust ops/s", true),
+            ("C / Rust", true),
+            ("C p50 us", true),
+            ("Rust p50 us", true),
+            ("runs", true),
+        ],
+    );
+    let mut last = String::new();
+    for r in crate::embed::rows(ms) {
+        if !last.is_empty() && last != r.backend {
+            t.rows.push(Vec::new());
+        }
+        last = r.backend.clone();
+        t.rows.push(vec![
+            r.workload,
+            r.backend,
+            r.threads.to_string(),
+            format!("{:.0}", r.c_ops_per_s),
+            format!("{:.0}", r.rust_ops_per_s),
+            format!("{:.2}", r.ratio),
+            format!("{:.2}", r.c_p50_us),
+            format!("{:.2}", r.rust_p50_us),
+            r.samples.to_string(),
+        ]);
+    }
+    t.notes.push(
+        "(16 B keys, 100 B values, one shard pinned and busy-polling; -batch64: 64 requests queued, waited on once, p50 per batch; \
+         C: nvkv_put/nvkv_get, nvkv_batch_get_many/put_many + nvkv_batch_results; Rust: DbHandle put_opts/get_into, Client batches)"
+            .into(),
+    );
+    Some(t)
+}
+
 /// Every table of a report, in the order the text and the page show them.
 pub fn all(r: &Report) -> Vec<Table> {
     [
@@ -406,6 +452,7 @@ pub fn all(r: &Report) -> Vec<Table> {
         durable_put(&r.kv_summary),
         durable_vs_raw(&r.kv_summary),
         kv_host(&r.kv_host),
+        embed(&r.embed),
     ]
     .into_iter()
     .flatten()

@@ -1,7 +1,7 @@
 //! report.html in a real browser: the report of a fixture (`fixtures/report.json`, a main-job report with
 //! every table and plot: four contenders on six driver workloads, the key-value comparison at 100 B and
-//! 4 KiB, the durable-put paths, the host CPU path, a failed run) is written as the harness writes it,
-//! opened in Debian's headless chromium, and its screenshot must show the page: more than a few colours,
+//! 4 KiB, the durable-put paths, the host CPU path, the embedding comparison, a failed run) is written as
+//! the harness writes it, opened in Debian's headless chromium, and its screenshot must show the page: more than a few colours,
 //! the plots' colours, and ink where the first plot is.
 //!
 //! With CI=true a missing chromium fails the test (`cargo run -p nvkv-qemu -- setup` installs it); outside

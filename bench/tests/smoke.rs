@@ -74,6 +74,22 @@ fn main_job_quick_run_writes_a_valid_report() {
             other => panic!("unexpected contender {other:?}"),
         }
     }
+    // Embedding: the C program and the Rust handle, each on the host's memory and file backends and
+    // on the VM's nvme backend, with operations done.
+    let embed = v["embed"].as_array().expect("embed");
+    for sys in ["embed-c", "embed-rust"] {
+        for backend in ["memory backend", "file backend", "nvme backend"] {
+            for workload in ["fillrandom", "readrandom-batch64", "mix50"] {
+                assert!(
+                    embed.iter().any(|m| m["system"] == sys
+                        && m["workload"] == workload
+                        && m["path"].as_str().unwrap_or("").contains(backend)
+                        && m["ops"].as_u64().unwrap_or(0) > 0),
+                    "no {sys} {workload} run on the {backend}"
+                );
+            }
+        }
+    }
     let summary = v["summary"].as_array().expect("summary");
     assert!(
         summary.iter().any(|s| s["nvkv_ratio"].as_f64().is_some()),

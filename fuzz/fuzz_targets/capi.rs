@@ -1,6 +1,7 @@
 //! The C ABI's argument handling, driven by the input: options (shards, buffer and disk sizes, flags),
 //! then a sequence of calls with keys and values of any length (including empty and over the limits),
-//! NULL pointers, forged handles, and calls after close. Every call must return a result code; none
+//! NULL pointers, forged handles, batches (single requests, arrays, answers out of range), and calls
+//! after close. Every call must return a result code; none
 //! may panic, abort or hang.
 #![no_main]
 use capi::abi::*;
@@ -25,6 +26,8 @@ fuzz_target!(|data: &[u8]| {
         if nvkv_open(&o, &mut db) as i32 != 0 {
             return;
         }
+        let mut batch: *mut nvkv_batch = null_mut();
+        let _ = nvkv_batch_new(db, &mut batch);
         let buf = vec![0xabu8; 2 << 20];
         let mut out = vec![0u8; 4096];
         for _ in 0..64 {
@@ -57,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
                 db
             };
             let mut len = 0usize;
-            let _ = match op % 8 {
+            let _ = match op % 10 {
                 0 | 1 => nvkv_put(target, key, kl, val, vl, null(), null_mut()),
                 2 | 3 => nvkv_get(
                     target,
@@ -82,6 +85,41 @@ fuzz_target!(|data: &[u8]| {
                     r
                 }
                 6 => nvkv_sync(target),
+                8 => {
+                    // Arrays of up to three requests, one of them possibly of another length.
+                    let ks = [key, key, val];
+                    let kls = [kl, kl.wrapping_add(1), vl];
+                    let n = usize::from(next() % 4);
+                    if next() % 2 == 0 {
+                        nvkv_batch_get_many(batch, ks.as_ptr(), kls.as_ptr(), n, null_mut())
+                    } else {
+                        let vs = [val, key, val];
+                        let vls = [vl, kl, 0];
+                        let n = n.min(3);
+                        nvkv_batch_put_many(
+                            batch,
+                            ks.as_ptr(),
+                            kls.as_ptr(),
+                            vs.as_ptr(),
+                            vls.as_ptr(),
+                            n,
+                            null(),
+                            null_mut(),
+                        )
+                    }
+                }
+                9 => {
+                    let _ = nvkv_batch_put(batch, key, kl, val, vl, null(), null_mut());
+                    let _ = nvkv_batch_wait(batch);
+                    let mut cs = [std::mem::zeroed::<nvkv_completion>(); 4];
+                    let first = usize::from(next() % 8);
+                    let n = usize::from(next() % 5).min(cs.len());
+                    let r = nvkv_batch_results(batch, first, cs.as_mut_ptr(), n);
+                    if next() % 2 == 0 {
+                        let _ = nvkv_batch_clear(batch);
+                    }
+                    r
+                }
                 _ => {
                     let mut n = 0i64;
                     nvkv_incr(target, key, kl, i64::from(next() as i8), null(), &mut n)
@@ -103,5 +141,9 @@ fuzz_target!(|data: &[u8]| {
         );
         let mut c2 = copy;
         let _ = nvkv_close(&mut c2);
+        // A batch outlives its database: its calls answer, its free waits for nothing left.
+        let _ = nvkv_batch_put(batch, buf.as_ptr(), 1, buf.as_ptr(), 1, null(), null_mut());
+        let _ = nvkv_batch_wait(batch);
+        let _ = nvkv_batch_free(&mut batch);
     }
 });
