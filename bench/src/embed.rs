@@ -1,5 +1,6 @@
 //! Embedding: libnvkv from C (`bench/c/embed.c`, built here against `libnvkv.a`) against the same
-//! workloads through the Rust handle, alternating, on one shard. The C program calls `nvkv_put` /
+//! workloads through the Rust handle, alternating, on one shard. Each run is a fresh process on a fresh
+//! database, for both sides (the Rust side is `nvkv-bench embed-run`). The C program calls `nvkv_put` /
 //! `nvkv_get` (or queues `nvkv_batch_*` requests and waits once); the Rust side calls what those calls
 //! run on, `DbHandle::put_opts` / `DbHandle::get_into` (or an `api::Client` batch), so the difference is
 //! the C ABI's own cost: the handle lookup, the pointer checks, the panic guard, the copy of a value
@@ -28,11 +29,19 @@ use crate::plan::Latency;
 pub enum Side {
     /// The C program through libnvkv.
     C,
-    /// The Rust handle in this process.
+    /// The Rust handle (`nvkv-bench embed-run`).
     Rust,
 }
 
 impl Side {
+    /// The `system` its run program names itself with.
+    fn child(self) -> &'static str {
+        match self {
+            Side::C => "nvkv-c",
+            Side::Rust => "nvkv-rust",
+        }
+    }
+
     /// The `system` of its measurements.
     pub fn system(self) -> &'static str {
         match self {
@@ -177,8 +186,9 @@ fn set(o: &mut Options) {
     o.busy_poll = true;
 }
 
-/// The three workloads through the Rust handle on a fresh database.
-pub fn rust_run(c: &Config, round: usize) -> Result<Vec<KvMeasurement>> {
+/// The three workloads through the Rust handle on a fresh database, in this process; one record per
+/// workload, as the C program prints them. `nvkv-bench embed-run` calls it in a process of its own.
+pub fn rust_workloads(c: &Config) -> Result<Vec<RunLine>> {
     let db = open(c)?;
     let h = db.handle();
     let keys: Vec<Vec<u8>> = (0..c.keys).map(|i| key(i, KEY_SIZE)).collect();
@@ -206,15 +216,19 @@ pub fn rust_run(c: &Config, round: usize) -> Result<Vec<KvMeasurement>> {
             }
             Ok((ops, t0.elapsed().as_secs_f64(), total))
         })?;
-        out.push(measurement(
-            c,
-            Side::Rust,
-            w.name(),
+        let ns = |q: f64| lat.value_at_quantile(q) as f64;
+        out.push(RunLine {
+            system: Side::Rust.child().into(),
+            workload: w.name().into(),
+            threads: c.threads,
+            batch: c.batch,
             ops,
-            secs,
-            latency(&lat),
-            round,
-        ));
+            seconds: secs,
+            p50_ns: ns(0.5),
+            p99_ns: ns(0.99),
+            p999_ns: ns(0.999),
+            max_ns: lat.max() as f64,
+        });
     }
     db.close()?;
     Ok(out)
@@ -303,17 +317,6 @@ fn rust_worker(
     Ok((done, lat))
 }
 
-fn latency(h: &Histogram<u64>) -> Latency {
-    let us = |p: f64| h.value_at_quantile(p / 100.0) as f64 / 1000.0;
-    Latency {
-        p50_us: us(50.0),
-        p99_us: us(99.0),
-        p999_us: us(99.9),
-        max_us: h.max() as f64 / 1000.0,
-        cdf: Vec::new(),
-    }
-}
-
 fn measurement(
     c: &Config,
     side: Side,
@@ -342,46 +345,59 @@ fn measurement(
     }
 }
 
-/// What the C program prints per workload.
-#[derive(Debug, Deserialize)]
-struct CLine {
-    system: String,
-    workload: String,
-    threads: usize,
-    batch: usize,
-    ops: u64,
-    seconds: f64,
-    p50_ns: f64,
-    p99_ns: f64,
-    p999_ns: f64,
-    max_ns: f64,
+/// What a run prints per workload (the C program and `nvkv-bench embed-run` alike).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunLine {
+    pub system: String,
+    pub workload: String,
+    pub threads: usize,
+    pub batch: usize,
+    pub ops: u64,
+    pub seconds: f64,
+    pub p50_ns: f64,
+    pub p99_ns: f64,
+    pub p999_ns: f64,
+    pub max_ns: f64,
 }
 
-/// The three workloads through the C program on a fresh database.
-pub fn c_run(bin: &Path, c: &Config, round: usize) -> Result<Vec<KvMeasurement>> {
-    let mut cmd = Command::new(bin);
-    let backend = match c.backend {
-        Backend::Memory => "memory",
-        Backend::File => "file",
-        Backend::Nvme => "nvme",
-    };
-    cmd.args(["--backend", backend, "--busy-poll"])
-        .args(["--threads", &c.threads.to_string()])
-        .args(["--batch", &c.batch.to_string()])
-        .args(["--keys", &c.keys.to_string()])
-        .args(["--value-size", &c.value_size.to_string()])
-        .args(["--seconds", &c.seconds.to_string()])
-        .args(["--size", &c.size.to_string()]);
-    if let Some(p) = &c.path {
-        cmd.arg("--path").arg(p);
+impl Config {
+    /// The arguments both run programs take.
+    fn args(&self, cmd: &mut Command) {
+        let backend = match self.backend {
+            Backend::Memory => "memory",
+            Backend::File => "file",
+            Backend::Nvme => "nvme",
+        };
+        cmd.args(["--backend", backend, "--busy-poll"])
+            .args(["--threads", &self.threads.to_string()])
+            .args(["--batch", &self.batch.to_string()])
+            .args(["--keys", &self.keys.to_string()])
+            .args(["--value-size", &self.value_size.to_string()])
+            .args(["--seconds", &self.seconds.to_string()])
+            .args(["--size", &self.size.to_string()]);
+        if let Some(p) = &self.path {
+            cmd.arg("--path").arg(p);
+        }
     }
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
+}
+
+/// The three workloads of `side` on a fresh database, in a fresh process: the C program (`c_bin`) or this
+/// executable's `embed-run`. Both sides pay the same process start, page faults and allocator warm-up.
+pub fn run(side: Side, c_bin: &Path, c: &Config, round: usize) -> Result<Vec<KvMeasurement>> {
+    let mut cmd = match side {
+        Side::C => Command::new(c_bin),
+        Side::Rust => {
+            let mut cmd =
+                Command::new(std::env::current_exe().context("finding the nvkv-bench executable")?);
+            cmd.arg("embed-run");
+            cmd
+        }
+    };
+    c.args(&mut cmd);
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
-            "{} failed ({}): {}",
-            bin.display(),
+            "{cmd:?} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -389,10 +405,10 @@ pub fn c_run(bin: &Path, c: &Config, round: usize) -> Result<Vec<KvMeasurement>>
     let text = String::from_utf8_lossy(&out.stdout);
     let mut ms = Vec::new();
     for line in text.lines().filter(|l| l.starts_with('{')) {
-        let l: CLine = serde_json::from_str(line).with_context(|| format!("C output {line:?}"))?;
-        if l.system != "nvkv-c" || l.threads != c.threads || l.batch != c.batch {
-            // The C program names itself nvkv-c; its rows are `Side::C`'s.
-            bail!("C output for another run: {line}");
+        let l: RunLine =
+            serde_json::from_str(line).with_context(|| format!("run output {line:?}"))?;
+        if l.system != side.child() || l.threads != c.threads || l.batch != c.batch {
+            bail!("output of another run: {line}");
         }
         let lat = Latency {
             p50_us: l.p50_ns / 1000.0,
@@ -403,7 +419,7 @@ pub fn c_run(bin: &Path, c: &Config, round: usize) -> Result<Vec<KvMeasurement>>
         };
         ms.push(measurement(
             c,
-            Side::C,
+            side,
             &l.workload,
             l.ops,
             l.seconds,
@@ -412,10 +428,7 @@ pub fn c_run(bin: &Path, c: &Config, round: usize) -> Result<Vec<KvMeasurement>>
         ));
     }
     if ms.len() != Work::ALL.len() {
-        bail!(
-            "C program printed {} results, expected 3:\n{text}",
-            ms.len()
-        );
+        bail!("{cmd:?} printed {} results, expected 3:\n{text}", ms.len());
     }
     Ok(ms)
 }
@@ -516,11 +529,7 @@ pub fn compare(
                     side.system()
                 ));
                 fresh(c)?;
-                let ms = match side {
-                    Side::C => c_run(bin, c, round)?,
-                    Side::Rust => rust_run(c, round)?,
-                };
-                all.extend(ms);
+                all.extend(run(side, bin, c, round)?);
             }
         }
     }

@@ -177,6 +177,30 @@ enum Cmd {
     /// The durable log's own cost per write on this host: a durable put through the log against a
     /// non-durable put and against the plain copy + msync of the same record into a /dev/shm file.
     DlogCost(nvkv_bench::dlog_cost::Args),
+    /// One run of the Rust side of `embed`, in a process of its own as the C program's (prints one JSON
+    /// object per workload, as `bench/c/embed.c` does).
+    #[command(hide = true)]
+    EmbedRun {
+        #[arg(long, value_enum)]
+        backend: nvkv_bench::embed::Backend,
+        #[arg(long)]
+        path: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 512 << 20)]
+        size: u64,
+        /// Accepted for the C program's argument list; the shard always busy-polls.
+        #[arg(long)]
+        busy_poll: bool,
+    },
     /// One loopback run (used under callgrind by `loopback --instructions`).
     #[command(hide = true)]
     LoopbackRun {
@@ -721,6 +745,34 @@ fn main() -> Result<()> {
                 let doc = serde_json::json!({ "conditions": nvkv_bench::conditions::timestamp(), "measurements": ms, "rows": rows });
                 std::fs::write(p, serde_json::to_string_pretty(&doc)?)
                     .with_context(|| format!("writing {}", p.display()))?;
+            }
+        }
+        Cmd::EmbedRun {
+            backend,
+            path,
+            threads,
+            batch,
+            keys,
+            value_size,
+            seconds,
+            size,
+            busy_poll: _,
+        } => {
+            if threads == 0 || batch == 0 || keys < threads as u64 || seconds <= 0.0 {
+                bail!("threads >= 1, batch >= 1, keys >= threads, seconds > 0");
+            }
+            let c = nvkv_bench::embed::Config {
+                backend,
+                path,
+                threads,
+                batch,
+                keys,
+                value_size,
+                seconds,
+                size,
+            };
+            for l in nvkv_bench::embed::rust_workloads(&c)? {
+                println!("{}", serde_json::to_string(&l)?);
             }
         }
         Cmd::DlogCost(a) => nvkv_bench::dlog_cost::main(a)?,
