@@ -416,8 +416,9 @@ enum nvkv_result nvkv_async_free(struct nvkv_async **ctx);
 enum nvkv_result nvkv_batch_new(const struct nvkv_db *db,
                                 struct nvkv_batch **batch);
 
-// Queues a get (`NVKV_CLOSED` once the database is closed). Indices count from 0 in the order of queueing since `nvkv_batch_new` or
-// `nvkv_batch_clear`; `*index` (may be NULL) receives this one's. On a non-OK return nothing was queued.
+// Queues a get (`NVKV_CLOSED` once the database is closed). Indices count from 0 in the order of
+// queueing since `nvkv_batch_new` or `nvkv_batch_clear`; `*index` (may be NULL) receives this one's. On a
+// non-OK return nothing was queued.
 enum nvkv_result nvkv_batch_get(struct nvkv_batch *batch,
                                 const uint8_t *key,
                                 size_t key_len,

@@ -300,19 +300,12 @@ pub unsafe extern "C" fn nvkv_async_pending(
 #[no_mangle]
 pub unsafe extern "C" fn nvkv_async_free(ctx: *mut *mut nvkv_async) -> nvkv_result {
     guard(|| {
-        let slot = out(ctx, "ctx")?;
-        // SAFETY: checked by `out`.
-        let h = unsafe { slot.as_ptr().read() };
-        if h.is_null() {
-            return Err(CapiError::Null("*ctx"));
-        }
-        let Object::Async(c) =
-            handles::remove(h.addr(), "async context", |o| matches!(o, Object::Async(_)))?
+        let Object::Async(c) = take_handle(ctx, ("ctx", "*ctx"), "async context", |o| {
+            matches!(o, Object::Async(_))
+        })?
         else {
             return Err(CapiError::BadHandle("async context"));
         };
-        // SAFETY: checked by `out`.
-        unsafe { store(slot, std::ptr::null_mut()) };
         loop {
             let (done, pending) = {
                 let mut s = c.lock().unwrap_or_else(|e| e.into_inner());

@@ -25,33 +25,31 @@ pub unsafe extern "C" fn nvkv_batch_new(
     })
 }
 
-/// Queues one request on the batch behind `b`; stores its index through `index` (may be NULL).
+/// Queues one request on the batch behind `b` (already checked); stores its index through `index` (may
+/// be NULL).
 fn queue(
     b: *mut nvkv_batch,
     index: *mut usize,
     f: impl FnOnce(&mut BatchState) -> usize,
 ) -> Result<(), CapiError> {
-    if b.is_null() {
-        return Err(CapiError::Null("batch"));
-    }
-    let idx_out = opt_out(index, "index")?;
-    let i = handles::with_batch(b.addr(), |st| {
-        let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
-        // Refused here rather than queued to be answered "closed": the caller learns it at once.
-        if st.is_closed() {
-            return Err(CapiError::Closed("database"));
-        }
-        Ok(f(&mut st))
-    })?;
-    if let Some(p) = idx_out {
-        // SAFETY: checked by `opt_out`.
-        unsafe { store(p, i) };
-    }
-    Ok(())
+    let f = std::cell::Cell::new(Some(f));
+    queue_many(
+        b,
+        1,
+        index,
+        |_| Ok(()),
+        |st, _| {
+            if let Some(f) = f.take() {
+                f(st);
+            }
+            Ok(())
+        },
+    )
 }
 
-/// Queues a get (`NVKV_CLOSED` once the database is closed). Indices count from 0 in the order of queueing since `nvkv_batch_new` or
-/// `nvkv_batch_clear`; `*index` (may be NULL) receives this one's. On a non-OK return nothing was queued.
+/// Queues a get (`NVKV_CLOSED` once the database is closed). Indices count from 0 in the order of
+/// queueing since `nvkv_batch_new` or `nvkv_batch_clear`; `*index` (may be NULL) receives this one's. On a
+/// non-OK return nothing was queued.
 #[no_mangle]
 pub unsafe extern "C" fn nvkv_batch_get(
     batch: *mut nvkv_batch,
@@ -83,6 +81,7 @@ fn queue_many(
     (0..n).try_for_each(&check)?;
     let first = handles::with_batch(b.addr(), |st| {
         let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
+        // Refused here rather than queued to be answered "closed": the caller learns it at once.
         if st.is_closed() {
             return Err(CapiError::Closed("database"));
         }
@@ -413,16 +412,9 @@ pub unsafe extern "C" fn nvkv_batch_clear(batch: *mut nvkv_batch) -> nvkv_result
 #[no_mangle]
 pub unsafe extern "C" fn nvkv_batch_free(batch: *mut *mut nvkv_batch) -> nvkv_result {
     guard(|| {
-        let slot = out(batch, "batch")?;
-        // SAFETY: checked by `out`.
-        let h = unsafe { slot.as_ptr().read() };
-        if h.is_null() {
-            return Err(CapiError::Null("*batch"));
-        }
-        // The kind is checked before removing, so a handle of another kind stays open.
-        let obj = handles::remove(h.addr(), "batch", |o| matches!(o, Object::Batch(_)))?;
-        // SAFETY: checked by `out`.
-        unsafe { store(slot, std::ptr::null_mut()) };
+        let obj = take_handle(batch, ("batch", "*batch"), "batch", |o| {
+            matches!(o, Object::Batch(_))
+        })?;
         if let Object::Batch(b) = obj {
             b.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }

@@ -211,17 +211,9 @@ pub unsafe extern "C" fn nvkv_open(
 #[no_mangle]
 pub unsafe extern "C" fn nvkv_close(db: *mut *mut nvkv_db) -> nvkv_result {
     guard(|| {
-        let slot = out(db, "db")?;
-        // SAFETY: checked by `out`; the caller promises it holds a handle (or NULL).
-        let h = unsafe { slot.as_ptr().read() };
-        if h.is_null() {
-            return Err(CapiError::Null("*db"));
-        }
-        // The kind is checked before removing, so an iterator passed by mistake stays alive.
-        let obj = handles::remove(h.addr(), "database", |o| matches!(o, Object::Db(_)))?;
-        // SAFETY: checked by `out`.
-        unsafe { store(slot, std::ptr::null_mut()) };
-        match obj {
+        match take_handle(db, ("db", "*db"), "database", |o| {
+            matches!(o, Object::Db(_))
+        })? {
             Object::Db(d) => d.close(),
             _ => Err(CapiError::BadHandle("database")),
         }

@@ -172,6 +172,27 @@ pub(super) fn stats(s: &ShardStats) -> nvkv_stats {
     }
 }
 
+/// Closes or frees the handle at `*p`: the handle (of `kind`, checked by `expect` before anything is
+/// removed, so a handle of another kind passed by mistake stays open) leaves the table and `*p` becomes
+/// NULL. `names` name `p` and `*p` in messages. The object, for the caller to finish (close, drain, drop).
+pub(super) fn take_handle<T>(
+    p: *mut *mut T,
+    names: (&'static str, &'static str),
+    kind: &'static str,
+    expect: fn(&Object) -> bool,
+) -> Result<Object, CapiError> {
+    let slot = out(p, names.0)?;
+    // SAFETY: checked by `out`; the caller promises it holds a handle (or NULL).
+    let h = unsafe { slot.as_ptr().read() };
+    if h.is_null() {
+        return Err(CapiError::Null(names.1));
+    }
+    let obj = handles::remove(h.addr(), kind, expect)?;
+    // SAFETY: checked by `out`.
+    unsafe { store(slot, std::ptr::null_mut()) };
+    Ok(obj)
+}
+
 /// A handle value for C: the token as a pointer that must never be dereferenced.
 pub(super) fn to_handle<T>(token: usize) -> *mut T {
     std::ptr::without_provenance_mut(token)

@@ -76,16 +76,9 @@ pub unsafe extern "C" fn nvkv_iter_next(
 #[no_mangle]
 pub unsafe extern "C" fn nvkv_iter_free(iter: *mut *mut nvkv_iter) -> nvkv_result {
     guard(|| {
-        let slot = out(iter, "iter")?;
-        // SAFETY: checked by `out`.
-        let h = unsafe { slot.as_ptr().read() };
-        if h.is_null() {
-            return Err(CapiError::Null("*iter"));
-        }
-        // The kind is checked before removing, so a database handle passed by mistake stays open.
-        handles::remove(h.addr(), "iterator", |o| matches!(o, Object::Iter(_)))?;
-        // SAFETY: checked by `out`.
-        unsafe { store(slot, std::ptr::null_mut()) };
+        take_handle(iter, ("iter", "*iter"), "iterator", |o| {
+            matches!(o, Object::Iter(_))
+        })?;
         Ok(())
     })
 }
