@@ -19,7 +19,7 @@
 //! database, which `nvkv_close` has shut down. The thread that frees an object drops its own cached
 //! copy at once.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -87,6 +87,11 @@ fn state(idx: usize) -> Option<&'static AtomicUsize> {
     Some(&chunk[idx & (CHUNK - 1)])
 }
 
+/// Whether slot `idx` holds an open object at generation `gen` (one atomic load, no lock).
+fn is_open(idx: usize, gen: usize) -> bool {
+    state(idx).is_some_and(|s| s.load(Ordering::Acquire) == open_state(gen))
+}
+
 /// Why a token does not name an open object, given its slot's state.
 fn dead(gen: usize, st: usize, kind: &'static str) -> CapiError {
     let cur = st >> 1;
@@ -150,12 +155,13 @@ const WAYS: usize = 8;
 /// A thread's recently used objects, by token.
 struct Cache {
     entries: [Option<(usize, Object)>; WAYS],
-    next: Cell<usize>,
+    /// The entry the next eviction replaces (round robin).
+    next: usize,
 }
 
 thread_local! {
     static CACHE: RefCell<Cache> = const {
-        RefCell::new(Cache { entries: [const { None }; WAYS], next: Cell::new(0) })
+        RefCell::new(Cache { entries: [const { None }; WAYS], next: 0 })
     };
 }
 
@@ -163,7 +169,7 @@ impl Cache {
     /// The cached object for `handle` if its slot is still open at that generation; drops entries of
     /// slots that were closed since.
     fn find(&mut self, handle: usize, idx: usize, gen: usize) -> Option<&Object> {
-        let open = state(idx).is_some_and(|s| s.load(Ordering::Acquire) == open_state(gen));
+        let open = is_open(idx, gen);
         let i = self
             .entries
             .iter()
@@ -179,10 +185,7 @@ impl Cache {
     fn put(&mut self, handle: usize, obj: Object) -> &Object {
         for e in &mut self.entries {
             if let Some((t, _)) = e {
-                let live = split(*t).is_some_and(|(i, g)| {
-                    state(i).is_some_and(|s| s.load(Ordering::Acquire) == open_state(g))
-                });
-                if !live {
+                if !split(*t).is_some_and(|(i, g)| is_open(i, g)) {
                     *e = None;
                 }
             }
@@ -190,8 +193,8 @@ impl Cache {
         let i = match self.entries.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
-                let i = self.next.get();
-                self.next.set((i + 1) % WAYS);
+                let i = self.next;
+                self.next = (i + 1) % WAYS;
                 i
             }
         };

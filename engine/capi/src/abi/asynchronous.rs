@@ -174,15 +174,7 @@ pub unsafe extern "C" fn nvkv_async_incr(
 /// Runs the callbacks of finished requests, outside the context's lock (so they may submit more).
 fn deliver(done: Vec<Done>) {
     for (id, cb, r) in done {
-        let mut c = nvkv_completion {
-            id,
-            result: nvkv_result::NVKV_OK,
-            value: std::ptr::null(),
-            value_len: 0,
-            meta: nvkv_meta::default(),
-            write: nvkv_write_result::default(),
-            number: 0,
-        };
+        let mut c = nvkv_completion::empty(id);
         // Owns the value while the callback looks at it.
         let mut _keep: Vec<u8> = Vec::new();
         match r {
@@ -199,12 +191,7 @@ fn deliver(done: Vec<Done>) {
                 c.write = write_result(w);
             }
             Ok(_) => c.result = nvkv_result::NVKV_PANIC,
-            Err(e) => {
-                if let engine::Error::VersionMismatch { current } = e {
-                    c.write.version = current.unwrap_or(0);
-                }
-                c.result = CapiError::Engine(e).code();
-            }
+            Err(e) => c.fail(&CapiError::Engine(e)),
         }
         if let Some(f) = cb.f {
             let user: *mut c_void = std::ptr::with_exposed_provenance_mut(cb.user);

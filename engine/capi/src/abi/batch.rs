@@ -32,7 +32,7 @@ fn queue(
     index: *mut usize,
     f: impl FnOnce(&mut BatchState) -> usize,
 ) -> Result<(), CapiError> {
-    let f = std::cell::Cell::new(Some(f));
+    let mut f = Some(f);
     queue_many(
         b,
         1,
@@ -72,7 +72,7 @@ fn queue_many(
     n: usize,
     first_index: *mut usize,
     check: impl Fn(usize) -> Result<(), CapiError>,
-    queue: impl Fn(&mut BatchState, usize) -> Result<(), CapiError>,
+    mut queue: impl FnMut(&mut BatchState, usize) -> Result<(), CapiError>,
 ) -> Result<(), CapiError> {
     if b.is_null() {
         return Err(CapiError::Null("batch"));
@@ -352,15 +352,7 @@ fn result(
     index: usize,
     c_out: Option<NonNull<nvkv_completion>>,
 ) -> Result<(), CapiError> {
-    let mut done = nvkv_completion {
-        id: index as u64,
-        result: nvkv_result::NVKV_OK,
-        value: std::ptr::null(),
-        value_len: 0,
-        meta: nvkv_meta::default(),
-        write: nvkv_write_result::default(),
-        number: 0,
-    };
+    let mut done = nvkv_completion::empty(index as u64);
     let res = match st.answer(index)? {
         Ok(Answer::Value(Some((v, m)))) => {
             done.value = v.as_ptr();
@@ -378,15 +370,10 @@ fn result(
             done.write = write_result(w);
             Ok(())
         }
-        Err(e) => {
-            if let engine::Error::VersionMismatch { current } = e {
-                done.write.version = current.unwrap_or(0);
-            }
-            Err(CapiError::Engine(e))
-        }
+        Err(e) => Err(CapiError::Engine(e)),
     };
     if let Err(e) = &res {
-        done.result = e.code();
+        done.fail(e);
     }
     if let Some(p) = c_out {
         // SAFETY: checked by `opt_out`; the value pointer stays valid while the batch's slots are not

@@ -269,6 +269,30 @@ pub struct nvkv_completion {
     pub number: i64,
 }
 
+impl nvkv_completion {
+    /// The completion of request `id`, before its answer is filled in (`NVKV_OK`, nothing else set).
+    fn empty(id: u64) -> Self {
+        nvkv_completion {
+            id,
+            result: nvkv_result::NVKV_OK,
+            value: std::ptr::null(),
+            value_len: 0,
+            meta: nvkv_meta::default(),
+            write: nvkv_write_result::default(),
+            number: 0,
+        }
+    }
+
+    /// Records the request's failure: its code, and after a version mismatch the current version in
+    /// `write.version` (0: absent), as `nvkv_cas` reports it.
+    fn fail(&mut self, e: &CapiError) {
+        if let CapiError::Engine(engine::Error::VersionMismatch { current }) = e {
+            self.write.version = current.unwrap_or(0);
+        }
+        self.result = e.code();
+    }
+}
+
 /// Called once per asynchronous request, on the thread that runs `nvkv_async_poll` / `nvkv_async_wait` /
 /// `nvkv_async_free`. It may submit more requests on the same context; it must not unwind.
 pub type nvkv_callback =
