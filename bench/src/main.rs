@@ -463,7 +463,6 @@ fn run_vm(
     progress: &JobProgress,
     layout: JobLayout,
 ) -> Result<(Collect, Conditions)> {
-    nvkv_qemu::host::setup().map_err(|e| anyhow!("{e}"))?;
     let exe = std::env::current_exe().context("finding the nvkv-bench executable")?;
     if !a.fio.exists() {
         bail!(
@@ -786,6 +785,11 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|| NvmeController::guest_address(0));
             let plan = plan_for(&a, &device);
             let layout = job_layout(&a, &plan);
+            if a.device.is_none() {
+                // Everything the job needs, before its first step: QEMU and the guest's pieces, and for
+                // the host's steps db_bench, cc and pkg-config.
+                nvkv_qemu::host::setup().map_err(|e| anyhow!("{e}"))?;
+            }
             let progress = JobProgress::new(layout.total());
             // The CPU path on this host first (seconds), then the device runs.
             let kv_host = if a.no_kv {
