@@ -14,6 +14,9 @@ pub struct WriteBuffer<B> {
     limit: usize,
     len: usize,
     dead_bytes: usize,
+    /// Bytes of the value records no later record in this buffer replaced: the records the index points
+    /// at, which the segment's live bytes start from when it is sealed.
+    live_bytes: usize,
     records: u32,
 }
 
@@ -25,6 +28,7 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
             buf,
             len: SEG_HDR_LEN,
             dead_bytes: 0,
+            live_bytes: 0,
             records: 0,
         }
     }
@@ -45,6 +49,10 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
     pub fn dead_bytes(&self) -> usize {
         self.dead_bytes
     }
+    /// Bytes of value records not superseded inside this buffer (see [`WriteBuffer::append`]).
+    pub fn live_bytes(&self) -> usize {
+        self.live_bytes
+    }
     /// Limits the bytes this buffer fills (header included) to the reservation it will be written to.
     pub fn set_limit(&mut self, bytes: usize) {
         self.limit = bytes.min(self.buf.len());
@@ -64,7 +72,9 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
 
     /// Appends a record, or overwrites the key's buffered record `prev` (its offset, as the index knows
     /// it) in place when it has the same size; a replaced record of another size becomes dead bytes.
-    /// Returns the record's offset. The caller checked [`WriteBuffer::fits`].
+    /// Returns the record's offset. The caller checked [`WriteBuffer::fits`], and passes as `prev` the
+    /// key's record whenever the index points into this buffer: that is what keeps
+    /// [`WriteBuffer::live_bytes`] exact.
     pub fn append(
         &mut self,
         prev: Option<u32>,
@@ -75,10 +85,17 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
         value: &[u8],
     ) -> u32 {
         let rl = format::record_len(key.len(), value.len());
+        if !tombstone {
+            self.live_bytes += rl;
+        }
         if let Some(old) = prev {
             let o = old as usize;
             if let Ok((okl, ovl)) = format::record_lens(&self.buf[o..]) {
-                if format::record_len(okl, ovl) == rl {
+                let old_rl = format::record_len(okl, ovl);
+                if self.buf[o + 4] & format::FLAG_TOMBSTONE == 0 {
+                    self.live_bytes -= old_rl;
+                }
+                if old_rl == rl {
                     format::encode_record(
                         &mut self.buf[o..o + rl],
                         tombstone,
@@ -89,7 +106,7 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
                     );
                     return old;
                 }
-                self.dead_bytes += format::record_len(okl, ovl);
+                self.dead_bytes += old_rl;
             }
         }
         let off = self.len;
@@ -125,6 +142,7 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
         let mut rd = SEG_HDR_LEN;
         let mut wr = SEG_HDR_LEN;
         let mut records = 0;
+        let mut live_bytes = 0;
         while rd < self.len {
             let Ok((kl, vl)) = format::record_lens(&self.buf[rd..]) else {
                 break;
@@ -132,18 +150,23 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
             let rl = format::record_len(kl, vl);
             let tombstone = self.buf[rd + 4] & format::FLAG_TOMBSTONE != 0;
             let key = &self.buf[rd + REC_HDR_LEN..rd + REC_HDR_LEN + kl];
-            if tombstone || live(key, rd as u32, wr as u32) {
+            let keep = tombstone || live(key, rd as u32, wr as u32);
+            if keep {
                 if rd != wr {
                     self.buf.copy_within(rd..rd + rl, wr);
                 }
                 wr += rl;
                 records += 1;
+                if !tombstone {
+                    live_bytes += rl;
+                }
             }
             rd += rl;
         }
         self.len = wr;
         self.records = records;
         self.dead_bytes = 0;
+        self.live_bytes = live_bytes;
     }
 
     /// Iterates (offset, record) over the buffer's records (dead ones included unless compacted).
@@ -176,6 +199,7 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
     pub fn swap(&mut self, next: B) -> B {
         self.len = SEG_HDR_LEN;
         self.dead_bytes = 0;
+        self.live_bytes = 0;
         self.records = 0;
         std::mem::replace(&mut self.buf, next)
     }
@@ -184,6 +208,37 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_bytes_count_the_records_nothing_replaced() {
+        let rl = format::record_len;
+        let mut b = WriteBuffer::new(vec![0u8; 4096]);
+        let a = b.append(None, false, 1, 1, b"k1", b"aaaa");
+        let c = b.append(None, false, 2, 2, b"k2", b"bb");
+        assert_eq!(b.live_bytes(), rl(2, 4) + rl(2, 2));
+        // In place: same size, still one live record.
+        assert_eq!(b.append(Some(a), false, 3, 3, b"k1", b"cccc"), a);
+        assert_eq!(b.live_bytes(), rl(2, 4) + rl(2, 2));
+        // A tombstone replaces k2's value: not live (tombstones are never what the index points at).
+        let t = b.append(Some(c), true, 4, 4, b"k2", b"");
+        assert_eq!(b.live_bytes(), rl(2, 4));
+        // A value over the buffered tombstone.
+        let d = b.append(Some(t), false, 5, 5, b"k2", b"ddddddd");
+        assert_eq!(b.live_bytes(), rl(2, 4) + rl(2, 7));
+        // An empty value over a tombstone of the same size is written in place and becomes live.
+        let e = b.append(None, true, 6, 6, b"k3", b"");
+        assert_eq!(b.append(Some(e), false, 7, 7, b"k3", b""), e);
+        assert_eq!(b.live_bytes(), rl(2, 4) + rl(2, 7) + rl(2, 0));
+        // And back: the tombstone in place is not live.
+        assert_eq!(b.append(Some(e), true, 8, 8, b"k3", b""), e);
+        assert_eq!(b.live_bytes(), rl(2, 4) + rl(2, 7));
+        // Compaction recounts from what it keeps (k2's first value is gone; tombstones stay).
+        let newest = [(b"k1".to_vec(), a), (b"k2".to_vec(), d)];
+        b.compact(|k, o, _| newest.iter().any(|(nk, no)| nk.as_slice() == k && *no == o));
+        assert_eq!(b.live_bytes(), rl(2, 4) + rl(2, 7));
+        b.swap(vec![0u8; 4096]);
+        assert_eq!(b.live_bytes(), 0);
+    }
 
     #[test]
     fn overwrite_in_place_and_compact() {

@@ -12,17 +12,20 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::zeroed::Zeroed;
+
 #[derive(Debug)]
 struct Cached {
-    /// At least `len` bytes (a reused allocation may be longer).
-    data: Box<[u8]>,
+    /// At least `len` bytes (a reused allocation may be longer, up to twice).
+    data: Zeroed<u8>,
     len: usize,
     /// Insertion number, to tell a segment from a later one at the same block.
     id: u64,
 }
 
 /// Dropped copies kept for reuse. Full segments are all one size, and allocations that large are
-/// mmap'ed and unmapped by malloc each time: page faults and TLB shootdowns per cycle, costly on a VM.
+/// mappings: faulting in a fresh one costs page faults (or a populating pass), unmapping one a TLB
+/// shootdown, per cycle, costly on a VM.
 const SPARES: usize = 4;
 
 /// Recently written segments, by first block, up to a byte budget (oldest evicted first).
@@ -34,7 +37,7 @@ pub struct SegmentCache {
     limit: usize,
     block_size: u64,
     next_id: u64,
-    spares: Vec<Box<[u8]>>,
+    spares: Vec<Zeroed<u8>>,
     /// Reads served from the cache.
     pub hits: u64,
     /// Reads that went to the device.
@@ -77,14 +80,15 @@ impl SegmentCache {
         let id = self.next_id;
         self.next_id += 1;
         self.bytes += data.len();
-        let buf = match self.spares.iter().position(|b| b.len() >= data.len()) {
-            Some(i) => {
-                let mut b = self.spares.swap_remove(i);
-                b[..data.len()].copy_from_slice(data);
-                b
-            }
-            None => data.into(),
+        // A spare at most twice as long, so short segments do not each hold a full one (the budget
+        // counts segment bytes).
+        let fits = |b: &Zeroed<u8>| b.len() >= data.len() && b.len() <= 2 * data.len();
+        let mut buf = match self.spares.iter().position(fits) {
+            Some(i) => self.spares.swap_remove(i),
+            // Mapped up front: this copy is on a seal, so on the path of a put (see `Zeroed`).
+            None => Zeroed::populated(data.len()),
         };
+        buf[..data.len()].copy_from_slice(data);
         self.segs.insert(
             lba,
             Cached {

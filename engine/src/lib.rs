@@ -46,6 +46,7 @@ pub mod salvage;
 pub mod shard;
 pub(crate) mod slot;
 pub mod space;
+mod zeroed;
 
 pub use api::{Backend, Db, DbHandle, LocalCtx, Options};
 pub use durable_log::DurableLogDevice;

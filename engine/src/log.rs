@@ -55,11 +55,9 @@ pub(crate) struct Log {
 }
 
 impl Log {
-    /// Marks the record an index entry points at (key of `key_len` bytes) dead in its segment.
+    /// Marks the record an index entry points at (key of `key_len` bytes) dead in its segment. The
+    /// record is on the device or being written (one in the active buffer is in no segment yet).
     pub(crate) fn kill(&mut self, e: &Entry, key_len: usize, bs: u64) {
-        if e.is_buffered() {
-            return;
-        }
         let blk = e.loc / bs;
         if let Some((_, seg)) = self.segments.range_mut(..=blk).next_back() {
             seg.live = seg

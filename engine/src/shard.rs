@@ -14,7 +14,7 @@ use crate::durable_log::{DurableLogSlot, LoggedWrite};
 use crate::error::{check_sizes, Error, MAX_VALUE_LEN};
 use crate::format::{self, FormatError, REC_HDR_LEN, SEG_HDR_LEN};
 use crate::hlc::Hlc;
-use crate::index::{Entry, Found, Index, LOC_BUFFERED};
+use crate::index::{Entry, Found, Index};
 use crate::log::Log;
 use crate::persist::CyclePipeline;
 use crate::space::FreeSpace;
@@ -185,6 +185,16 @@ pub struct ShardStats {
     pub flushes: u64,
     pub flush_ns_total: u64,
     pub flush_ns_max: u64,
+    /// Seals of the active buffer into a segment write (checksum, the segment cache's copy, the
+    /// submission), their total and longest time (ns): work on the path of the write that filled it.
+    pub seals: u64,
+    pub seal_ns_total: u64,
+    pub seal_ns_max: u64,
+    /// Writes that found every cycle slot busy and waited for the device to finish a segment write
+    /// (the device slower than the writes), their total and longest wait (ns).
+    pub device_waits: u64,
+    pub device_wait_ns_total: u64,
+    pub device_wait_ns_max: u64,
     /// Time spent writing checkpoints (the shard does nothing else meanwhile), total and longest (ns).
     pub checkpoint_ns_total: u64,
     pub checkpoint_ns_max: u64,
@@ -416,9 +426,27 @@ impl<D: BlockDevice> Shard<D> {
         }
     }
 
-    /// Marks the record at disk location `loc` dead in its segment's accounting.
+    /// Marks the record `e` points at dead in its segment's accounting (a record in the active buffer
+    /// is in no segment yet: the buffer's own count left it out when it was replaced).
     pub(crate) fn kill(&mut self, e: &Entry, key_len: usize) {
-        self.log.kill(e, key_len, self.bs);
+        if self.buffered_off(e).is_none() {
+            self.log.kill(e, key_len, self.bs);
+        }
+    }
+
+    /// Where the active buffer's records are: the byte offset of the log head in the slice, where the
+    /// buffer will be written. An entry whose record is in the buffer holds that offset plus the
+    /// record's place in the buffer, so sealing the buffer changes no entry.
+    fn active_base(&self) -> u64 {
+        self.log.head.0 * self.bs
+    }
+
+    /// The place in the active buffer of the record `e` points at, when it is there. Nothing else is in
+    /// that range: the log head's reservation was free space, and the records appended since are below
+    /// the buffer's length.
+    pub(crate) fn buffered_off(&self, e: &Entry) -> Option<u32> {
+        let off = e.loc.checked_sub(self.active_base())?;
+        (off >= SEG_HDR_LEN as u64 && off < self.active.len() as u64).then_some(off as u32)
     }
 
     /// Appends a record (`value` None: a tombstone) to the active buffer, making room first
@@ -481,8 +509,7 @@ impl<D: BlockDevice> Shard<D> {
         let prev = self
             .index
             .found_entry(found)
-            .filter(|e| e.is_buffered())
-            .map(|e| e.buf_off() as u32);
+            .and_then(|e| self.buffered_off(&e));
         let before = self.active.len() + self.active.dead_bytes();
         let off = self.active.append(prev, tombstone, ts, version, key, value);
         if self.active.len() + self.active.dead_bytes() == before {
@@ -497,13 +524,14 @@ impl<D: BlockDevice> Shard<D> {
     /// Squeezes dead records out of the active buffer, fixing the index offsets of moved records.
     pub(crate) fn compact_active(&mut self) {
         let saved = self.active.dead_bytes() as u64;
+        let base = self.active_base();
         let index = &mut self.index;
         self.active.compact(|key, old, new| {
             index
                 .update(key, |e| {
-                    let live = e.loc == LOC_BUFFERED | u64::from(old);
+                    let live = e.loc == base + u64::from(old);
                     if live {
-                        e.loc = LOC_BUFFERED | u64::from(new);
+                        e.loc = base + u64::from(new);
                     }
                     live
                 })
@@ -540,6 +568,8 @@ impl<D: BlockDevice> Shard<D> {
         }
         // GC moves may use the whole reserve: they make room, never take it.
         let off = self.append(key, value, ts, version, !moving, found)?;
+        // After the append: it may have sealed the buffer and moved the log head.
+        let loc = self.active_base() + u64::from(off);
         if !moving {
             self.version_done = self.version_done.max(version);
         }
@@ -550,7 +580,7 @@ impl<D: BlockDevice> Shard<D> {
                     found,
                     key,
                     Entry {
-                        loc: LOC_BUFFERED | u64::from(off),
+                        loc,
                         val_len: v.len() as u32,
                         ts,
                         version,
@@ -791,8 +821,8 @@ impl<D: BlockDevice> Shard<D> {
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
         out.clear();
-        if e.is_buffered() {
-            let r = self.active.record(e.buf_off())?;
+        if let Some(off) = self.buffered_off(e) {
+            let r = self.active.record(off as usize)?;
             if r.key != key
                 || r.tombstone
                 || r.value.len() != e.val_len as usize

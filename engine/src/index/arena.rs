@@ -68,8 +68,8 @@ impl Arena {
         &mut self.chunks[c][o..]
     }
 
-    /// Asks for node `r`'s line ahead of its use (merges, the table's growth and a seal's relocation
-    /// know their next nodes long before they read them).
+    /// Asks for node `r`'s line ahead of its use (merges and the table's growth know their next nodes
+    /// long before they read them).
     pub fn prefetch(&self, r: u32) {
         if let Some(b) = self.at(r).first() {
             super::prefetch::line(b);

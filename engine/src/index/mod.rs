@@ -10,7 +10,6 @@ mod arena;
 mod ordered;
 mod prefetch;
 mod table;
-mod zeroed;
 
 use std::hash::BuildHasher;
 
@@ -18,13 +17,12 @@ use arena::Arena;
 use ordered::Ordered;
 use table::{Probe, Table};
 
-/// Set in [`Entry::loc`] when the record is still in the active write buffer (low bits: buffer offset).
-pub const LOC_BUFFERED: u64 = 1 << 63;
-
 /// Where a key's newest record is, and what it says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
-    /// Byte offset of the record in the shard slice, or `LOC_BUFFERED | offset in the active buffer`.
+    /// Byte offset of the record in the shard slice. A record still in the active write buffer has the
+    /// offset it will be written at: the buffer is the image of the segment at the log head, so sealing
+    /// it changes no entry (see `Shard::buffered_off`).
     pub loc: u64,
     /// Value length (at most 2^21 - 1: the engine's limit is 1 MiB).
     pub val_len: u32,
@@ -32,17 +30,6 @@ pub struct Entry {
     pub ts: u64,
     /// Version (shard-wide counter at the time of the write; never reused).
     pub version: u64,
-}
-
-impl Entry {
-    /// True while the record sits in the active write buffer.
-    pub fn is_buffered(&self) -> bool {
-        self.loc & LOC_BUFFERED != 0
-    }
-    /// The buffer offset (meaningful when buffered).
-    pub fn buf_off(&self) -> usize {
-        (self.loc & !LOC_BUFFERED) as usize
-    }
 }
 
 /// The index holds as many node bytes as 32-bit references reach (16 GiB: about 350 million 16-byte keys).
@@ -201,23 +188,6 @@ impl Index {
     /// Looks a key up.
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
         self.found_entry(&self.find(key))
-    }
-
-    /// Asks for what a lookup of `key` reads, in two stages for a loop that knows its keys ahead
-    /// (a seal points the index at thousands of records): `nodes: false` asks for the table's slots at
-    /// the key's home; `nodes: true`, made later (once those lines are in), for the nodes its tag
-    /// matches there.
-    pub fn prefetch(&self, key: &[u8], nodes: bool) {
-        let hash = table::hash(self.seed, key);
-        if nodes {
-            let arena = &self.arena;
-            self.table.probe(hash, |r| {
-                arena.prefetch(r);
-                false
-            });
-        } else {
-            self.table.prefetch_home(hash);
-        }
     }
 
     /// Changes a key's entry in place; returns what `f` returned, None when the key is absent.

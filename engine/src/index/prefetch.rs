@@ -1,6 +1,5 @@
 //! Asking for a cache line ahead of its use: loops over the index that know their next nodes or slots
-//! long before they read them (merges, the table's growth, a seal pointing the index at its records)
-//! overlap those reads this way.
+//! long before they read them (merges, the table's growth) overlap those reads this way.
 
 /// Asks for the line holding `x`: a hint, which never faults and changes nothing.
 #[inline]

@@ -7,7 +7,7 @@
 
 // Zero is empty, so a new table's memory comes zeroed from the allocator and its pages are mapped only
 // as inserts first touch them: growing costs no up-front pass over the new table.
-use super::zeroed::Zeroed;
+use crate::zeroed::Zeroed;
 
 const EMPTY: u8 = 0x00;
 const DELETED: u8 = 0x01;
@@ -173,16 +173,6 @@ impl Table {
                     None => vacant,
                 }
             }
-        }
-    }
-
-    /// Asks for the lines a probe of `hash` starts with (control byte and reference at its home, in
-    /// both parts while growing).
-    pub fn prefetch_home(&self, hash: u64) {
-        for p in std::iter::once(&self.cur).chain(self.old.as_ref()) {
-            let i = p.home(hash);
-            super::prefetch::line(&p.ctrl[i]);
-            super::prefetch::line(&p.refs[i]);
         }
     }
 

@@ -1,9 +1,11 @@
 //! Large zeroed arrays whose allocation costs no pass over their memory: anonymous mappings, whose pages
-//! the kernel maps (zeroed) as they are first touched. The table's parts use them, so growing the table
-//! allocates its new part in constant time. (`vec![0; n]` would call `calloc`, which clears memory it
-//! takes from the heap with a pass over it: glibc serves even large requests from the heap once large
-//! blocks have been freed, and such a clear took milliseconds at a million keys.) The only unsafe code of
-//! the index lives here.
+//! the kernel maps (zeroed) as they are first touched. The index's table parts use them, so growing the
+//! table allocates its new part in constant time. (`vec![0; n]` would call `calloc`, which clears memory
+//! it takes from the heap with a pass over it: glibc serves even large requests from the heap once large
+//! blocks have been freed, and such a clear took milliseconds at a million keys.) The segment cache's
+//! copies are the opposite case, memory written whole at once: [`Zeroed::populated`] maps their pages in
+//! one system call instead of a page fault each. The only unsafe code of the index and the cache lives
+//! here.
 
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
@@ -28,8 +30,19 @@ unsafe impl<T: Zeroable + Send> Send for Zeroed<T> {}
 unsafe impl<T: Zeroable + Sync> Sync for Zeroed<T> {}
 
 impl<T: Zeroable> Zeroed<T> {
-    /// `len` zeroes.
+    /// `len` zeroes, their pages mapped as they are first touched.
     pub fn new(len: usize) -> Self {
+        Self::mapped(len, 0)
+    }
+
+    /// `len` zeroes, every page mapped up front, for memory about to be written whole: a megabyte
+    /// copied into a fresh mapping took 350-550 µs here, a page fault every 4 KiB; mapped in advance,
+    /// about 110 µs plus a 40 µs copy.
+    pub fn populated(len: usize) -> Self {
+        Self::mapped(len, libc::MAP_POPULATE)
+    }
+
+    fn mapped(len: usize, flags: libc::c_int) -> Self {
         let bytes = len.saturating_mul(std::mem::size_of::<T>());
         if bytes < MAP_FROM {
             return Zeroed::Small(vec![zero(); len]);
@@ -41,7 +54,7 @@ impl<T: Zeroable> Zeroed<T> {
                 std::ptr::null_mut(),
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
                 -1,
                 0,
             )
@@ -93,6 +106,13 @@ impl<T: Zeroable> DerefMut for Zeroed<T> {
     }
 }
 
+impl<T: Zeroable> std::fmt::Debug for Zeroed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The length only: the contents are megabytes of data.
+        f.debug_struct("Zeroed").field("len", &self.len()).finish()
+    }
+}
+
 impl<T: Zeroable> Clone for Zeroed<T> {
     fn clone(&self) -> Self {
         let mut c = Zeroed::new(self.len());
@@ -117,8 +137,15 @@ mod tests {
 
     #[test]
     fn small_and_mapped_arrays_start_zeroed_and_keep_writes() {
-        for len in [0usize, 10, 1 << 20, 3 << 20] {
-            let mut a: Zeroed<u32> = Zeroed::new(len);
+        for (len, populated) in [0usize, 10, 1 << 20, 3 << 20]
+            .into_iter()
+            .flat_map(|l| [(l, false), (l, true)])
+        {
+            let mut a: Zeroed<u32> = if populated {
+                Zeroed::populated(len)
+            } else {
+                Zeroed::new(len)
+            };
             assert_eq!(a.len(), len);
             assert!(a.iter().all(|&x| x == 0));
             if len > 0 {
@@ -130,5 +157,9 @@ mod tests {
             }
         }
         assert!(matches!(Zeroed::<u8>::new(2 << 20), Zeroed::Mapped { .. }));
+        assert!(matches!(
+            Zeroed::<u8>::populated(2 << 20),
+            Zeroed::Mapped { .. }
+        ));
     }
 }
