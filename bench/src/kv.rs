@@ -59,6 +59,18 @@ pub struct EngineWork {
     pub checkpoint_max_ms: f64,
     /// Segments cleaned by GC.
     pub gc_segments: u64,
+    /// Mean and longest seal of a full buffer into a segment write (µs): the shard's own work on the
+    /// path of the write that filled the buffer.
+    #[serde(default)]
+    pub seal_mean_us: f64,
+    #[serde(default)]
+    pub seal_max_us: f64,
+    /// Writes that waited for the device to take a segment (every cycle slot busy), and the longest
+    /// such wait (µs).
+    #[serde(default)]
+    pub device_waits: u64,
+    #[serde(default)]
+    pub device_wait_max_us: f64,
     /// Durable writes acknowledged by the durable log, and by a persistence cycle.
     #[serde(default)]
     pub durable_by_log: u64,
@@ -95,6 +107,10 @@ impl EngineWork {
             checkpoint_total_ms: sum(|s| s.checkpoint_ns_total) as f64 / 1e6,
             checkpoint_max_ms: max(|s| s.checkpoint_ns_max) as f64 / 1e6,
             gc_segments: sum(|s| s.gc_segments),
+            seal_mean_us: mean(sum(|s| s.seal_ns_total), sum(|s| s.seals)),
+            seal_max_us: max(|s| s.seal_ns_max) as f64 / 1e3,
+            device_waits: sum(|s| s.device_waits),
+            device_wait_max_us: max(|s| s.device_wait_ns_max) as f64 / 1e3,
             durable_by_log: sum(|s| s.durable_log_writes),
             durable_by_cycle: sum(|s| s.durable_cycle_writes),
         }

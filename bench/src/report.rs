@@ -115,6 +115,10 @@ fn median_engine(v: &[&crate::kv::KvMeasurement]) -> Option<crate::kv::EngineWor
         checkpoint_total_ms: med(&|x| x.checkpoint_total_ms),
         checkpoint_max_ms: med(&|x| x.checkpoint_max_ms),
         gc_segments: med(&|x| x.gc_segments as f64) as u64,
+        seal_mean_us: med(&|x| x.seal_mean_us),
+        seal_max_us: med(&|x| x.seal_max_us),
+        device_waits: med(&|x| x.device_waits as f64) as u64,
+        device_wait_max_us: med(&|x| x.device_wait_max_us),
         durable_by_log: med(&|x| x.durable_by_log as f64) as u64,
         durable_by_cycle: med(&|x| x.durable_by_cycle as f64) as u64,
     })

@@ -210,7 +210,7 @@ pub fn engine_work(sums: &[KvSummary]) -> Option<Table> {
     }
     let mut t = Table::new(
         "persistence work",
-        "nvkv persistence work per run (medians): segment writes and flushes, submission to completion; checkpoints block the shard",
+        "nvkv persistence work per run (medians): segment writes and flushes, submission to completion; seals (checksum, cache copy, submission) and checkpoints run on the shard; device waits: writes that found every segment write slot busy",
         &[
             ("workload", false),
             ("value", true),
@@ -219,6 +219,9 @@ pub fn engine_work(sums: &[KvSummary]) -> Option<Table> {
             ("flushes", true),
             ("write us mean/max", true),
             ("flush us mean/max", true),
+            ("seal us mean/max", true),
+            ("device waits", true),
+            ("wait us max", true),
             ("ckpts", true),
             ("ckpt ms total/max", true),
         ],
@@ -232,6 +235,9 @@ pub fn engine_work(sums: &[KvSummary]) -> Option<Table> {
             e.flushes.to_string(),
             format!("{:.0}/{:.0}", e.write_mean_us, e.write_max_us),
             format!("{:.0}/{:.0}", e.flush_mean_us, e.flush_max_us),
+            format!("{:.0}/{:.0}", e.seal_mean_us, e.seal_max_us),
+            e.device_waits.to_string(),
+            format!("{:.0}", e.device_wait_max_us),
             e.checkpoints.to_string(),
             format!("{:.1}/{:.1}", e.checkpoint_total_ms, e.checkpoint_max_ms),
         ]);

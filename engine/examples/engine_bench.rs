@@ -3,12 +3,13 @@
 //! key, and recovery speed. Prints figures; asserts nothing. Run in release:
 //!
 //! ```text
-//! cargo run --release -p nvkv --example engine_bench [-- KEYS [fill [file]]]
+//! cargo run --release -p nvkv --example engine_bench [-- KEYS [fill [file] | churn]]
 //! ```
 //!
 //! `fill` stops after the fill; `fill file` runs it on the file backend instead (O_DIRECT through
 //! io_uring on a file in the current directory), where the device's copy is not on the shard's thread
-//! as the memory backend's is.
+//! as the memory backend's is. `churn` follows the fill with KEYS overwrites and deletes of random keys
+//! with values of 60 to 139 bytes, so buffered records die and buffers hold dead bytes when sealed.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -154,6 +155,43 @@ fn main() {
         print_tail(&lat);
         print_seals(&s);
         // Profiling aid: the fill only.
+        return;
+    }
+    if std::env::args().nth(2).as_deref() == Some("churn") {
+        let before = s.stats();
+        let mut rng = Rng(11);
+        let values: Vec<Vec<u8>> = (60..140).map(|n| vec![5u8; n]).collect();
+        lat.clear();
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let k = &keys[rng.below(n) as usize];
+            let r = rng.below(10);
+            let t = Instant::now();
+            let done = if r == 0 {
+                s.delete(k, WriteOpts::default()).map(|_| ())
+            } else {
+                let v = &values[rng.below(values.len() as u64) as usize];
+                s.put(k, v, WriteOpts::default()).map(|_| ())
+            };
+            lat.push(t.elapsed().as_nanos() as u64);
+            if let Err(e) = done {
+                panic!("churn: {e}: {:?}", s.stats());
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        report(
+            "local churn (90% puts of 60-139 B, 10% deletes, random keys)",
+            &mut lat,
+            secs,
+        );
+        print_tail(&lat);
+        print_seals(&s);
+        let st = s.stats();
+        println!(
+            "  buffer bytes saved {} (in place and compacted), GC segments {}",
+            st.buffer_bytes_saved - before.buffer_bytes_saved,
+            st.gc_segments - before.gc_segments
+        );
         return;
     }
 

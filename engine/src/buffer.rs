@@ -1,8 +1,10 @@
 //! The append-only write buffer: records packed after a segment header in a device buffer, so a full
 //! buffer *is* the segment image and goes to the device without a copy. A shard has two: one fills while
 //! the other is being written (see `persist`). A newer write of a key that is still in the buffer
-//! overwrites the old record in place when the sizes match, and otherwise leaves it dead, to be squeezed
-//! out by [`WriteBuffer::compact`] before the buffer is written.
+//! overwrites the old record in place when the sizes match, and otherwise leaves it dead. The buffer
+//! lists its dead records, so [`WriteBuffer::compact`] squeezes them out without asking the index which
+//! records are live. Dead records may also be written as they are: recovery replays a segment's records
+//! in order, and the record that replaced a dead one comes after it.
 
 use crate::format::{self, SegmentHeader, REC_HDR_LEN, SEG_HDR_LEN};
 
@@ -14,6 +16,8 @@ pub struct WriteBuffer<B> {
     limit: usize,
     len: usize,
     dead_bytes: usize,
+    /// Offsets of the records replaced by a later record of another size (in the order they died).
+    dead: Vec<u32>,
     /// Bytes of the value records no later record in this buffer replaced: the records the index points
     /// at, which the segment's live bytes start from when it is sealed.
     live_bytes: usize,
@@ -28,6 +32,7 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
             buf,
             len: SEG_HDR_LEN,
             dead_bytes: 0,
+            dead: Vec::new(),
             live_bytes: 0,
             records: 0,
         }
@@ -64,6 +69,14 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
     /// Whether it would fit once dead records are squeezed out.
     pub fn fits_after_compaction(&self, rec_len: usize) -> bool {
         self.len - self.dead_bytes + rec_len <= self.limit
+    }
+    /// Whether squeezing out the dead records is worth its cost: every live record behind the first
+    /// dead one moves, and each move is an index update (about 1 ms for a megabyte of small records at a
+    /// million keys). At least as many dead bytes as live ones bounds that work by half a buffer and
+    /// saves at least half the write; below that the dead records are written as they are, and GC
+    /// reclaims them with the segment.
+    pub fn worth_compacting(&self) -> bool {
+        self.dead_bytes > 0 && self.dead_bytes >= self.live_bytes
     }
     /// Whether it would fit in an empty buffer of a full reservation.
     pub fn fits_empty(&self, rec_len: usize) -> bool {
@@ -107,6 +120,7 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
                     return old;
                 }
                 self.dead_bytes += old_rl;
+                self.dead.push(old);
             }
         }
         let off = self.len;
@@ -132,13 +146,15 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
         format::decode_record(b).map(|(r, _)| r)
     }
 
-    /// Squeezes out dead records. For every value record, `live(key, old_off, new_off)` says whether it
-    /// is the key's newest (and moves the index entry to `new_off` when they differ); tombstones are kept,
-    /// as replay needs them to delete what older segments hold.
-    pub fn compact(&mut self, mut live: impl FnMut(&[u8], u32, u32) -> bool) {
-        if self.dead_bytes == 0 {
+    /// Squeezes out the dead records; `moved(key, old_off, new_off)` is called for every value record
+    /// that moves, so its index entry follows. Tombstones that nothing replaced stay: replay needs them to
+    /// delete what older segments hold.
+    pub fn compact(&mut self, mut moved: impl FnMut(&[u8], u32, u32)) {
+        if self.dead.is_empty() {
             return;
         }
+        self.dead.sort_unstable();
+        let mut dead = self.dead.iter().copied().peekable();
         let mut rd = SEG_HDR_LEN;
         let mut wr = SEG_HDR_LEN;
         let mut records = 0;
@@ -148,24 +164,33 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
                 break;
             };
             let rl = format::record_len(kl, vl);
+            if dead.peek() == Some(&(rd as u32)) {
+                dead.next();
+                rd += rl;
+                continue;
+            }
             let tombstone = self.buf[rd + 4] & format::FLAG_TOMBSTONE != 0;
-            let key = &self.buf[rd + REC_HDR_LEN..rd + REC_HDR_LEN + kl];
-            let keep = tombstone || live(key, rd as u32, wr as u32);
-            if keep {
-                if rd != wr {
-                    self.buf.copy_within(rd..rd + rl, wr);
-                }
-                wr += rl;
-                records += 1;
+            if rd != wr {
+                self.buf.copy_within(rd..rd + rl, wr);
                 if !tombstone {
-                    live_bytes += rl;
+                    let key = &self.buf[wr + REC_HDR_LEN..wr + REC_HDR_LEN + kl];
+                    moved(key, rd as u32, wr as u32);
                 }
             }
+            if !tombstone {
+                live_bytes += rl;
+            }
+            wr += rl;
+            records += 1;
             rd += rl;
         }
+        // Every listed offset was a record's start, and each record dies once.
+        assert!(dead.next().is_none(), "a dead offset names no record");
+        debug_assert_eq!(live_bytes, self.live_bytes);
         self.len = wr;
         self.records = records;
         self.dead_bytes = 0;
+        self.dead.clear();
         self.live_bytes = live_bytes;
     }
 
@@ -199,6 +224,7 @@ impl<B: std::ops::DerefMut<Target = [u8]>> WriteBuffer<B> {
     pub fn swap(&mut self, next: B) -> B {
         self.len = SEG_HDR_LEN;
         self.dead_bytes = 0;
+        self.dead.clear();
         self.live_bytes = 0;
         self.records = 0;
         std::mem::replace(&mut self.buf, next)
@@ -232,10 +258,30 @@ mod tests {
         // And back: the tombstone in place is not live.
         assert_eq!(b.append(Some(e), true, 8, 8, b"k3", b""), e);
         assert_eq!(b.live_bytes(), rl(2, 4) + rl(2, 7));
-        // Compaction recounts from what it keeps (k2's first value is gone; tombstones stay).
-        let newest = [(b"k1".to_vec(), a), (b"k2".to_vec(), d)];
-        b.compact(|k, o, _| newest.iter().any(|(nk, no)| nk.as_slice() == k && *no == o));
+        // Compaction drops k2's first value and the tombstone that replaced it, keeps k3's tombstone,
+        // and moves k2's newest value and k3's tombstone forward.
+        let mut moves = vec![];
+        b.compact(|k, o, n| moves.push((k.to_vec(), o, n)));
+        assert_eq!(
+            moves,
+            vec![(b"k2".to_vec(), d, c)],
+            "tombstones move unreported"
+        );
         assert_eq!(b.live_bytes(), rl(2, 4) + rl(2, 7));
+        let kept: Vec<_> = b
+            .records()
+            .map(|(o, r)| (o as u32, r.key.to_vec(), r.tombstone))
+            .collect();
+        let after_d = c + rl(2, 7) as u32;
+        assert_eq!(
+            kept,
+            vec![
+                (a, b"k1".to_vec(), false),
+                (c, b"k2".to_vec(), false),
+                (after_d, b"k3".to_vec(), true)
+            ]
+        );
+        assert_eq!(b.dead_bytes(), 0);
         b.swap(vec![0u8; 4096]);
         assert_eq!(b.live_bytes(), 0);
     }
@@ -253,14 +299,7 @@ mod tests {
         assert!(d > c);
         assert!(b.dead_bytes() > 0);
         let mut moves = vec![];
-        let newest = [(b"k1".to_vec(), a), (b"k2".to_vec(), d)];
-        b.compact(|k, o, n| {
-            let live = newest.iter().any(|(nk, no)| nk.as_slice() == k && *no == o);
-            if live && o != n {
-                moves.push((k.to_vec(), o, n));
-            }
-            live
-        });
+        b.compact(|k, o, n| moves.push((k.to_vec(), o, n)));
         assert_eq!(moves, vec![(b"k2".to_vec(), d, c)]);
         let recs: Vec<_> = b.records().map(|(o, r)| (o, r.value.to_vec())).collect();
         assert_eq!(

@@ -355,7 +355,9 @@ impl<D: BlockDevice> Shard<D> {
     }
 
     fn seal_and_submit(&mut self, min_next: u64) -> Result<(), Error> {
-        self.compact_active();
+        if self.active.worth_compacting() {
+            self.compact_active();
+        }
         let (lba, reserved) = self.log.head;
         let used = self.active.len().div_ceil(self.bs as usize) as u64;
         if used > reserved {

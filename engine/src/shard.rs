@@ -486,7 +486,7 @@ impl<D: BlockDevice> Shard<D> {
         }
         let mut tries = 0;
         while !self.active.fits(rl) {
-            if self.active.fits_after_compaction(rl) {
+            if self.active.fits_after_compaction(rl) && self.active.worth_compacting() {
                 self.compact_active();
                 continue;
             }
@@ -527,15 +527,19 @@ impl<D: BlockDevice> Shard<D> {
         let base = self.active_base();
         let index = &mut self.index;
         self.active.compact(|key, old, new| {
-            index
-                .update(key, |e| {
-                    let live = e.loc == base + u64::from(old);
-                    if live {
-                        e.loc = base + u64::from(new);
-                    }
-                    live
-                })
-                .unwrap_or(false)
+            let followed = index.update(key, |e| {
+                let here = e.loc == base + u64::from(old);
+                if here {
+                    e.loc = base + u64::from(new);
+                }
+                here
+            });
+            // A record the buffer did not list as dead is the key's newest.
+            debug_assert_eq!(
+                followed,
+                Some(true),
+                "a moved record the index does not point at"
+            );
         });
         self.stats.buffer_bytes_saved += saved;
     }
