@@ -57,6 +57,7 @@ pub trait Abandon {
 }
 
 /// One request's memory: the state word, the client's thread for wake-ups, the body.
+#[repr(C)]
 struct Slot<T, R: Runtime = Std> {
     state: R::Word,
     /// Written by the client only before it moves the state to `PARKING`; read by the shard only after

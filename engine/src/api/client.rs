@@ -45,17 +45,59 @@ pub enum Done {
     Incr(i64, WriteResult),
 }
 
-/// A request slot's body: the request's bytes in buffers kept across calls, and the answer.
+/// Request bytes kept across calls: in the slot itself up to `N` bytes, next to the state word on
+/// lines the shard reads anyway, rather than behind a pointer it would have to follow to another line;
+/// beyond `N`, in a heap buffer that keeps its capacity.
 #[derive(Debug)]
+#[repr(C)]
+pub(super) struct Bytes<const N: usize> {
+    len: usize,
+    inline: [u8; N],
+    heap: Vec<u8>,
+}
+
+impl<const N: usize> Bytes<N> {
+    fn new() -> Self {
+        Bytes {
+            len: 0,
+            inline: [0; N],
+            heap: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, b: &[u8]) {
+        self.len = b.len();
+        if b.len() <= N {
+            self.inline[..b.len()].copy_from_slice(b);
+        } else {
+            self.heap.clear();
+            self.heap.extend_from_slice(b);
+        }
+    }
+
+    pub(super) fn get(&self) -> &[u8] {
+        if self.len <= N {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+}
+
+/// A request slot's body: the request's bytes kept across calls, and the answer. `repr(C)` keeps the
+/// order: the answer and what the shard reads first (kind, options, key, then the value) follow the
+/// slot's state word without gaps, so a small request and its answer move between cores in few lines.
+#[derive(Debug)]
+#[repr(C)]
 pub(super) struct Call {
     pub(super) kind: Kind,
     pub(super) opts: WriteOpts,
-    pub(super) key: Vec<u8>,
+    pub(super) answer: Result<Done, Error>,
+    pub(super) key: Bytes<64>,
     /// A put's or a compare-and-swap's new value.
-    pub(super) value: Vec<u8>,
+    pub(super) value: Bytes<256>,
     /// A get's value, written by the shard.
     pub(super) out: Vec<u8>,
-    pub(super) answer: Result<Done, Error>,
 }
 
 impl Call {
@@ -63,22 +105,20 @@ impl Call {
         Call {
             kind: Kind::Get,
             opts: WriteOpts::default(),
-            key: Vec::new(),
-            value: Vec::new(),
+            key: Bytes::new(),
+            value: Bytes::new(),
             out: Vec::new(),
             answer: Err(Error::Closed),
         }
     }
 
     /// Fills the request in; the buffers keep their capacity, so this allocates only when a key or
-    /// value is longer than any before it.
+    /// value is longer than the slot holds and longer than any before it.
     fn set(&mut self, kind: Kind, key: &[u8], value: &[u8], opts: WriteOpts) {
         self.kind = kind;
         self.opts = opts;
-        self.key.clear();
-        self.key.extend_from_slice(key);
-        self.value.clear();
-        self.value.extend_from_slice(value);
+        self.key.set(key);
+        self.value.set(value);
         self.answer = Err(Error::Closed);
     }
 }
@@ -107,15 +147,16 @@ pub(super) fn execute<D: BlockDevice>(
 ) -> Option<WriteResult> {
     let c = r.body();
     let o = c.opts;
+    let key = c.key.get();
     let res = match c.kind {
-        Kind::Get => shard.get_into(&c.key, &mut c.out).map(Done::Value),
-        Kind::Put => shard.put(&c.key, &c.value, o).map(Done::Write),
-        Kind::Delete => shard.delete(&c.key, o).map(Done::Write),
+        Kind::Get => shard.get_into(key, &mut c.out).map(Done::Value),
+        Kind::Put => shard.put(key, c.value.get(), o).map(Done::Write),
+        Kind::Delete => shard.delete(key, o).map(Done::Write),
         Kind::Cas { expected, delete } => {
-            let new = (!delete).then_some(&c.value[..]);
-            shard.cas(&c.key, expected, new, o).map(Done::Write)
+            let new = (!delete).then_some(c.value.get());
+            shard.cas(key, expected, new, o).map(Done::Write)
         }
-        Kind::Incr(d) => shard.incr(&c.key, d, o).map(|(n, w)| Done::Incr(n, w)),
+        Kind::Incr(d) => shard.incr(key, d, o).map(|(n, w)| Done::Incr(n, w)),
     };
     let wait = match &res {
         Ok(Done::Write(w)) => answer_waits(o, w, false).then_some(*w),

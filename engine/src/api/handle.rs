@@ -230,7 +230,7 @@ impl DbHandle {
         for (i, a) in b.wait().into_iter().enumerate() {
             match a? {
                 Reply::Stats(mut st) => {
-                    st.queue_depth = self.inner.shards[i].depth.load(Ordering::Relaxed);
+                    st.queue_depth = self.inner.shards[i].depth.0.load(Ordering::Relaxed);
                     out.push(*st)
                 }
                 _ => return Err(Error::Closed),

@@ -14,6 +14,7 @@ pub(super) fn run_shard<D: BlockDevice>(
     let link = &inner.shards[id];
     let mut waiting: Vec<Waiter> = Vec::new();
     let mut idle = 0u32;
+    let mut depth = 0u64;
     loop {
         let mut n = 0;
         while n < BATCH {
@@ -23,7 +24,18 @@ pub(super) fn run_shard<D: BlockDevice>(
         }
         // One barrier covers the durable-log records of every write taken above.
         shard.flush_durable_log();
-        link.depth.store(link.queue.len() as u64, Ordering::Relaxed);
+        // The queue's depth for stats: it is empty when the loop above stopped short of a full batch,
+        // so the queue's indices (the clients' lines) are read only after a full one; stored only when
+        // it changed, since a store takes the line from readers.
+        let now = if n == BATCH {
+            link.queue.len() as u64
+        } else {
+            0
+        };
+        if now != depth {
+            depth = now;
+            link.depth.0.store(now, Ordering::Relaxed);
+        }
         // Errors of background work surface through `sync_failed` and the next request.
         let did = shard.tick().unwrap_or_default();
         if !waiting.is_empty() {
