@@ -46,6 +46,7 @@ pub mod salvage;
 pub mod shard;
 pub(crate) mod slot;
 pub mod space;
+mod timer_slack;
 mod zeroed;
 
 pub use api::{Backend, Db, DbHandle, LocalCtx, Options};

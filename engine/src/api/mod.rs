@@ -245,6 +245,8 @@ impl Db {
                         // Best effort: containers and small machines may refuse; the shard runs anyway.
                         let _ = core_affinity::set_for_current(c);
                     }
+                    // Best effort too: refused, the shard's short sleeps only last longer.
+                    let _ = crate::timer_slack::set_fine_for_current_thread();
                     // Step 1, reads only: what the slice holds.
                     let probed = factory
                         .open(id)
