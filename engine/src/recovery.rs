@@ -207,7 +207,7 @@ impl<D: BlockDevice> Shard<D> {
             cycle_error: None,
             making_room: false,
             read_buf: None,
-            cache: SegmentCache::new(cfg.cache_bytes, bs),
+            cache: SegmentCache::new(cfg.cache_bytes, bs).with_segment_len(cap),
             dlog: log.map_or(DurableLogSlot::None, DurableLogSlot::Unattached),
             dlog_replay: Vec::new(),
             dlog_reads: None,

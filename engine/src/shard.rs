@@ -178,6 +178,8 @@ pub struct ShardStats {
     pub cache_misses: u64,
     /// Bytes the segment cache holds.
     pub cache_bytes: u64,
+    /// Full segments the cache did not keep because the memory for them was not ready yet.
+    pub cache_skipped: u64,
     /// Segment writes completed, their total and longest time from submission to completion (ns).
     pub write_ns_total: u64,
     pub write_ns_max: u64,
@@ -572,6 +574,9 @@ impl<D: BlockDevice> Shard<D> {
         }
         // GC moves may use the whole reserve: they make room, never take it.
         let off = self.append(key, value, ts, version, !moving, found)?;
+        // The cache's memory for a later segment is faulted in a little per write, not on a seal.
+        self.cache
+            .step(format::record_len(key.len(), value.map_or(0, <[u8]>::len)));
         // After the append: it may have sealed the buffer and moved the log head.
         let loc = self.active_base() + u64::from(off);
         if !moving {
@@ -896,6 +901,7 @@ impl<D: BlockDevice> Shard<D> {
         s.segments = self.log.segments.len() as u64;
         s.cache_hits = self.cache.hits;
         s.cache_misses = self.cache.misses;
+        s.cache_skipped = self.cache.skipped;
         s.cache_bytes = self.cache.bytes() as u64;
         self.durable_log_stats(&mut s);
         s
