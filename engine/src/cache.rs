@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::zeroed::Zeroed;
+use crate::zeroed::{Zeroed, PAGE};
 
 #[derive(Debug)]
 struct Cached {
@@ -35,7 +35,6 @@ const PREPARED_FROM: usize = 1 << 20;
 /// Bytes of a growing spare faulted in per byte the shard writes (a spare is ready after half a
 /// buffer's worth of writes), in pieces of this many pages, at most one piece per step.
 const TOUCH_PER_BYTE: usize = 2;
-const PAGE: usize = 4096;
 const MAX_PAGES_PER_STEP: usize = 16;
 
 /// Recently written segments, by first block, up to a byte budget (oldest evicted first).

@@ -3,9 +3,10 @@
 //! table allocates its new part in constant time. (`vec![0; n]` would call `calloc`, which clears memory
 //! it takes from the heap with a pass over it: glibc serves even large requests from the heap once large
 //! blocks have been freed, and such a clear took milliseconds at a million keys.) The segment cache's
-//! copies are the opposite case, memory written whole at once: [`Zeroed::populated`] maps their pages in
-//! one system call instead of a page fault each. The only unsafe code of the index and the cache lives
-//! here.
+//! copies are the opposite case, memory written whole at once: [`Zeroed::populate`] faults a spare's
+//! pages in ahead of the copy, a piece per system call, and [`Zeroed::populated`] maps a short copy's
+//! pages in one call instead of a page fault each. The only unsafe code of the index and the cache
+//! lives here.
 
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
@@ -17,6 +18,10 @@ impl Zeroable for u32 {}
 
 /// Arrays below this many bytes are ordinary vectors.
 const MAP_FROM: usize = 1 << 20;
+
+/// The page size [`Zeroed::populate`] aligns to: the smallest on the platforms we run on. With larger
+/// pages `madvise` refuses an unaligned range and `populate` falls back to a store per 4 KiB.
+pub const PAGE: usize = 4096;
 
 /// A fixed-length array of zeroes.
 pub enum Zeroed<T: Zeroable> {
@@ -77,8 +82,7 @@ impl<T: Zeroable> Zeroed<T> {
         let size = std::mem::size_of::<T>();
         let start = from.min(*n) * size;
         let end = from.saturating_add(len).min(*n) * size;
-        let page = 4096;
-        let first = start / page * page;
+        let first = start / PAGE * PAGE;
         if end <= first {
             return;
         }
@@ -98,7 +102,7 @@ impl<T: Zeroable> Zeroed<T> {
             let mut at = first / size;
             while at < end / size {
                 bytes[at] = zero();
-                at += page / size;
+                at += PAGE / size;
             }
         }
     }
